@@ -1,0 +1,229 @@
+//! The `LAN` custom resource (`lan.k8slan.io/v1beta1`).
+//!
+//! The schema carries the same rules as [`crate::validate`] (patterns, ranges and CEL), so the
+//! API server rejects a bad LAN at `kubectl apply` time; the agent and the webhook call
+//! [`crate::validate::validate_spec`] on top, which gives the same answer with a friendlier message.
+
+// `printcolumn(type_ = ...)` repeats by design; the lint mistakes it for a duplicate attribute.
+#![allow(clippy::duplicated_attributes)]
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Default IPv6 multicast group of the VXLAN (all-nodes-on-link scope is enough for one L2 underlay).
+pub const DEFAULT_VXLAN_GROUP: &str = "ff02::14";
+/// Default VXLAN UDP port (IANA).
+pub const DEFAULT_VXLAN_PORT: u16 = 4789;
+
+/// Interface-name pattern: 1–15 printable ASCII characters other than `/` and `:`.
+/// `.` and `..` are rejected by a CEL rule next to each use.
+pub const IFNAME_PATTERN: &str = r"^[!-.0-9;-~]{1,15}$";
+/// Spoke-name pattern: a DNS label of at most 15 characters, so that the spoke is at once a valid
+/// interface name, part of a NetworkAttachmentDefinition name and part of an extended resource name.
+pub const SPOKE_PATTERN: &str = r"^[a-z0-9]([a-z0-9-]{0,13}[a-z0-9])?$";
+/// LAN namespace pattern: one safe path component below the netns directory.
+pub const NETNS_PATTERN: &str = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$";
+
+/// Desired state of one virtual layer-2 segment spanning the cluster.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "lan.k8slan.io",
+    version = "v1beta1",
+    kind = "LAN",
+    plural = "lans",
+    singular = "lan",
+    shortname = "vlan",
+    namespaced,
+    status = "LanStatus",
+    doc = "A virtual layer-2 LAN that spans the cluster; pods and KubeVirt VMs attach to it through named spokes.",
+    printcolumn(name = "VNI", type_ = "integer", json_path = ".spec.vni"),
+    printcolumn(name = "Spokes", type_ = "integer", json_path = ".status.spokeCount"),
+    printcolumn(
+        name = "Ready-Nodes",
+        type_ = "integer",
+        json_path = ".status.readyNodes"
+    ),
+    printcolumn(
+        name = "Accepted",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Accepted\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(validation = Rule::new("self.bridge != self.vxlan").message("bridge and vxlan must be different interface names").field_path(".vxlan"))]
+#[x_kube(validation = Rule::new("!self.spokes.exists(s, s == self.bridge || s == self.vxlan || s == 'lo')").message("a spoke must not be named like the bridge, the vxlan or lo: they share the LAN namespace").field_path(".spokes"))]
+#[x_kube(validation = Rule::new("has(self.defaultVxlanDev) || (has(self.vxlanDevMap) && size(self.vxlanDevMap) > 0)").message("set defaultVxlanDev, or vxlanDevMap for every node that should join the LAN").field_path(".defaultVxlanDev"))]
+#[serde(rename_all = "camelCase")]
+pub struct LanSpec {
+    /// Name of the LAN's network namespace on each node, mounted at `<netns-dir>/<ns>`
+    /// (default `/run/k8slan/netns/<ns>`). Unique across LANs; immutable.
+    #[schemars(
+        regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"),
+        length(min = 1, max = 63)
+    )]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("ns is immutable: create a new LAN to use another namespace"))]
+    pub ns: String,
+
+    /// Name of the Linux bridge inside the LAN namespace.
+    #[schemars(regex(pattern = r"^[!-.0-9;-~]{1,15}$"), length(min = 1, max = 15))]
+    #[x_kube(validation = Rule::new("self != '.' && self != '..'").message("bridge must not be '.' or '..'"))]
+    pub bridge: String,
+
+    /// Name of the VXLAN interface inside the LAN namespace.
+    #[schemars(regex(pattern = r"^[!-.0-9;-~]{1,15}$"), length(min = 1, max = 15))]
+    #[x_kube(validation = Rule::new("self != '.' && self != '..'").message("vxlan must not be '.' or '..'"))]
+    pub vxlan: String,
+
+    /// VXLAN network identifier, 1–16777215; unique across LANs.
+    #[schemars(range(min = 1, max = 16_777_215))]
+    pub vni: u32,
+
+    /// IPv6 multicast group that carries the LAN's broadcast, unknown-unicast and multicast frames.
+    #[serde(default = "default_group")]
+    #[schemars(regex(pattern = r"^[Ff][Ff][0-9A-Fa-f:]{1,37}$"), length(max = 39))]
+    #[x_kube(validation = Rule::new("isIP(self) && ip(self).family() == 6").message("vxlanGrp must be an IPv6 multicast address such as ff02::14"))]
+    pub vxlan_grp: String,
+
+    /// UDP destination port of the VXLAN.
+    #[serde(default = "default_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub vxlan_port: u16,
+
+    /// Underlay device (in the node's host namespace) for nodes not listed in `vxlanDevMap`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[!-.0-9;-~]{1,15}$"), length(min = 1, max = 15))]
+    #[x_kube(validation = Rule::new("self != '.' && self != '..'").message("defaultVxlanDev must not be '.' or '..'"))]
+    pub default_vxlan_dev: Option<String>,
+
+    /// Underlay device per Kubernetes node name; overrides `defaultVxlanDev` on those nodes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 1000, "additionalProperties" = {"type": "string", "maxLength": 15}))]
+    #[x_kube(validation = Rule::new("self.all(k, size(k) <= 253 && self[k].matches('^[!-.0-9;-~]{1,15}$') && self[k] != '.' && self[k] != '..')").message("vxlanDevMap maps node names to interface names of 1-15 characters without '/', ':' or whitespace"))]
+    pub vxlan_dev_map: BTreeMap<String, String>,
+
+    /// Spoke names: one attachment point each, for one pod (`k8slan-veth-<spoke>`) or one
+    /// KubeVirt VM (`k8slan-mac-<spoke>`). Unique across LANs.
+    #[schemars(
+        length(min = 1, max = 4095),
+        inner(
+            regex(pattern = r"^[a-z0-9]([a-z0-9-]{0,13}[a-z0-9])?$"),
+            length(max = 15)
+        )
+    )]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub spokes: Vec<String>,
+
+    /// Mode of the macvtap that a VM spoke gets on top of its host-side veth.
+    #[serde(default)]
+    pub macvtap_mode: MacvtapMode,
+}
+
+fn default_group() -> String {
+    DEFAULT_VXLAN_GROUP.to_string()
+}
+
+fn default_port() -> u16 {
+    DEFAULT_VXLAN_PORT
+}
+
+/// Mode of a VM spoke's macvtap. `passthru` (the default) gives the VM the whole veth, so any
+/// source MAC it sends is carried.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum MacvtapMode {
+    #[default]
+    Passthru,
+    Bridge,
+    Vepa,
+    Private,
+}
+
+impl MacvtapMode {
+    /// The mode as `ip link` spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MacvtapMode::Passthru => "passthru",
+            MacvtapMode::Bridge => "bridge",
+            MacvtapMode::Vepa => "vepa",
+            MacvtapMode::Private => "private",
+        }
+    }
+}
+
+impl LanSpec {
+    /// The underlay device this node uses for the LAN: its `vxlanDevMap` entry, else `defaultVxlanDev`.
+    pub fn underlay_for(&self, node: &str) -> Option<&str> {
+        self.vxlan_dev_map
+            .get(node)
+            .or(self.default_vxlan_dev.as_ref())
+            .map(String::as_str)
+    }
+
+    /// The group parsed; valid after [`crate::validate::validate_spec`].
+    pub fn group(&self) -> Option<std::net::Ipv6Addr> {
+        self.vxlan_grp.parse().ok()
+    }
+}
+
+/// Observed state of a LAN, written by the controller.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LanStatus {
+    /// `Accepted` (no conflict with another LAN) and `Ready` (every node that should program the
+    /// LAN has done so).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Number of spokes in the spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spoke_count: Option<u32>,
+    /// Number of nodes that report the LAN programmed at the current generation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_nodes: Option<u32>,
+    /// Per-node state, aggregated from the agents' node reports.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeLanState>,
+    /// Spokes that are held by a member, with the pod and node holding them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub holders: Vec<SpokeHolder>,
+}
+
+/// One node's state for one LAN.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeLanState {
+    /// Kubernetes node name.
+    pub node: String,
+    /// `Ready`, `Failed` or `NoUnderlay`.
+    pub state: String,
+    /// Why, when not `Ready`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// LAN generation the node programmed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
+}
+
+/// A spoke held by a member.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SpokeHolder {
+    pub spoke: String,
+    /// `veth` (a pod) or `mac` (a VM).
+    pub kind: String,
+    /// Node where the spoke is allocated.
+    pub node: String,
+    /// `namespace/name` of the pod holding it, once the kubelet reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+}

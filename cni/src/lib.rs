@@ -1,0 +1,1 @@
+//! Shared code of the k8slanveth and macvtap CNI plugins.

@@ -1,0 +1,1 @@
+//! LAN controller and validating webhook.

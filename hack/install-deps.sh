@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs the Debian packages that building and testing k8slan need. Idempotent; needs root.
+set -euo pipefail
+
+packages=(
+  iproute2 iptables conntrack socat openssl jq ethtool tcpdump iperf3
+  protobuf-compiler busybox-static
+  etcd-server containerd runc containernetworking-plugins
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "install-deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
