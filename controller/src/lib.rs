@@ -8,6 +8,7 @@
 pub mod conflict;
 pub mod nad;
 pub mod status;
+pub mod webhook;
 
 #[cfg(test)]
 mod testutil;
