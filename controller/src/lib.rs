@@ -5,6 +5,7 @@
 //! them: [`lan`] (the reconcile loop), [`webhook`] (admission review), [`cert`] (webhook serving
 //! certificates), [`metrics`] and [`http`] (the servers).
 
+pub mod cert;
 pub mod conflict;
 pub mod nad;
 pub mod status;
