@@ -64,13 +64,13 @@ pub enum CertError {
         action: &'static str,
         namespace: String,
         name: String,
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
     #[error("{action} ValidatingWebhookConfiguration {name}: {source}")]
     Webhook {
         action: &'static str,
         name: String,
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
 }
 
@@ -344,7 +344,7 @@ impl SecretStore {
             action,
             namespace: self.namespace.clone(),
             name: self.name.clone(),
-            source,
+            source: Box::new(source),
         }
     }
 
@@ -402,7 +402,7 @@ pub async fn patch_ca_bundle(
     let err = |action, source| CertError::Webhook {
         action,
         name: config_name.to_string(),
-        source,
+        source: Box::new(source),
     };
     let vwc = api.get(config_name).await.map_err(|e| err("reading", e))?;
     let want = ByteString(ca_bundle.as_bytes().to_vec());

@@ -7,6 +7,9 @@
 
 pub mod cert;
 pub mod conflict;
+pub mod http;
+pub mod lan;
+pub mod metrics;
 pub mod nad;
 pub mod status;
 pub mod webhook;
