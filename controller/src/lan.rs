@@ -87,11 +87,9 @@ fn view(lan: &LAN) -> LanView<'_> {
     }
 }
 
-/// Why `lan` is not accepted, judged against every LAN in the cache.
-pub fn rejection(lan: &LAN, all: &[Arc<LAN>]) -> Option<Rejection> {
-    if let Err(e) = validate_spec(&lan.spec) {
-        return Some(Rejection::Invalid(e.to_string()));
-    }
+/// Why `lan` is not accepted, judged against every LAN in the cache, and how many LANs of the
+/// cache are rejected for clashes.
+pub fn rejection(lan: &LAN, all: &[Arc<LAN>]) -> (Option<Rejection>, usize) {
     let mut views: Vec<LanView<'_>> = all
         .iter()
         .filter(|l| l.metadata.deletion_timestamp.is_none())
@@ -101,9 +99,15 @@ pub fn rejection(lan: &LAN, all: &[Arc<LAN>]) -> Option<Rejection> {
     if !views.iter().any(|v| v.lan == me) {
         views.push(view(lan));
     }
-    conflict::acceptance(&views)
+    let mut rejected = conflict::acceptance(&views);
+    let count = rejected.len();
+    if let Err(e) = validate_spec(&lan.spec) {
+        return (Some(Rejection::Invalid(e.to_string())), count);
+    }
+    let mine = rejected
         .remove(&me)
-        .map(|c| Rejection::Conflict(conflict::describe(&c)))
+        .map(|c| Rejection::Conflict(conflict::describe(&c)));
+    (mine, count)
 }
 
 /// Node reports and claims from the Leases in the release namespace; unreadable ones are skipped
@@ -160,7 +164,8 @@ pub async fn reconcile(lan: Arc<LAN>, ctx: Arc<Context>) -> Result<Action, LanEr
     let namespace = me.namespace.clone();
     let all = ctx.lans.state();
     ctx.metrics.lans.set(all.len() as i64);
-    let rejected = rejection(&lan, &all);
+    let (rejected, rejected_count) = rejection(&lan, &all);
+    ctx.metrics.conflicting_lans.set(rejected_count as i64);
 
     // NADs: only an accepted LAN has them; a rejected one loses those it had.
     let nads: Api<NetworkAttachmentDefinition> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -208,6 +213,12 @@ pub async fn reconcile(lan: Arc<LAN>, ctx: Arc<Context>) -> Result<Action, LanEr
             }
         }
     }
+    ctx.metrics
+        .nad_conflicts
+        .get_or_create(&crate::metrics::LanLabel {
+            lan: me.to_string(),
+        })
+        .set(plan.conflicts.len() as i64);
     let nad_conflicts: Vec<String> = plan
         .conflicts
         .iter()
@@ -520,17 +531,23 @@ mod tests {
         let mut b = lan("default", "b", "ub", &["s1"]);
         b.metadata.creation_timestamp = Some(Time(Timestamp::from_second(2).unwrap()));
         let all = [Arc::new(a.clone()), Arc::new(b.clone())];
-        assert_eq!(rejection(&a, &all), None);
-        match rejection(&b, &all) {
+        assert_eq!(rejection(&a, &all), (None, 1));
+        match rejection(&b, &all).0 {
             Some(Rejection::Conflict(m)) => assert!(m.contains("LAN default/a"), "{m}"),
             other => panic!("{other:?}"),
         }
         // Once a is being deleted, b wins.
         let mut gone = a.clone();
         gone.metadata.deletion_timestamp = Some(Time(Timestamp::from_second(3).unwrap()));
-        assert_eq!(rejection(&b, &[Arc::new(gone), Arc::new(b.clone())]), None);
+        assert_eq!(
+            rejection(&b, &[Arc::new(gone), Arc::new(b.clone())]),
+            (None, 0)
+        );
         let mut bad = b.clone();
         bad.spec.ns = "..".into();
-        assert!(matches!(rejection(&bad, &[]), Some(Rejection::Invalid(_))));
+        assert!(matches!(
+            rejection(&bad, &[]).0,
+            Some(Rejection::Invalid(_))
+        ));
     }
 }

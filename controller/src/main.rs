@@ -11,10 +11,13 @@ use clap::{Parser, ValueEnum};
 use futures::StreamExt;
 use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 use k8s_openapi::jiff::Timestamp;
+use k8slan_api::LAN;
 use k8slan_controller::cert::{self, LiveCert, SecretStore};
 use k8slan_controller::http::{self, ProbeState, WebhookState};
 use k8slan_controller::lan::{self, Settings};
 use k8slan_controller::metrics::Metrics;
+use kube::api::ListParams;
+use kube::runtime::reflector::Store;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use prometheus_client::registry::Registry;
@@ -148,13 +151,7 @@ async fn main() -> Result<()> {
         tokio::spawn(keep_ca_bundle(args.clone(), client.clone()));
     }
 
-    let lans = running.lans.clone();
-    tokio::spawn(async move {
-        if lans.wait_until_ready().await.is_ok() {
-            ready.store(true, Ordering::Relaxed);
-            tracing::info!("LAN cache filled; ready");
-        }
-    });
+    tokio::spawn(mark_ready(client.clone(), running.lans.clone(), ready));
 
     tracing::info!(namespace = %args.namespace, webhook_port = args.webhook_port, metrics_port = args.metrics_port, cert_mode = ?args.cert_mode, "k8slan-controller started");
     tokio::select! {
@@ -163,6 +160,31 @@ async fn main() -> Result<()> {
         r = webhook => r.context("webhook server task")?.context("webhook server")?,
     }
     Ok(())
+}
+
+/// Marks the controller ready once the LAN cache holds the cluster's LANs. The cache swaps in its
+/// first full list at once, so a non-empty cache is complete; an empty one is complete when the
+/// cluster has no LAN.
+async fn mark_ready(client: Client, lans: Store<LAN>, ready: Arc<AtomicBool>) {
+    let api: Api<LAN> = Api::all(client);
+    loop {
+        if tokio::time::timeout(Duration::from_secs(1), lans.wait_until_ready())
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        if !lans.is_empty() {
+            break;
+        }
+        match api.list_metadata(&ListParams::default().limit(1)).await {
+            Ok(l) if l.items.is_empty() => break,
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "listing LANs for readiness"),
+        }
+    }
+    ready.store(true, Ordering::Relaxed);
+    tracing::info!("LAN cache filled; ready");
 }
 
 /// Loads (certManager) or ensures and publishes (selfSigned) the first serving certificate.

@@ -11,6 +11,12 @@ pub struct ResultLabel {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LanLabel {
+    /// `namespace/name` of the LAN.
+    pub lan: String,
+}
+
 /// Every metric the controller exports (all prefixed `k8slan_controller_`).
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -21,7 +27,7 @@ pub struct Metrics {
     /// LANs that are not accepted because they clash with an older LAN.
     pub conflicting_lans: Gauge,
     /// NADs that a LAN wants but somebody else owns.
-    pub nad_conflicts: Gauge,
+    pub nad_conflicts: Family<LanLabel, Gauge>,
     /// Admission reviews by verdict (`allowed`, `denied`, `error`).
     pub admissions: Family<ResultLabel, Counter>,
     /// Serving certificates issued or reloaded.
