@@ -110,9 +110,10 @@ impl CniError {
 /// The serialized error result of the CNI specification.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ErrorObject {
-    #[serde(rename = "cniVersion")]
+    #[serde(rename = "cniVersion", default)]
     pub cni_version: String,
     pub code: u32,
+    #[serde(default)]
     pub msg: String,
     #[serde(default)]
     pub details: String,
