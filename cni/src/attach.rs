@@ -379,3 +379,313 @@ pub fn check(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{PluginKind, Request, parse_request};
+    use crate::mac::MacAddr;
+    use crate::result::IpNet;
+    use std::collections::HashMap;
+
+    /// Two namespaces of links in memory; `fail` makes the named operation fail.
+    #[derive(Default)]
+    struct FakeKernel {
+        host: HashMap<String, (LinkState, Vec<IpNet>)>,
+        pod: HashMap<String, (LinkState, Vec<IpNet>)>,
+        fail: Option<&'static str>,
+        next_index: u32,
+    }
+
+    impl FakeKernel {
+        fn ns(&mut self, side: Side) -> &mut HashMap<String, (LinkState, Vec<IpNet>)> {
+            match side {
+                Side::Host => &mut self.host,
+                Side::Sandbox => &mut self.pod,
+            }
+        }
+        /// The injected failure happens once, on the first call of its operation.
+        fn op(&mut self, op: &'static str, side: Side, link: &str) -> Result<(), LinkError> {
+            if self.fail == Some(op) {
+                self.fail = None;
+                Err(LinkError::new(op, side, link, Some(1), "injected failure"))
+            } else {
+                Ok(())
+            }
+        }
+        fn with<T>(
+            &mut self,
+            op: &'static str,
+            side: Side,
+            link: &LinkState,
+            f: impl FnOnce(&mut (LinkState, Vec<IpNet>)) -> T,
+        ) -> Result<T, LinkError> {
+            self.op(op, side, &link.name)?;
+            let entry = self
+                .ns(side)
+                .get_mut(&link.name)
+                .ok_or_else(|| LinkError::new(op, side, &link.name, Some(19), "no such device"))?;
+            Ok(f(entry))
+        }
+    }
+
+    impl LinkOps for FakeKernel {
+        fn get(&mut self, side: Side, name: &str) -> Result<Option<LinkState>, LinkError> {
+            Ok(self.ns(side).get(name).map(|(l, _)| l.clone()))
+        }
+        fn move_to(
+            &mut self,
+            from: Side,
+            link: &LinkState,
+            new_name: &str,
+        ) -> Result<(), LinkError> {
+            self.op("move link", from, &link.name)?;
+            if self.ns(from.other()).contains_key(new_name) {
+                return Err(LinkError::new(
+                    "move link",
+                    from,
+                    &link.name,
+                    Some(17),
+                    "exists",
+                ));
+            }
+            let (mut l, _) = self.ns(from).remove(&link.name).unwrap();
+            l.name = new_name.to_owned();
+            l.up = false; // moving closes the device and flushes its addresses
+            self.next_index += 1;
+            l.index = self.next_index;
+            self.ns(from.other())
+                .insert(new_name.to_owned(), (l, vec![]));
+            Ok(())
+        }
+        fn set_mtu(&mut self, side: Side, link: &LinkState, mtu: u32) -> Result<(), LinkError> {
+            self.with("set MTU", side, link, |e| e.0.mtu = Some(mtu))
+        }
+        fn set_mac(&mut self, side: Side, link: &LinkState, mac: MacAddr) -> Result<(), LinkError> {
+            self.with("set MAC", side, link, |e| e.0.mac = Some(mac))
+        }
+        fn set_promisc(&mut self, side: Side, link: &LinkState, on: bool) -> Result<(), LinkError> {
+            self.with("set promiscuous mode", side, link, |e| e.0.promisc = on)
+        }
+        fn set_up(&mut self, side: Side, link: &LinkState, up: bool) -> Result<(), LinkError> {
+            self.with(if up { "set up" } else { "set down" }, side, link, |e| {
+                e.0.up = up
+            })
+        }
+        fn addresses(&mut self, side: Side, link: &LinkState) -> Result<Vec<IpNet>, LinkError> {
+            self.with("list addresses", side, link, |e| e.1.clone())
+        }
+        fn add_address(
+            &mut self,
+            side: Side,
+            link: &LinkState,
+            addr: IpNet,
+        ) -> Result<(), LinkError> {
+            self.with("add address", side, link, |e| e.1.push(addr))
+        }
+        fn add_route(
+            &mut self,
+            side: Side,
+            link: &LinkState,
+            _dst: IpNet,
+            _gw: Option<IpAddr>,
+        ) -> Result<(), LinkError> {
+            self.with("add route", side, link, |_| ())
+        }
+        fn delete(&mut self, side: Side, link: &LinkState) -> Result<(), LinkError> {
+            self.op("delete link", side, &link.name)?;
+            self.ns(side).remove(&link.name);
+            Ok(())
+        }
+    }
+
+    #[derive(Default)]
+    struct FakeIpam {
+        leased: bool,
+        dels: u32,
+        fail_add: bool,
+    }
+
+    impl Ipam for FakeIpam {
+        fn add(&mut self) -> Result<CniResult, CniError> {
+            if self.fail_add {
+                return Err(CniError::new(ErrorCode::Other(999), "range exhausted"));
+            }
+            self.leased = true;
+            let v = serde_json::json!({"ips": [{"address": "198.18.3.2/24", "gateway": "198.18.3.1"}], "routes": [{"dst": "198.19.0.0/16"}]});
+            Ok(CniResult::from_value("fake", &v).unwrap())
+        }
+        fn del(&mut self) -> Result<(), CniError> {
+            self.leased = false;
+            self.dels += 1;
+            Ok(())
+        }
+        fn check(&mut self) -> Result<(), CniError> {
+            Ok(())
+        }
+    }
+
+    const PREPARED: MacAddr = MacAddr([2, 0x11, 0, 0, 0, 1]);
+    const POD: &str = "/var/run/netns/pod";
+
+    fn kernel(kind: &str, name: &str) -> FakeKernel {
+        let mut k = FakeKernel::default();
+        let l = LinkState {
+            index: 7,
+            name: name.into(),
+            kind: Some(kind.into()),
+            mac: Some(PREPARED),
+            mtu: Some(1430),
+            up: true,
+            promisc: false,
+            alias: None,
+        };
+        k.host.insert(name.into(), (l, vec![]));
+        k
+    }
+
+    fn attachment(plugin: PluginKind, conf: &str) -> Attachment {
+        let env: HashMap<&str, &str> = [
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", "c1"),
+            ("CNI_NETNS", POD),
+            ("CNI_IFNAME", "e1-1"),
+        ]
+        .into();
+        match parse_request(
+            plugin,
+            &|k| env.get(k).map(|v| v.to_string()),
+            conf.as_bytes(),
+        ) {
+            Ok(Request::Attachment(a)) => *a,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    const VETH_IPAM: &str = r#"{"cniVersion":"1.0.0","name":"k8slan-veth-srl","type":"k8slanveth","veth":"srl","mtu":1300,"mac":"02:00:00:00:00:09","ipam":{"type":"fake"}}"#;
+
+    #[test]
+    fn add_binds_and_configures() {
+        let att = attachment(PluginKind::Veth, VETH_IPAM);
+        let mut k = kernel("veth", "srl");
+        let mut ipam = FakeIpam::default();
+        let r = add(&att, POD, &mut k, Some(&mut ipam)).unwrap();
+        let (l, addrs) = &k.pod["e1-1"];
+        assert_eq!(
+            (l.mtu, l.mac, l.up),
+            (Some(1300), Some(MacAddr([2, 0, 0, 0, 0, 9])), true)
+        );
+        assert_eq!(addrs, &vec!["198.18.3.2/24".parse::<IpNet>().unwrap()]);
+        assert!(k.host.is_empty());
+        assert_eq!(r.interfaces[0].mac.as_deref(), Some("02:00:00:00:00:09"));
+        assert_eq!(r.ips[0].interface, Some(0));
+        assert_eq!(
+            default_gateway(&r.ips, "198.19.0.0".parse().unwrap()),
+            Some("198.18.3.1".parse().unwrap())
+        );
+    }
+
+    /// Whatever step fails, the spoke ends up back in the node as prepared and the lease is freed.
+    #[test]
+    fn every_failure_rolls_back_completely() {
+        for step in [
+            "move link",
+            "set MTU",
+            "set MAC",
+            "set up",
+            "add address",
+            "add route",
+        ] {
+            let att = attachment(PluginKind::Veth, VETH_IPAM);
+            let mut k = kernel("veth", "srl");
+            k.fail = Some(step);
+            let mut ipam = FakeIpam::default();
+            let err = add(&att, POD, &mut k, Some(&mut ipam)).unwrap_err();
+            assert_eq!(err.code, ErrorCode::IoFailure, "{step}");
+            assert!(err.details.contains(step), "{step}: {err}");
+            let (l, addrs) = k
+                .host
+                .get("srl")
+                .unwrap_or_else(|| panic!("{step}: spoke not back"));
+            assert_eq!(
+                (l.mtu, l.mac, l.up, l.promisc),
+                (Some(1430), Some(PREPARED), true, false),
+                "{step}"
+            );
+            assert!(addrs.is_empty(), "{step}");
+            assert!(k.pod.is_empty(), "{step}");
+            assert!(!ipam.leased, "{step}: lease released");
+        }
+    }
+
+    #[test]
+    fn failed_ipam_add_is_followed_by_ipam_del_and_touches_no_link() {
+        let att = attachment(PluginKind::Veth, VETH_IPAM);
+        let mut k = kernel("veth", "srl");
+        let mut ipam = FakeIpam {
+            fail_add: true,
+            ..Default::default()
+        };
+        let err = add(&att, POD, &mut k, Some(&mut ipam)).unwrap_err();
+        assert_eq!(
+            err.code.code(),
+            999,
+            "the IPAM plugin's own code is passed on"
+        );
+        assert_eq!(ipam.dels, 1);
+        assert!(k.host.contains_key("srl"));
+    }
+
+    #[test]
+    fn macvtap_is_promiscuous_and_del_gives_it_back() {
+        let conf =
+            r#"{"cniVersion":"1.0.0","name":"k8slan-mac-vm","type":"macvtap","deviceID":"mvt-vm"}"#;
+        let att = attachment(PluginKind::Macvtap, conf);
+        let mut k = kernel("macvtap", "mvt-vm");
+        let r = add(&att, POD, &mut k, None).unwrap();
+        assert!(k.pod["e1-1"].0.promisc);
+        let mut del_att = att.clone();
+        del_att.prev_result = Some(r);
+        del(&del_att, Some(POD), Some(&mut k), None).unwrap();
+        assert!(!k.host["mvt-vm"].0.promisc);
+        assert!(k.pod.is_empty());
+        // Idempotent.
+        del(&del_att, Some(POD), Some(&mut k), None).unwrap();
+        del(&del_att, None, None, None).unwrap();
+    }
+
+    #[test]
+    fn del_deletes_when_the_prepared_name_was_reused() {
+        let att = attachment(
+            PluginKind::Veth,
+            r#"{"cniVersion":"1.0.0","name":"k8slan-veth-srl","type":"k8slanveth","veth":"srl"}"#,
+        );
+        let mut k = kernel("veth", "srl");
+        let r = add(&att, POD, &mut k, None).unwrap();
+        // The agent recreated the spoke meanwhile.
+        k.host.insert(
+            "srl".into(),
+            (
+                LinkState {
+                    index: 99,
+                    name: "srl".into(),
+                    kind: Some("veth".into()),
+                    mac: None,
+                    mtu: None,
+                    up: false,
+                    promisc: false,
+                    alias: None,
+                },
+                vec![],
+            ),
+        );
+        let mut del_att = att.clone();
+        del_att.prev_result = Some(r);
+        del(&del_att, Some(POD), Some(&mut k), None).unwrap();
+        assert!(k.pod.is_empty());
+        assert_eq!(
+            k.host["srl"].0.index, 99,
+            "the agent's new link is untouched"
+        );
+    }
+}

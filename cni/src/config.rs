@@ -523,3 +523,520 @@ pub fn log_settings(get: &dyn Fn(&str) -> Option<String>, stdin: &[u8]) -> LogSe
         level: level_ok.map(str::to_owned),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    const POD: &str = "/var/run/netns/cni-0001";
+
+    fn base_env(command: &str) -> HashMap<String, String> {
+        [
+            ("CNI_COMMAND", command),
+            ("CNI_CONTAINERID", "c0ffee"),
+            ("CNI_NETNS", POD),
+            ("CNI_IFNAME", "e1-1"),
+            ("CNI_PATH", "/opt/cni/bin"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+    }
+
+    fn parse(
+        plugin: PluginKind,
+        env: &HashMap<String, String>,
+        stdin: &str,
+    ) -> Result<Request, Failure> {
+        parse_request(plugin, &|k| env.get(k).cloned(), stdin.as_bytes())
+    }
+
+    fn attachment(plugin: PluginKind, env: &HashMap<String, String>, stdin: &str) -> Attachment {
+        match parse(plugin, env, stdin) {
+            Ok(Request::Attachment(a)) => *a,
+            other => panic!("expected an attachment, got {other:?}"),
+        }
+    }
+
+    const VETH: &str =
+        r#"{"cniVersion":"1.0.0","name":"k8slan-veth-srl","type":"k8slanveth","veth":"srl"}"#;
+    const MAC: &str =
+        r#"{"cniVersion":"1.0.0","name":"k8slan-mac-vm","type":"macvtap","deviceID":"mvt-vm"}"#;
+
+    /// Malformed inputs and the error code each must get: (case, plugin, env changes, stdin, code).
+    #[test]
+    fn malformed_inputs_get_the_right_code() {
+        let long = "a".repeat(300);
+        let big = format!(
+            r#"{{"cniVersion":"1.0.0","pad":"{}"}}"#,
+            "x".repeat(MAX_CONFIG_BYTES)
+        );
+        type Case<'a> = (
+            &'a str,
+            PluginKind,
+            Vec<(&'a str, Option<&'a str>)>,
+            String,
+            u32,
+        );
+        let v = PluginKind::Veth;
+        let m = PluginKind::Macvtap;
+        let cases: Vec<Case> = vec![
+            ("not json", v, vec![], "{".into(), 6),
+            ("json array", v, vec![], "[1,2]".into(), 6),
+            ("not utf8/json", v, vec![], "\u{fffd}\u{0}".into(), 6),
+            ("empty stdin", v, vec![], "".into(), 6),
+            ("oversized stdin", v, vec![], big, 6),
+            (
+                "unknown version",
+                v,
+                vec![],
+                VETH.replace("1.0.0", "9.9.9"),
+                1,
+            ),
+            (
+                "0.2.0 result format",
+                v,
+                vec![],
+                VETH.replace("1.0.0", "0.2.0"),
+                1,
+            ),
+            (
+                "1.1.0 not claimed",
+                v,
+                vec![],
+                VETH.replace("1.0.0", "1.1.0"),
+                1,
+            ),
+            (
+                "version not a string",
+                v,
+                vec![],
+                VETH.replace("\"1.0.0\"", "100"),
+                1,
+            ),
+            (
+                "missing version",
+                v,
+                vec![],
+                VETH.replace("\"cniVersion\":\"1.0.0\",", ""),
+                1,
+            ),
+            (
+                "CHECK on 0.3.1",
+                v,
+                vec![("CNI_COMMAND", Some("CHECK"))],
+                VETH.replace("1.0.0", "0.3.1"),
+                1,
+            ),
+            (
+                "missing command",
+                v,
+                vec![("CNI_COMMAND", None)],
+                VETH.into(),
+                4,
+            ),
+            (
+                "unknown command",
+                v,
+                vec![("CNI_COMMAND", Some("GC"))],
+                VETH.into(),
+                4,
+            ),
+            (
+                "missing ifname",
+                v,
+                vec![("CNI_IFNAME", None)],
+                VETH.into(),
+                4,
+            ),
+            (
+                "ifname with slash",
+                v,
+                vec![("CNI_IFNAME", Some("e1/1"))],
+                VETH.into(),
+                4,
+            ),
+            (
+                "ifname dotdot",
+                v,
+                vec![("CNI_IFNAME", Some(".."))],
+                VETH.into(),
+                4,
+            ),
+            (
+                "ifname too long",
+                v,
+                vec![("CNI_IFNAME", Some("abcdefghijklmnop"))],
+                VETH.into(),
+                4,
+            ),
+            (
+                "missing container id",
+                v,
+                vec![("CNI_CONTAINERID", None)],
+                VETH.into(),
+                4,
+            ),
+            (
+                "container id with slash",
+                v,
+                vec![("CNI_CONTAINERID", Some("../x"))],
+                VETH.into(),
+                4,
+            ),
+            (
+                "missing netns on ADD",
+                v,
+                vec![("CNI_NETNS", None)],
+                VETH.into(),
+                4,
+            ),
+            (
+                "relative netns",
+                v,
+                vec![("CNI_NETNS", Some("run/netns/x"))],
+                VETH.into(),
+                4,
+            ),
+            (
+                "netns with dotdot",
+                v,
+                vec![("CNI_NETNS", Some("/run/netns/../../etc/shadow"))],
+                VETH.into(),
+                4,
+            ),
+            (
+                "bad CNI_ARGS",
+                v,
+                vec![("CNI_ARGS", Some("MAC"))],
+                VETH.into(),
+                4,
+            ),
+            (
+                "bad MAC in CNI_ARGS",
+                v,
+                vec![("CNI_ARGS", Some("MAC=zz:00:00:00:00:01"))],
+                VETH.into(),
+                4,
+            ),
+            (
+                "relative CNI_PATH",
+                v,
+                vec![("CNI_PATH", Some("bin"))],
+                VETH.into(),
+                4,
+            ),
+            (
+                "missing name",
+                v,
+                vec![],
+                VETH.replace("\"name\":\"k8slan-veth-srl\",", ""),
+                7,
+            ),
+            (
+                "bad network name",
+                v,
+                vec![],
+                VETH.replace("k8slan-veth-srl", "-x y"),
+                7,
+            ),
+            (
+                "type with slash",
+                v,
+                vec![],
+                VETH.replace("\"k8slanveth\"", "\"../k8slanveth\""),
+                7,
+            ),
+            (
+                "missing spoke",
+                v,
+                vec![],
+                r#"{"cniVersion":"1.0.0","name":"net","type":"k8slanveth"}"#.into(),
+                7,
+            ),
+            (
+                "spoke with slash",
+                v,
+                vec![],
+                VETH.replace("\"veth\":\"srl\"", "\"veth\":\"a/b\""),
+                7,
+            ),
+            (
+                "spoke dotdot",
+                v,
+                vec![],
+                VETH.replace("\"veth\":\"srl\"", "\"veth\":\"..\""),
+                7,
+            ),
+            (
+                "spoke oversized",
+                v,
+                vec![],
+                VETH.replace("\"veth\":\"srl\"", &format!("\"veth\":\"{long}\"")),
+                7,
+            ),
+            (
+                "spoke uppercase",
+                v,
+                vec![],
+                VETH.replace("\"veth\":\"srl\"", "\"veth\":\"SRL\""),
+                7,
+            ),
+            (
+                "veth not a string",
+                v,
+                vec![],
+                VETH.replace("\"veth\":\"srl\"", "\"veth\":5"),
+                7,
+            ),
+            (
+                "deviceID differs",
+                v,
+                vec![],
+                VETH.replace("}", ",\"deviceID\":\"other\"}"),
+                7,
+            ),
+            (
+                "mtu too small",
+                v,
+                vec![],
+                VETH.replace("}", ",\"mtu\":20}"),
+                7,
+            ),
+            (
+                "mtu negative",
+                v,
+                vec![],
+                VETH.replace("}", ",\"mtu\":-1}"),
+                7,
+            ),
+            (
+                "multicast mac",
+                v,
+                vec![],
+                VETH.replace("}", ",\"mac\":\"01:00:5e:00:00:01\"}"),
+                7,
+            ),
+            (
+                "bad runtimeConfig mac",
+                v,
+                vec![],
+                VETH.replace("}", ",\"runtimeConfig\":{\"mac\":\"x\"}}"),
+                7,
+            ),
+            (
+                "ipam type with slash",
+                v,
+                vec![],
+                VETH.replace("}", ",\"ipam\":{\"type\":\"../../bin/sh\"}}"),
+                7,
+            ),
+            (
+                "ipam without type",
+                v,
+                vec![],
+                VETH.replace("}", ",\"ipam\":{}}"),
+                7,
+            ),
+            (
+                "relative logFile",
+                v,
+                vec![],
+                VETH.replace("}", ",\"logFile\":\"x.log\"}"),
+                7,
+            ),
+            (
+                "bad prevResult",
+                v,
+                vec![],
+                VETH.replace("}", ",\"prevResult\":{\"ips\":[{\"address\":\"nope\"}]}}"),
+                6,
+            ),
+            (
+                "CHECK without prevResult",
+                v,
+                vec![("CNI_COMMAND", Some("CHECK"))],
+                VETH.into(),
+                7,
+            ),
+            (
+                "macvtap without deviceID",
+                m,
+                vec![],
+                r#"{"cniVersion":"1.0.0","name":"vmnet","type":"macvtap"}"#.into(),
+                7,
+            ),
+            (
+                "macvtap deviceID with slash",
+                m,
+                vec![],
+                MAC.replace("mvt-vm", "mvt/vm"),
+                7,
+            ),
+            (
+                "macvtap deviceID of another spoke",
+                m,
+                vec![],
+                MAC.replace("mvt-vm", "mvt-other"),
+                7,
+            ),
+            (
+                "macvtap with ipam",
+                m,
+                vec![],
+                MAC.replace("}", ",\"ipam\":{\"type\":\"host-local\"}}"),
+                2,
+            ),
+        ];
+        for (case, plugin, changes, stdin, code) in cases {
+            let mut env = base_env("ADD");
+            for (k, v) in changes {
+                match v {
+                    Some(v) => env.insert(k.to_owned(), v.to_owned()),
+                    None => env.remove(k),
+                };
+            }
+            let failure = match parse(plugin, &env, &stdin) {
+                Err(f) => f,
+                Ok(r) => panic!("{case}: expected error {code}, got {r:?}"),
+            };
+            assert_eq!(failure.error.code.code(), code, "{case}: {}", failure.error);
+            assert!(!failure.error.details.is_empty(), "{case}");
+        }
+    }
+
+    #[test]
+    fn veth_attachment_fields() {
+        let mut env = base_env("ADD");
+        env.insert(
+            "CNI_ARGS".into(),
+            "IgnoreUnknown=1;MAC=02:00:00:00:00:02".into(),
+        );
+        let conf = r#"{"cniVersion":"0.4.0","name":"k8slan-veth-srl","type":"k8slanveth","veth":"srl","deviceID":"srl","mtu":1430,
+            "mac":"02:00:00:00:00:01","ipam":{"type":"host-local","subnet":"198.18.0.0/24"},"somethingElse":{"x":1}}"#;
+        let a = attachment(PluginKind::Veth, &env, conf);
+        assert_eq!(a.version, CniVersion::V0_4_0);
+        assert_eq!(a.target.host_link, "srl");
+        assert_eq!(
+            a.target.resource_hint(),
+            "macvtap.k8slan.io/k8slan-veth-srl"
+        );
+        assert_eq!(a.mtu, Some(1430));
+        assert_eq!(
+            a.mac,
+            Some((MacAddr([2, 0, 0, 0, 0, 2]), MacSource::CniArgs))
+        );
+        assert_eq!(a.ipam.as_deref(), Some("host-local"));
+        assert_eq!(a.raw_config, conf.as_bytes());
+    }
+
+    #[test]
+    fn spoke_falls_back_to_device_id_then_network_name() {
+        let env = base_env("ADD");
+        let by_id = attachment(
+            PluginKind::Veth,
+            &env,
+            r#"{"cniVersion":"1.0.0","name":"n","type":"k8slanveth","deviceID":"srl2"}"#,
+        );
+        assert_eq!(by_id.target.host_link, "srl2");
+        let by_name = attachment(
+            PluginKind::Veth,
+            &env,
+            r#"{"cniVersion":"1.0.0","name":"k8slan-veth-srl3","type":"k8slanveth"}"#,
+        );
+        assert_eq!(by_name.target.host_link, "srl3");
+        let mac = attachment(
+            PluginKind::Macvtap,
+            &env,
+            r#"{"cniVersion":"1.0.0","name":"k8slan-mac-abcdefghijklmno","type":"macvtap"}"#,
+        );
+        assert_eq!(
+            mac.target.host_link,
+            naming::macvtap_name("abcdefghijklmno")
+        );
+        assert!(mac.target.host_link.starts_with("mvh-"));
+        let custom = attachment(
+            PluginKind::Macvtap,
+            &env,
+            r#"{"cniVersion":"1.0.0","name":"my-vm-net","type":"macvtap","deviceID":"mvt-x"}"#,
+        );
+        assert_eq!(custom.target.host_link, "mvt-x");
+        assert_eq!(custom.target.spoke, None);
+    }
+
+    #[test]
+    fn mac_precedence() {
+        let mut env = base_env("ADD");
+        env.insert("CNI_ARGS".into(), "MAC=02:00:00:00:00:02".into());
+        let conf = r#"{"cniVersion":"1.0.0","name":"k8slan-veth-srl","type":"k8slanveth","mac":"02:00:00:00:00:01","runtimeConfig":{"mac":"02:00:00:00:00:03"}}"#;
+        let a = attachment(PluginKind::Veth, &env, conf);
+        assert_eq!(
+            a.mac,
+            Some((MacAddr([2, 0, 0, 0, 0, 3]), MacSource::RuntimeConfig))
+        );
+        env.remove("CNI_ARGS");
+        let a = attachment(PluginKind::Veth, &env, conf);
+        assert_eq!(a.mac.map(|m| m.1), Some(MacSource::RuntimeConfig));
+        let a = attachment(
+            PluginKind::Veth,
+            &env,
+            r#"{"cniVersion":"1.0.0","name":"k8slan-veth-srl","type":"k8slanveth","mac":"02:00:00:00:00:01"}"#,
+        );
+        assert_eq!(a.mac.map(|m| m.1), Some(MacSource::Config));
+    }
+
+    #[test]
+    fn del_accepts_missing_netns_and_version_needs_nothing() {
+        let mut env = base_env("DEL");
+        env.remove("CNI_NETNS");
+        let a = attachment(PluginKind::Veth, &env, VETH);
+        assert_eq!(a.env.netns, None);
+        let env: HashMap<String, String> =
+            [("CNI_COMMAND".to_owned(), "VERSION".to_owned())].into();
+        match parse(PluginKind::Macvtap, &env, "") {
+            Ok(Request::Version(v)) => assert_eq!(v.cni_version, "1.0.0"),
+            other => panic!("{other:?}"),
+        }
+        match parse(PluginKind::Macvtap, &env, r#"{"cniVersion":"0.3.1"}"#) {
+            Ok(Request::Version(v)) => assert_eq!(v.cni_version, "0.3.1"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn error_version_follows_the_config() {
+        let mut env = base_env("ADD");
+        env.insert("CNI_IFNAME".into(), "a/b".into());
+        let f = parse(PluginKind::Veth, &env, &VETH.replace("1.0.0", "0.3.1")).unwrap_err();
+        assert_eq!(f.version, Some(CniVersion::V0_3_1));
+        assert!(f.error.details.contains("CNI_IFNAME"), "{}", f.error);
+        let f = parse(PluginKind::Veth, &env, "nope").unwrap_err();
+        assert_eq!(f.version, None);
+    }
+
+    #[test]
+    fn log_settings_prefer_config_and_ignore_bad_values() {
+        let env: HashMap<String, String> = [(
+            "K8SLAN_CNI_LOG".to_owned(),
+            "/var/log/k8slan-cni.log".to_owned(),
+        )]
+        .into();
+        let get = |k: &str| env.get(k).cloned();
+        assert_eq!(
+            log_settings(&get, b"{}").file,
+            Some(PathBuf::from("/var/log/k8slan-cni.log"))
+        );
+        assert_eq!(
+            log_settings(&get, br#"{"logFile":"/tmp/x.log","logLevel":"debug"}"#),
+            LogSettings {
+                file: Some("/tmp/x.log".into()),
+                level: Some("debug".into())
+            }
+        );
+        assert_eq!(
+            log_settings(&get, br#"{"logFile":"../x","logLevel":"loud"}"#).level,
+            None
+        );
+    }
+}

@@ -10,6 +10,7 @@
 pub mod attach;
 pub mod config;
 pub mod error;
+pub mod fuzzing;
 pub mod invocation;
 pub mod ipam;
 pub mod link;
