@@ -92,7 +92,7 @@ fn json_value() -> impl Strategy<Value = Value> {
 
 /// An environment that is mostly right, with some variables replaced or removed.
 fn environment() -> impl Strategy<Value = Vec<(String, String)>> {
-    let good = vec![
+    let good = [
         ("CNI_COMMAND", "ADD"),
         ("CNI_CONTAINERID", "c0ffee"),
         ("CNI_NETNS", "/run/netns/p"),
