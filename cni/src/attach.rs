@@ -127,6 +127,20 @@ fn bind(
                 ),
             )
         })?;
+    if att.target.plugin == PluginKind::Macvtap && moved.index != original.index {
+        // The device plugin handed the pod /dev/tap<ifindex> with the node's ifindex; KubeVirt
+        // opens /dev/tap<ifindex in the pod>. They must be the same device.
+        return Err(CniError::new(
+            ErrorCode::IoFailure,
+            format!(
+                "macvtap {:?} got ifindex {} in the pod instead of {} (that index is taken there), so the tap device {} handed to the pod would not match; retry the pod",
+                original.name,
+                moved.index,
+                original.index,
+                k8slan_api::naming::container_tap_path(original.index)
+            ),
+        ));
+    }
     if let Some(mtu) = att.mtu {
         links.set_mtu(Side::Sandbox, &moved, mtu).map_err(io)?;
     }
@@ -452,8 +466,14 @@ mod tests {
             let (mut l, _) = self.ns(from).remove(&link.name).unwrap();
             l.name = new_name.to_owned();
             l.up = false; // moving closes the device and flushes its addresses
-            self.next_index += 1;
-            l.index = self.next_index;
+            if self
+                .ns(from.other())
+                .values()
+                .any(|(o, _)| o.index == l.index)
+            {
+                self.next_index += 1;
+                l.index = 1000 + self.next_index;
+            }
             self.ns(from.other())
                 .insert(new_name.to_owned(), (l, vec![]));
             Ok(())
@@ -652,6 +672,28 @@ mod tests {
         // Idempotent.
         del(&del_att, Some(POD), Some(&mut k), None).unwrap();
         del(&del_att, None, None, None).unwrap();
+    }
+
+    #[test]
+    fn macvtap_whose_ifindex_changes_is_refused() {
+        let conf =
+            r#"{"cniVersion":"1.0.0","name":"k8slan-mac-vm","type":"macvtap","deviceID":"mvt-vm"}"#;
+        let att = attachment(PluginKind::Macvtap, conf);
+        let mut k = kernel("macvtap", "mvt-vm");
+        let other = LinkState {
+            index: 7,
+            name: "eth0".into(),
+            kind: Some("veth".into()),
+            mac: None,
+            mtu: None,
+            up: true,
+            promisc: false,
+            alias: None,
+        };
+        k.pod.insert("eth0".into(), (other, vec![]));
+        let err = add(&att, POD, &mut k, None).unwrap_err();
+        assert!(err.details.contains("/dev/tap7"), "{err}");
+        assert!(k.host.contains_key("mvt-vm"), "rolled back");
     }
 
     #[test]

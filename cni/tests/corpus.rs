@@ -50,7 +50,14 @@ fn version_lists_supported_versions() {
 #[test]
 fn malformed_invocations_are_refused_with_the_right_code() {
     let long = "x".repeat(20);
-    type Case<'a> = (&'a str, &'a str, Vec<(&'static str, Option<&'a str>)>, String, u64, &'a str);
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        Vec<(&'static str, Option<&'a str>)>,
+        String,
+        u64,
+        &'a str,
+    );
     let cases: Vec<Case> = vec![
         ("bad json", VETH, vec![], "{\"cniVersion\":".into(), 6, "not JSON"),
         ("unknown version", VETH, vec![], veth_conf().replace("1.0.0", "2.0.0"), 1, "2.0.0"),

@@ -61,6 +61,7 @@ fn add_check_del_round_trip_in_every_version() {
         let mut conf = config(version);
         conf["runtimeConfig"] = json!({"mac": "02:00:5e:00:01:01"});
         conf["mtu"] = json!(1400);
+        let prepared_index = link_json(&f.node.name, "mvt-vm1")["ifindex"].clone();
         let add = f.run(
             "ADD",
             "IgnoreUnknown=1;K8S_POD_NAME=virt-launcher-vm1",
@@ -68,6 +69,11 @@ fn add_check_del_round_trip_in_every_version() {
         );
         assert!(add.success, "{version}: {add:?}");
         let result = add.json();
+        let l = link_json(&f.pod.name, "net1");
+        assert_eq!(
+            l["ifindex"], prepared_index,
+            "{version}: ifindex kept, so /dev/tap<ifindex> matches"
+        );
         assert_eq!(result["cniVersion"], version);
         assert_eq!(result["interfaces"][0]["name"], "net1");
         assert_eq!(result["interfaces"][0]["mac"], "02:00:5e:00:01:01");
