@@ -1,0 +1,1 @@
+//! In-memory kernel (filled in below).
