@@ -28,7 +28,9 @@ pub enum DatapathError {
     InvalidLan(#[from] InvalidLan),
     #[error("invalid name: {0}")]
     InvalidName(#[from] FieldError),
-    #[error("LAN {lan}: no underlay for node {node}: it has no vxlanDevMap entry and defaultVxlanDev is not set")]
+    #[error(
+        "LAN {lan}: no underlay for node {node}: it has no vxlanDevMap entry and defaultVxlanDev is not set"
+    )]
     NoUnderlay { lan: String, node: String },
     #[error("LAN {lan}: underlay device {dev} does not exist in the host namespace of node {node}")]
     UnderlayMissing {
@@ -93,12 +95,15 @@ impl<K: Kernel> Datapath<K> {
     }
 
     pub(crate) fn serialise(&self) -> MutexGuard<'_, ()> {
-        self.lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Path of a spoke's tap device node.
     pub fn tap_node_path(&self, spoke: &str) -> PathBuf {
-        self.dev_dir.join(k8slan_api::naming::tap_device_file(spoke))
+        self.dev_dir
+            .join(k8slan_api::naming::tap_device_file(spoke))
     }
 
     /// Apply `want` to `link` where it differs; returns whether anything changed.

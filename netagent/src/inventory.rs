@@ -157,8 +157,14 @@ impl<K: Kernel> Datapath<K> {
         let Ok(mtu) = k8slan_api::mtu::lan_mtu(under.mtu) else {
             return Ok(false);
         };
-        let bridge = self.kernel.link(&ns, &spec.bridge).map_err(|e| kerr(lan, e))?;
-        let vxlan = self.kernel.link(&ns, &spec.vxlan).map_err(|e| kerr(lan, e))?;
+        let bridge = self
+            .kernel
+            .link(&ns, &spec.bridge)
+            .map_err(|e| kerr(lan, e))?;
+        let vxlan = self
+            .kernel
+            .link(&ns, &spec.vxlan)
+            .map_err(|e| kerr(lan, e))?;
         let bridge_ok = bridge.as_ref().is_some_and(|b| {
             b.alias.as_deref() == Some(link_alias(lan, role::BRIDGE).as_str())
                 && b.kind == LinkKind::Bridge(bridge_params())

@@ -188,7 +188,12 @@ pub struct KernelError {
 }
 
 impl KernelError {
-    pub fn new(op: &'static str, object: impl Into<String>, ns: &Ns, reason: impl ToString) -> Self {
+    pub fn new(
+        op: &'static str,
+        object: impl Into<String>,
+        ns: &Ns,
+        reason: impl ToString,
+    ) -> Self {
         Self {
             op,
             object: object.into(),

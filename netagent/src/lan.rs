@@ -89,7 +89,11 @@ impl<K: Kernel> Datapath<K> {
         })?;
         let mut changes = Vec::new();
         let mut created_ns = false;
-        if !self.kernel.lan_namespace_exists(lan).map_err(|e| kerr(lan, e))? {
+        if !self
+            .kernel
+            .lan_namespace_exists(lan)
+            .map_err(|e| kerr(lan, e))?
+        {
             self.kernel
                 .create_lan_namespace(lan)
                 .map_err(|e| kerr(lan, e))?;
@@ -209,7 +213,9 @@ impl<K: Kernel> Datapath<K> {
             if right(&link.kind) {
                 return Ok(link);
             }
-            self.kernel.delete_link(ns, name).map_err(|e| kerr(lan, e))?;
+            self.kernel
+                .delete_link(ns, name)
+                .map_err(|e| kerr(lan, e))?;
             changes.push(format!("replace {name} (wrong kind or parameters)"));
         } else {
             changes.push(format!("create {name}"));
@@ -247,7 +253,10 @@ impl<K: Kernel> Datapath<K> {
         let mut removed = Vec::new();
         let mut spokes: Vec<String> = known_spokes.to_vec();
         let ns = Ns::Lan(lan.to_string());
-        let exists = self.kernel.lan_namespace_exists(lan).map_err(|e| kerr(lan, e))?;
+        let exists = self
+            .kernel
+            .lan_namespace_exists(lan)
+            .map_err(|e| kerr(lan, e))?;
         let lan_links = if exists {
             self.kernel.links(&ns).map_err(|e| kerr(lan, e))?
         } else {
@@ -258,11 +267,18 @@ impl<K: Kernel> Datapath<K> {
             .links(&Ns::Host)
             .map_err(|e| kerr(lan, e))?
             .into_iter()
-            .filter(|l| l.alias.as_deref().and_then(parse_alias).is_some_and(|(n, _)| n == lan))
+            .filter(|l| {
+                l.alias
+                    .as_deref()
+                    .and_then(parse_alias)
+                    .is_some_and(|(n, _)| n == lan)
+            })
             .collect();
         for l in lan_links.iter().chain(&host_links) {
             if let Some(spoke) = spoke_of(l) {
-                if validate::spoke_name("spoke", spoke).is_ok() && !spokes.iter().any(|s| s == spoke) {
+                if validate::spoke_name("spoke", spoke).is_ok()
+                    && !spokes.iter().any(|s| s == spoke)
+                {
                     spokes.push(spoke.to_string());
                 }
             }
@@ -270,8 +286,15 @@ impl<K: Kernel> Datapath<K> {
         for spoke in &spokes {
             validate::spoke_name("spoke", spoke)?;
             let path = self.tap_node_path(spoke);
-            if self.kernel.tap_node(&path).map_err(|e| kerr(lan, e))?.is_some() {
-                self.kernel.remove_tap_node(&path).map_err(|e| kerr(lan, e))?;
+            if self
+                .kernel
+                .tap_node(&path)
+                .map_err(|e| kerr(lan, e))?
+                .is_some()
+            {
+                self.kernel
+                    .remove_tap_node(&path)
+                    .map_err(|e| kerr(lan, e))?;
                 removed.push(path.display().to_string());
             }
         }
@@ -294,11 +317,15 @@ impl<K: Kernel> Datapath<K> {
             _ => 2,
         });
         for l in lan_sorted {
-            self.kernel.delete_link(&ns, &l.name).map_err(|e| kerr(lan, e))?;
+            self.kernel
+                .delete_link(&ns, &l.name)
+                .map_err(|e| kerr(lan, e))?;
             removed.push(format!("{lan}:{}", l.name));
         }
         if exists {
-            self.kernel.delete_lan_namespace(lan).map_err(|e| kerr(lan, e))?;
+            self.kernel
+                .delete_lan_namespace(lan)
+                .map_err(|e| kerr(lan, e))?;
             removed.push(format!("namespace {lan}"));
         }
         Ok(removed)

@@ -17,16 +17,15 @@ use futures::TryStreamExt;
 use k8slan_api::MacvtapMode;
 use nix::sys::stat::{Mode, SFlag, major, makedev, minor, mknod};
 use rtnetlink::packet_route::link::{
-    InfoBridge, InfoBridgePort, InfoData, InfoKind, InfoMacVtap, InfoPortData, InfoVeth,
-    InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, MacVtapMode as NlMode,
+    InfoBridge, InfoBridgePort, InfoData, InfoKind, InfoMacVtap, InfoPortData, InfoVeth, InfoVxlan,
+    LinkAttribute, LinkFlags, LinkInfo, LinkMessage, MacVtapMode as NlMode,
 };
 use rtnetlink::{
     Handle, LinkBridge, LinkBridgePort, LinkMacVtap, LinkMessageBuilder, LinkUnspec, LinkVxlan,
 };
 
 use crate::kernel::{
-    BridgeParams, DevNum, Kernel, KernelError, Link, LinkChange, LinkKind, NewLink, Ns,
-    VxlanParams,
+    BridgeParams, DevNum, Kernel, KernelError, Link, LinkChange, LinkKind, NewLink, Ns, VxlanParams,
 };
 use crate::netns;
 
@@ -96,7 +95,13 @@ impl RtnlKernel {
     }
 
     /// Run an rtnetlink conversation inside `ns`.
-    fn rtnl<T, F, Fut>(&self, ns: &Ns, op: &'static str, object: &str, f: F) -> Result<T, KernelError>
+    fn rtnl<T, F, Fut>(
+        &self,
+        ns: &Ns,
+        op: &'static str,
+        object: &str,
+        f: F,
+    ) -> Result<T, KernelError>
     where
         T: Send,
         F: FnOnce(Handle) -> Fut + Send,
@@ -109,8 +114,9 @@ impl RtnlKernel {
                 .build()
                 .map_err(|e| KernelError::new(op, object, ns, format!("tokio runtime: {e}")))?;
             rt.block_on(async {
-                let (conn, handle, _) = rtnetlink::new_connection()
-                    .map_err(|e| KernelError::new(op, object, ns, format!("netlink socket: {e}")))?;
+                let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| {
+                    KernelError::new(op, object, ns, format!("netlink socket: {e}"))
+                })?;
                 let task = tokio::spawn(conn);
                 let out = f(handle).await;
                 task.abort();
@@ -142,7 +148,14 @@ fn errno_of(e: &rtnetlink::Error) -> Option<i32> {
 }
 
 async fn get_by_name(h: &Handle, name: &str) -> Result<Option<LinkMessage>, rtnetlink::Error> {
-    match h.link().get().match_name(name.to_string()).execute().try_next().await {
+    match h
+        .link()
+        .get()
+        .match_name(name.to_string())
+        .execute()
+        .try_next()
+        .await
+    {
         Ok(m) => Ok(m),
         Err(e) if errno_of(&e) == Some(libc::ENODEV) => Ok(None),
         Err(e) => Err(e),
@@ -301,10 +314,12 @@ fn parse_link(msg: &LinkMessage) -> Link {
 
 fn read_devnum(path: &Path) -> io::Result<DevNum> {
     let text = fs::read_to_string(path)?;
-    let (ma, mi) = text
-        .trim()
-        .split_once(':')
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("{text:?} is not MAJOR:MINOR")))?;
+    let (ma, mi) = text.trim().split_once(':').ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{text:?} is not MAJOR:MINOR"),
+        )
+    })?;
     let parse = |s: &str| {
         s.parse::<u32>()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{s:?}: {e}")))
@@ -321,7 +336,12 @@ fn macvtap_devnum_from_sysfs(macvtap: &str) -> io::Result<DevNum> {
     let entry = fs::read_dir(&dir)?
         .filter_map(Result::ok)
         .find(|e| e.file_name().to_string_lossy().starts_with("tap"))
-        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no tap device under {}", dir.display())))?;
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no tap device under {}", dir.display()),
+            )
+        })?;
     read_devnum(&entry.path().join("dev"))
 }
 
@@ -360,7 +380,12 @@ impl Kernel for RtnlKernel {
     fn delete_lan_namespace(&self, lan: &str) -> Result<(), KernelError> {
         let path = self.lan_path(lan);
         netns::delete(&path).map_err(|e| {
-            KernelError::new("delete", path.display().to_string(), &Ns::Lan(lan.into()), e)
+            KernelError::new(
+                "delete",
+                path.display().to_string(),
+                &Ns::Lan(lan.into()),
+                e,
+            )
         })
     }
 
@@ -591,7 +616,12 @@ impl Kernel for RtnlKernel {
 
     fn make_tap_node(&self, path: &Path, dev: DevNum) -> Result<(), KernelError> {
         let err = |e: &dyn std::fmt::Display| {
-            KernelError::new("create tap device node", path.display().to_string(), &Ns::Host, e)
+            KernelError::new(
+                "create tap device node",
+                path.display().to_string(),
+                &Ns::Host,
+                e,
+            )
         };
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir).map_err(|e| err(&e))?;
@@ -626,12 +656,18 @@ impl Kernel for RtnlKernel {
     fn tap_nodes(&self, dir: &Path) -> Result<Vec<PathBuf>, KernelError> {
         match fs::read_dir(dir) {
             Ok(entries) => {
-                let mut v: Vec<PathBuf> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
+                let mut v: Vec<PathBuf> =
+                    entries.filter_map(Result::ok).map(|e| e.path()).collect();
                 v.sort();
                 Ok(v)
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
-            Err(e) => Err(KernelError::new("list", dir.display().to_string(), &Ns::Host, e)),
+            Err(e) => Err(KernelError::new(
+                "list",
+                dir.display().to_string(),
+                &Ns::Host,
+                e,
+            )),
         }
     }
 }

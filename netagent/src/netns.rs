@@ -76,19 +76,31 @@ pub fn prepare_dir(dir: &Path) -> Result<(), NetnsError> {
         dir: dir.to_owned(),
         source,
     })?;
-    let shared = || mount(None::<&str>, dir, None::<&str>, MsFlags::MS_SHARED | MsFlags::MS_REC, None::<&str>);
+    let shared = || {
+        mount(
+            None::<&str>,
+            dir,
+            None::<&str>,
+            MsFlags::MS_SHARED | MsFlags::MS_REC,
+            None::<&str>,
+        )
+    };
     match shared() {
         Ok(()) => Ok(()),
         // Not a mount point yet: bind it onto itself, then share it.
-        Err(nix::Error::EINVAL) => {
-            mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-                .and_then(|()| shared())
-                .map_err(|source| NetnsError::Sys {
-                    what: "make the netns directory a shared mount point",
-                    path: dir.to_owned(),
-                    source,
-                })
-        }
+        Err(nix::Error::EINVAL) => mount(
+            Some(dir),
+            dir,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .and_then(|()| shared())
+        .map_err(|source| NetnsError::Sys {
+            what: "make the netns directory a shared mount point",
+            path: dir.to_owned(),
+            source,
+        }),
         Err(source) => Err(NetnsError::Sys {
             what: "make the netns directory a shared mount point",
             path: dir.to_owned(),
@@ -197,8 +209,20 @@ where
     in_netns(ns, || {
         let sys = || -> Result<(), nix::Error> {
             unshare(CloneFlags::CLONE_NEWNS)?;
-            mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SLAVE, None::<&str>)?;
-            mount(Some("sysfs"), "/sys", Some("sysfs"), MsFlags::empty(), None::<&str>)
+            mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                MsFlags::MS_REC | MsFlags::MS_SLAVE,
+                None::<&str>,
+            )?;
+            mount(
+                Some("sysfs"),
+                "/sys",
+                Some("sysfs"),
+                MsFlags::empty(),
+                None::<&str>,
+            )
         };
         sys().map_err(|source| NetnsError::Sys {
             what: "mount a private sysfs",

@@ -89,8 +89,14 @@ impl<K: Kernel> Datapath<K> {
         let lan_ns = Ns::Lan(lan.to_string());
 
         // Never touch a host link that is not ours; check both names before changing anything.
-        let host = self.kernel.link(&Ns::Host, host_name).map_err(|e| kerr(lan, e))?;
-        let mvt = self.kernel.link(&Ns::Host, &mvt_name).map_err(|e| kerr(lan, e))?;
+        let host = self
+            .kernel
+            .link(&Ns::Host, host_name)
+            .map_err(|e| kerr(lan, e))?;
+        let mvt = self
+            .kernel
+            .link(&Ns::Host, &mvt_name)
+            .map_err(|e| kerr(lan, e))?;
         for (link, alias) in [(&host, &host_alias), (&mvt, &mvt_alias)] {
             if let Some(l) = link {
                 if !is_ours(l, alias) {
@@ -104,7 +110,10 @@ impl<K: Kernel> Datapath<K> {
                 }
             }
         }
-        let port = self.kernel.link(&lan_ns, port_name).map_err(|e| kerr(lan, e))?;
+        let port = self
+            .kernel
+            .link(&lan_ns, port_name)
+            .map_err(|e| kerr(lan, e))?;
 
         let mut created_pair = false;
         let (host, port) = match (host, port) {
@@ -147,8 +156,14 @@ impl<K: Kernel> Datapath<K> {
                     .map_err(|e| kerr(lan, e))?;
                 created_pair = true;
                 changes.push(format!("create veth pair {host_name}"));
-                let h = self.kernel.link(&Ns::Host, host_name).map_err(|e| kerr(lan, e));
-                let p = self.kernel.link(&lan_ns, port_name).map_err(|e| kerr(lan, e));
+                let h = self
+                    .kernel
+                    .link(&Ns::Host, host_name)
+                    .map_err(|e| kerr(lan, e));
+                let p = self
+                    .kernel
+                    .link(&lan_ns, port_name)
+                    .map_err(|e| kerr(lan, e));
                 match (h, p) {
                     (Ok(Some(h)), Ok(Some(p))) => (h, p),
                     (h, p) => {
@@ -163,9 +178,7 @@ impl<K: Kernel> Datapath<K> {
                 }
             }
         };
-        let result = self.finish_spoke(
-            spec, spoke, kind, &state, &host, &port, mvt, &mut changes,
-        );
+        let result = self.finish_spoke(spec, spoke, kind, &state, &host, &port, mvt, &mut changes);
         match result {
             Ok(mac) => {
                 debug!(changes = ?changes, "spoke up");
@@ -236,7 +249,10 @@ impl<K: Kernel> Datapath<K> {
         let tap_path = self.tap_node_path(spoke);
         // A macvtap whose lower is gone disappears with it: look again.
         let mvt = match mvt {
-            Some(_) => self.kernel.link(&Ns::Host, &mvt_name).map_err(|e| kerr(lan, e))?,
+            Some(_) => self
+                .kernel
+                .link(&Ns::Host, &mvt_name)
+                .map_err(|e| kerr(lan, e))?,
             None => None,
         };
         match kind {
@@ -247,8 +263,15 @@ impl<K: Kernel> Datapath<K> {
                         .map_err(|e| kerr(lan, e))?;
                     changes.push(format!("remove macvtap {mvt_name} (spoke used as veth)"));
                 }
-                if self.kernel.tap_node(&tap_path).map_err(|e| kerr(lan, e))?.is_some() {
-                    self.kernel.remove_tap_node(&tap_path).map_err(|e| kerr(lan, e))?;
+                if self
+                    .kernel
+                    .tap_node(&tap_path)
+                    .map_err(|e| kerr(lan, e))?
+                    .is_some()
+                {
+                    self.kernel
+                        .remove_tap_node(&tap_path)
+                        .map_err(|e| kerr(lan, e))?;
                     changes.push(format!("remove tap node {}", tap_path.display()));
                 }
                 Ok(None)
@@ -330,8 +353,15 @@ impl<K: Kernel> Datapath<K> {
         let lan = spec.ns.as_str();
         let mut removed = Vec::new();
         let tap_path = self.tap_node_path(spoke);
-        if self.kernel.tap_node(&tap_path).map_err(|e| kerr(lan, e))?.is_some() {
-            self.kernel.remove_tap_node(&tap_path).map_err(|e| kerr(lan, e))?;
+        if self
+            .kernel
+            .tap_node(&tap_path)
+            .map_err(|e| kerr(lan, e))?
+            .is_some()
+        {
+            self.kernel
+                .remove_tap_node(&tap_path)
+                .map_err(|e| kerr(lan, e))?;
             removed.push(tap_path.display().to_string());
         }
         let mvt_name = macvtap_name(spoke);
@@ -339,18 +369,35 @@ impl<K: Kernel> Datapath<K> {
             (mvt_name.as_str(), link_alias(lan, &role::macvtap(spoke))),
             (host_veth_name(spoke), link_alias(lan, &role::host(spoke))),
         ] {
-            if let Some(l) = self.kernel.link(&Ns::Host, name).map_err(|e| kerr(lan, e))? {
+            if let Some(l) = self
+                .kernel
+                .link(&Ns::Host, name)
+                .map_err(|e| kerr(lan, e))?
+            {
                 if is_ours(&l, &alias) {
-                    self.kernel.delete_link(&Ns::Host, name).map_err(|e| kerr(lan, e))?;
+                    self.kernel
+                        .delete_link(&Ns::Host, name)
+                        .map_err(|e| kerr(lan, e))?;
                     removed.push(format!("host:{name}"));
                 }
             }
         }
-        if self.kernel.lan_namespace_exists(lan).map_err(|e| kerr(lan, e))? {
+        if self
+            .kernel
+            .lan_namespace_exists(lan)
+            .map_err(|e| kerr(lan, e))?
+        {
             let lan_ns = Ns::Lan(lan.into());
             let port = bridge_port_name(spoke);
-            if self.kernel.link(&lan_ns, port).map_err(|e| kerr(lan, e))?.is_some() {
-                self.kernel.delete_link(&lan_ns, port).map_err(|e| kerr(lan, e))?;
+            if self
+                .kernel
+                .link(&lan_ns, port)
+                .map_err(|e| kerr(lan, e))?
+                .is_some()
+            {
+                self.kernel
+                    .delete_link(&lan_ns, port)
+                    .map_err(|e| kerr(lan, e))?;
                 removed.push(format!("{lan}:{port}"));
             }
         }

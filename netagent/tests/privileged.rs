@@ -15,8 +15,14 @@ fn pods_on_two_nodes_ping_over_the_lan() {
     let (a, b) = (spoke("a"), spoke("b"));
     let spec = lan_spec(4242, &[&a, &b]);
 
-    let s1 = n1.dp.spoke_up(&spec, &n1.name, &a, SpokeKind::Veth).unwrap();
-    let s2 = n2.dp.spoke_up(&spec, &n2.name, &b, SpokeKind::Veth).unwrap();
+    let s1 = n1
+        .dp
+        .spoke_up(&spec, &n1.name, &a, SpokeKind::Veth)
+        .unwrap();
+    let s2 = n2
+        .dp
+        .spoke_up(&spec, &n2.name, &b, SpokeKind::Veth)
+        .unwrap();
     assert_eq!(s1.host_ifname, a);
     assert_eq!(s1.mtu, 1430);
     assert!(s1.mac.is_none());
@@ -30,7 +36,9 @@ fn pods_on_two_nodes_ping_over_the_lan() {
         String::from_utf8_lossy(&out.stdout)
     );
     // Full-size frames pass unfragmented (DF set): MTU 1430 - 28 bytes of IPv4+ICMP headers.
-    let out = p2.sh_output("ping -c 2 -i 0.2 -W 2 -M do -s 1402 198.18.7.1").unwrap();
+    let out = p2
+        .sh_output("ping -c 2 -i 0.2 -W 2 -M do -s 1402 198.18.7.1")
+        .unwrap();
     assert!(
         out.status.success(),
         "full-MTU ping failed: {}",
