@@ -42,19 +42,20 @@ impl<K: Kernel> Datapath<K> {
     pub fn lan_up(&self, spec: &LanSpec, node: &str) -> Result<LanState, DatapathError> {
         let _guard = self.serialise();
         let mut state = self.lan_core(spec, node)?;
-        // Existing spoke ports follow the LAN MTU (it changes with the underlay's).
+        // Existing spoke ports (also those whose host end is in a pod) get the LAN MTU, stay
+        // ports of the bridge with the group forward mask, and stay up; they are never recreated
+        // here, so members keep their links.
         let ns = Ns::Lan(spec.ns.clone());
         let links = self.kernel.links(&ns).map_err(|e| kerr(&spec.ns, e))?;
         for link in links.iter().filter(|l| is_port_of(l, &spec.ns)) {
-            if link.mtu != state.mtu {
-                let change = crate::kernel::LinkChange {
-                    mtu: Some(state.mtu),
-                    ..Default::default()
-                };
-                self.kernel
-                    .change_link(&ns, &link.name, &change)
-                    .map_err(|e| kerr(&spec.ns, e))?;
-                state.changes.push(format!("set MTU of port {}", link.name));
+            let alias = link.alias.clone().unwrap_or_default();
+            let want = Want {
+                mtu: state.mtu,
+                alias: &alias,
+                master: Some((&spec.bridge, state.bridge_ifindex)),
+            };
+            if self.converge(&spec.ns, &ns, link, &want)? {
+                state.changes.push(format!("converge port {}", link.name));
             }
         }
         debug!(changes = ?state.changes, "LAN up");
