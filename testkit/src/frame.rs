@@ -222,6 +222,28 @@ impl PacketSocket {
         Ok(Self { fd, ifindex })
     }
 
+    /// The interface's own MAC address.
+    pub fn mac(&self) -> io::Result<Mac> {
+        let mut name = [0 as libc::c_char; libc::IFNAMSIZ];
+        // SAFETY: name has IFNAMSIZ bytes, as if_indextoname requires.
+        if unsafe { libc::if_indextoname(self.ifindex as u32, name.as_mut_ptr()) }.is_null() {
+            return Err(io::Error::last_os_error());
+        }
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        req.ifr_name = name;
+        // SAFETY: req is a valid ifreq for SIOCGIFHWADDR.
+        if unsafe { libc::ioctl(self.fd.as_raw_fd(), libc::SIOCGIFHWADDR, &mut req) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: SIOCGIFHWADDR filled the hwaddr member of the union.
+        let sa = unsafe { req.ifr_ifru.ifru_hwaddr };
+        let mut m = [0u8; 6];
+        for (i, b) in m.iter_mut().enumerate() {
+            *b = sa.sa_data[i] as u8;
+        }
+        Ok(Mac(m))
+    }
+
     pub fn send(&self, frame: &Frame) -> io::Result<()> {
         let bytes = frame.encode();
         let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };

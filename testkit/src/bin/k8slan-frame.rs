@@ -5,13 +5,14 @@
 //! ```text
 //! k8slan-frame send     --iface IF --dst MAC --src MAC --ethertype HEX [--payload TEXT] [--count N]
 //! k8slan-frame recv     --iface IF [--ethertype HEX] [--src MAC] [--timeout SECS]
-//! k8slan-frame echo     --iface IF [--ethertype HEX] [--src MAC] [--timeout SECS]
+//! k8slan-frame echo     --iface IF [--ethertype HEX] [--src MAC] [--timeout SECS] [--reply-src MAC]
 //! k8slan-frame tap-send --dev PATH --dst MAC --src MAC --ethertype HEX [--payload TEXT] [--count N]
 //! k8slan-frame tap-recv --dev PATH [--ethertype HEX] [--src MAC] [--timeout SECS]
-//! k8slan-frame tap-echo --dev PATH [--ethertype HEX] [--src MAC] [--timeout SECS]
+//! k8slan-frame tap-echo --dev PATH [--ethertype HEX] [--src MAC] [--timeout SECS] [--reply-src MAC]
 //! ```
 //! `recv` prints the matching frame as one JSON line and exits 1 on timeout; `echo` answers the
-//! first matching frame with addresses swapped and payload `echo:<payload>`, then prints it.
+//! first matching frame back to its sender, from the interface's MAC (or `--reply-src`), with
+//! payload `echo:<payload>`, then prints the frame it answered.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -23,7 +24,8 @@ use k8slan_testkit::frame::{Filter, Frame, Mac, PacketSocket, TapDevice, parse_e
 const USAGE: &str =
     "usage: k8slan-frame send|recv|echo --iface IF ... | tap-send|tap-recv|tap-echo --dev PATH ...
   send/tap-send: --dst MAC --src MAC --ethertype HEX [--payload TEXT] [--count N]
-  recv/echo/tap-recv/tap-echo: [--ethertype HEX] [--src MAC] [--timeout SECS (default 5)]";
+  recv/echo/tap-recv/tap-echo: [--ethertype HEX] [--src MAC] [--timeout SECS (default 5)]
+  echo/tap-echo: [--reply-src MAC]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -118,7 +120,11 @@ fn run(args: &[String]) -> Result<bool, String> {
                 return Ok(false);
             };
             if cmd == "echo" {
-                s.send(&f.echo(None)).map_err(io)?;
+                let me = match o.get("reply-src") {
+                    Some(m) => m.parse().map_err(|e| format!("--reply-src: {e}"))?,
+                    None => s.mac().map_err(io)?,
+                };
+                s.send(&f.echo(Some(me))).map_err(io)?;
             }
             println!("{}", f.to_json());
             Ok(true)
@@ -138,7 +144,11 @@ fn run(args: &[String]) -> Result<bool, String> {
                 return Ok(false);
             };
             if cmd == "tap-echo" {
-                d.send(&f.echo(None)).map_err(io)?;
+                let me: Mac = match o.get("reply-src") {
+                    Some(m) => m.parse().map_err(|e| format!("--reply-src: {e}"))?,
+                    None => "02:00:00:00:00:fe".parse()?,
+                };
+                d.send(&f.echo(Some(me))).map_err(io)?;
             }
             println!("{}", f.to_json());
             Ok(true)
