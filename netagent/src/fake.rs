@@ -20,6 +20,7 @@ pub enum Call {
     CreateLink(NewLink),
     ChangeLink(Ns, String, LinkChange),
     DeleteLink(Ns, String),
+    DeleteLanLinks(String),
     MacvtapDevnum(String),
     TapNode(PathBuf),
     MakeTapNode(PathBuf, DevNum),
@@ -37,6 +38,7 @@ impl Call {
                 | Call::CreateLink(_)
                 | Call::ChangeLink(..)
                 | Call::DeleteLink(..)
+                | Call::DeleteLanLinks(_)
                 | Call::MakeTapNode(..)
                 | Call::RemoveTapNode(_)
         )
@@ -534,6 +536,28 @@ impl Kernel for RecordingKernel {
             ns,
         )?;
         remove_link(&mut st, ns, name);
+        Ok(())
+    }
+
+    fn delete_lan_links(&self, lan: &str) -> Result<(), KernelError> {
+        let ns = Ns::Lan(lan.into());
+        let mut st = self.begin(
+            Call::DeleteLanLinks(lan.into()),
+            "delete_lan_links",
+            lan,
+            &ns,
+        )?;
+        let names: Vec<String> = links_of(&st, &ns)
+            .map(|v| {
+                v.iter()
+                    .filter(|l| l.name != "lo")
+                    .map(|l| l.name.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for n in names {
+            remove_link(&mut st, &ns, &n);
+        }
         Ok(())
     }
 

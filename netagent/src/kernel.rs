@@ -173,6 +173,10 @@ impl std::fmt::Display for DevNum {
     }
 }
 
+/// Link group (`IFLA_GROUP`) of every link k8slan creates in a LAN namespace, so that
+/// `lan down` deletes them all in one batch (`ip link delete group`).
+pub const LAN_LINK_GROUP: u32 = 0x6b38_6c6e;
+
 /// What went wrong in one kernel call.
 #[derive(Debug, thiserror::Error)]
 #[error("{op} {object} in {ns}: {reason}")]
@@ -229,6 +233,9 @@ pub trait Kernel: Send + Sync {
     fn create_link(&self, link: &NewLink) -> Result<(), KernelError>;
     fn change_link(&self, ns: &Ns, name: &str, change: &LinkChange) -> Result<(), KernelError>;
     fn delete_link(&self, ns: &Ns, name: &str) -> Result<(), KernelError>;
+    /// Delete every link k8slan created in a LAN namespace in one batch (ports, VXLAN, bridge;
+    /// veth peers die with their ports). Much faster than one deletion per link.
+    fn delete_lan_links(&self, lan: &str) -> Result<(), KernelError>;
 
     /// Device number of a host-namespace macvtap's character device.
     fn macvtap_devnum(&self, macvtap: &str) -> Result<DevNum, KernelError>;

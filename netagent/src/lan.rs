@@ -299,29 +299,45 @@ impl<K: Kernel> Datapath<K> {
                 removed.push(path.display().to_string());
             }
         }
-        // Macvtaps first (they sit on host ends), then host ends.
-        let mut host_sorted: Vec<&Link> = host_links.iter().collect();
-        host_sorted.sort_by_key(|l| !matches!(l.kind, LinkKind::Macvtap { .. }));
-        for l in host_sorted {
+        // Every link of the LAN namespace in one batch; veth peers (host ends, even those in
+        // pods) and the macvtaps on them die with their ports.
+        if lan_links.iter().any(|l| l.name != "lo") {
+            self.kernel
+                .delete_lan_links(lan)
+                .map_err(|e| kerr(lan, e))?;
+            removed.extend(
+                lan_links
+                    .iter()
+                    .filter(|l| l.name != "lo")
+                    .map(|l| format!("{lan}:{}", l.name)),
+            );
+            // Links someone made by hand (not in k8slan's group) go one by one.
+            for l in self.kernel.links(&ns).map_err(|e| kerr(lan, e))? {
+                if l.name != "lo" {
+                    self.kernel
+                        .delete_link(&ns, &l.name)
+                        .map_err(|e| kerr(lan, e))?;
+                }
+            }
+        }
+        // Host links of this LAN that were not paired with a port (leftovers), macvtaps first.
+        let mut host_left: Vec<Link> = self
+            .kernel
+            .links(&Ns::Host)
+            .map_err(|e| kerr(lan, e))?
+            .into_iter()
+            .filter(|l| {
+                host_links
+                    .iter()
+                    .any(|h| h.ifindex == l.ifindex && h.name == l.name)
+            })
+            .collect();
+        host_left.sort_by_key(|l| !matches!(l.kind, LinkKind::Macvtap { .. }));
+        for l in host_left {
             self.kernel
                 .delete_link(&Ns::Host, &l.name)
                 .map_err(|e| kerr(lan, e))?;
             removed.push(format!("host:{}", l.name));
-        }
-        // Ports first (deleting a veth end removes its peer wherever it is), then the vxlan and
-        // the bridge, so that every link is gone before the namespace is unmounted.
-        let mut lan_sorted: Vec<&Link> = lan_links.iter().filter(|l| l.name != "lo").collect();
-        lan_sorted.sort_by_key(|l| match l.kind {
-            LinkKind::Veth { .. } => 0,
-            LinkKind::Vxlan(_) => 1,
-            LinkKind::Bridge(_) => 3,
-            _ => 2,
-        });
-        for l in lan_sorted {
-            self.kernel
-                .delete_link(&ns, &l.name)
-                .map_err(|e| kerr(lan, e))?;
-            removed.push(format!("{lan}:{}", l.name));
         }
         if exists {
             self.kernel

@@ -25,7 +25,8 @@ use rtnetlink::{
 };
 
 use crate::kernel::{
-    BridgeParams, DevNum, Kernel, KernelError, Link, LinkChange, LinkKind, NewLink, Ns, VxlanParams,
+    BridgeParams, DevNum, Kernel, KernelError, LAN_LINK_GROUP, Link, LinkChange, LinkKind, NewLink,
+    Ns, VxlanParams,
 };
 use crate::netns;
 
@@ -424,7 +425,9 @@ impl Kernel for RtnlKernel {
                 self.rtnl(ns, "create bridge", name, |h| async move {
                     // vlan_filtering is off by default; it is only sent when wanted, because
                     // kernels without CONFIG_BRIDGE_VLAN_FILTERING refuse the attribute even as 0.
-                    let mut b = LinkMessageBuilder::<LinkBridge>::new(name).mtu(*mtu);
+                    let mut b = LinkMessageBuilder::<LinkBridge>::new(name)
+                        .mtu(*mtu)
+                        .link_group(LAN_LINK_GROUP);
                     if params.vlan_filtering {
                         b = b.append_info_data(InfoBridge::VlanFiltering(true));
                     }
@@ -460,6 +463,7 @@ impl Kernel for RtnlKernel {
                         .port(params.port)
                         .learning(params.learning)
                         .mtu(*mtu)
+                        .link_group(LAN_LINK_GROUP)
                         .append_extra_attribute(LinkAttribute::NetNsFd(fd))
                         .build();
                     h.link()
@@ -489,6 +493,7 @@ impl Kernel for RtnlKernel {
                     peer.attributes = vec![
                         LinkAttribute::IfName(port_name.clone()),
                         LinkAttribute::Mtu(*mtu),
+                        LinkAttribute::Group(LAN_LINK_GROUP),
                         LinkAttribute::NetNsFd(fd),
                     ];
                     let msg = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
@@ -582,6 +587,19 @@ impl Kernel for RtnlKernel {
                 Ok(()) => Ok(()),
                 Err(e) if errno_of(&e) == Some(libc::ENODEV) => Ok(()),
                 Err(e) => Err(nl_err("delete", name, ns, e)),
+            }
+        })
+    }
+
+    fn delete_lan_links(&self, lan: &str) -> Result<(), KernelError> {
+        let ns = &Ns::Lan(lan.to_string());
+        self.rtnl(ns, "delete all links", "k8slan group", |h| async move {
+            let mut msg = LinkMessage::default();
+            msg.attributes.push(LinkAttribute::Group(LAN_LINK_GROUP));
+            match h.link().del_with_message(msg).execute().await {
+                Ok(()) => Ok(()),
+                Err(e) if errno_of(&e) == Some(libc::ENODEV) => Ok(()),
+                Err(e) => Err(nl_err("delete all links", "k8slan group", ns, e)),
             }
         })
     }
