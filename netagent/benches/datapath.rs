@@ -117,7 +117,7 @@ fn iperf(server: &TestNs, client: &TestNs, server_addr: &str, secs: u32) -> f64 
         / 1e9
 }
 
-fn throughput(secs: u32) {
+fn throughput(secs: u32, _rounds: u32) {
     let ul = Underlay::new();
     let n1 = Node::new(&ul, "node1", 1500);
     let n2 = Node::new(&ul, "node2", 1500);
@@ -179,7 +179,7 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(5);
     spoke_up_timing(count);
-    throughput(secs);
+    throughput(secs, 3);
 }
 
 fn nix_is_root() -> bool {

@@ -132,10 +132,10 @@ impl<K: Kernel> Datapath<K> {
         }
         let host = self.kernel.links(&Ns::Host).map_err(|e| kerr("*", e))?;
         for l in host {
-            if let Some((ns, _)) = l.alias.as_deref().and_then(parse_alias) {
-                if !known.iter().any(|s| s.ns == ns) {
-                    rec.orphan_links.push(l.name.clone());
-                }
+            if let Some((ns, _)) = l.alias.as_deref().and_then(parse_alias)
+                && !known.iter().any(|s| s.ns == ns)
+            {
+                rec.orphan_links.push(l.name.clone());
             }
         }
         Ok(rec)

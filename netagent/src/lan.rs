@@ -276,12 +276,11 @@ impl<K: Kernel> Datapath<K> {
             })
             .collect();
         for l in lan_links.iter().chain(&host_links) {
-            if let Some(spoke) = spoke_of(l) {
-                if validate::spoke_name("spoke", spoke).is_ok()
-                    && !spokes.iter().any(|s| s == spoke)
-                {
-                    spokes.push(spoke.to_string());
-                }
+            if let Some(spoke) = spoke_of(l)
+                && validate::spoke_name("spoke", spoke).is_ok()
+                && !spokes.iter().any(|s| s == spoke)
+            {
+                spokes.push(spoke.to_string());
             }
         }
         for spoke in &spokes {

@@ -98,16 +98,16 @@ impl<K: Kernel> Datapath<K> {
             .link(&Ns::Host, &mvt_name)
             .map_err(|e| kerr(lan, e))?;
         for (link, alias) in [(&host, &host_alias), (&mvt, &mvt_alias)] {
-            if let Some(l) = link {
-                if !is_ours(l, alias) {
-                    return Err(DatapathError::ForeignLink {
-                        lan: lan.into(),
-                        spoke: spoke.into(),
-                        link: l.name.clone(),
-                        alias: l.alias.clone(),
-                        expected: alias.clone(),
-                    });
-                }
+            if let Some(l) = link
+                && !is_ours(l, alias)
+            {
+                return Err(DatapathError::ForeignLink {
+                    lan: lan.into(),
+                    spoke: spoke.into(),
+                    link: l.name.clone(),
+                    alias: l.alias.clone(),
+                    expected: alias.clone(),
+                });
             }
         }
         let port = self
@@ -373,13 +373,12 @@ impl<K: Kernel> Datapath<K> {
                 .kernel
                 .link(&Ns::Host, name)
                 .map_err(|e| kerr(lan, e))?
+                && is_ours(&l, &alias)
             {
-                if is_ours(&l, &alias) {
-                    self.kernel
-                        .delete_link(&Ns::Host, name)
-                        .map_err(|e| kerr(lan, e))?;
-                    removed.push(format!("host:{name}"));
-                }
+                self.kernel
+                    .delete_link(&Ns::Host, name)
+                    .map_err(|e| kerr(lan, e))?;
+                removed.push(format!("host:{name}"));
             }
         }
         if self

@@ -297,13 +297,13 @@ impl PacketSocket {
                 }
                 return Err(e);
             }
-            if sll.sll_pkttype == libc::PACKET_OUTGOING as u8 {
+            if sll.sll_pkttype == libc::PACKET_OUTGOING {
                 continue;
             }
-            if let Some(f) = Frame::decode(&buf[..n as usize]) {
-                if filter.matches(&f) {
-                    return Ok(Some(f));
-                }
+            if let Some(f) = Frame::decode(&buf[..n as usize])
+                && filter.matches(&f)
+            {
+                return Ok(Some(f));
             }
         }
         Ok(None)
@@ -343,10 +343,10 @@ impl TapDevice {
             if n <= VNET_HDR_LEN {
                 continue;
             }
-            if let Some(f) = Frame::decode(&buf[VNET_HDR_LEN..n]) {
-                if filter.matches(&f) {
-                    return Ok(Some(f));
-                }
+            if let Some(f) = Frame::decode(&buf[VNET_HDR_LEN..n])
+                && filter.matches(&f)
+            {
+                return Ok(Some(f));
             }
         }
         Ok(None)
