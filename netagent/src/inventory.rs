@@ -45,6 +45,8 @@ pub struct Recovery {
     pub orphan_namespaces: Vec<String>,
     /// Host links carrying a k8slan alias of a LAN namespace that no known LAN has.
     pub orphan_links: Vec<String>,
+    /// Tap device nodes in the device directory whose spoke is in no known LAN.
+    pub orphan_tap_nodes: Vec<PathBuf>,
 }
 
 impl<K: Kernel> Datapath<K> {
@@ -136,6 +138,23 @@ impl<K: Kernel> Datapath<K> {
                 && !known.iter().any(|s| s.ns == ns)
             {
                 rec.orphan_links.push(l.name.clone());
+            }
+        }
+        let spokes: Vec<String> = known
+            .iter()
+            .flat_map(|s| s.spokes.iter().map(|sp| tap_device_file(sp)))
+            .collect();
+        for path in self
+            .kernel
+            .tap_nodes(&self.dev_dir)
+            .map_err(|e| kerr("*", e))?
+        {
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            if name.starts_with("tap-") && !spokes.iter().any(|s| s == name) {
+                rec.orphan_tap_nodes.push(path);
             }
         }
         Ok(rec)

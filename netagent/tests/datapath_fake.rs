@@ -387,7 +387,7 @@ fn recovery_adopts_matching_lans_and_reports_orphans() {
     let b = spec("lanb", 200, &["b1"]);
     let c = spec("lanc", 300, &["c1"]);
     for s in [&a, &b, &c] {
-        dp.spoke_up(s, NODE, &s.spokes[0], SpokeKind::Veth).unwrap();
+        dp.spoke_up(s, NODE, &s.spokes[0], SpokeKind::Mac).unwrap();
     }
     let k = dp.kernel();
     k.edit(&lan("lanb"), "vx2", |l| l.mtu = 1400);
@@ -396,11 +396,20 @@ fn recovery_adopts_matching_lans_and_reports_orphans() {
     assert_eq!(rec.adopted, vec!["lana"]);
     assert_eq!(rec.drifted, vec!["lanb"]);
     assert_eq!(rec.orphan_namespaces, vec!["lanc"]);
-    assert_eq!(rec.orphan_links, vec!["c1"]);
+    assert_eq!(rec.orphan_links, vec!["c1", "mvt-c1"]);
+    assert_eq!(
+        rec.orphan_tap_nodes,
+        vec![std::path::PathBuf::from("/run/k8slan/dev/tap-c1")]
+    );
     assert_eq!(k.mutations(), vec![], "recovery only looks");
     dp.remove_orphan("lanc").unwrap();
     assert_eq!(k.peek_namespaces(), vec!["lana", "lanb"]);
     assert!(k.peek(&Ns::Host, "c1").is_none());
+    assert_eq!(
+        k.peek_taps().len(),
+        2,
+        "the orphan's tap node is gone, the others stay"
+    );
 }
 
 #[test]

@@ -436,6 +436,7 @@ fn recovery_finds_orphans_and_a_foreign_link_is_refused() {
     assert_eq!(rec.adopted, vec![known.ns.clone()]);
     assert_eq!(rec.orphan_namespaces, vec![gone.ns.clone()]);
     assert_eq!(rec.orphan_links.len(), 2, "{:?}", rec.orphan_links);
+    assert_eq!(rec.orphan_tap_nodes.len(), 1, "{:?}", rec.orphan_tap_nodes);
     n1.dp.remove_orphan(&gone.ns).unwrap();
     assert_eq!(
         n1.dp
