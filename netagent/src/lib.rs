@@ -20,3 +20,10 @@ pub use kernel::{Kernel, KernelError, Link, LinkKind, Ns};
 pub use lan::LanState;
 pub use netlink::{HostNs, RtnlKernel};
 pub use spoke::{MacAttachment, SpokeAttachment};
+
+// The device plugin shares one datapath between its gRPC handlers.
+const _: fn() = || {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<Datapath<RtnlKernel>>();
+    shareable::<Datapath<fake::RecordingKernel>>();
+};
