@@ -21,6 +21,12 @@ pub enum NetnsError {
     Dir { dir: PathBuf, source: io::Error },
     #[error("cannot create network namespace file {path}: {source}")]
     File { path: PathBuf, source: io::Error },
+    #[error("cannot set {knob} in network namespace {path}: {source}")]
+    Sysctl {
+        knob: String,
+        path: PathBuf,
+        source: io::Error,
+    },
     #[error("cannot {what} for network namespace {path}: {source}")]
     Sys {
         what: &'static str,
@@ -133,6 +139,7 @@ pub fn create(path: &Path) -> Result<(), NetnsError> {
                     path: path.to_owned(),
                     source,
                 })?;
+                silence_ipv6(path)?;
                 mount(
                     Some("/proc/thread-self/ns/net"),
                     path,
@@ -153,6 +160,29 @@ pub fn create(path: &Path) -> Result<(), NetnsError> {
         let _ = fs::remove_file(path);
     }
     result
+}
+
+/// Turn IPv6 off for every link of the calling thread's (new) namespace. A LAN namespace is a
+/// wire, not a host: without this its bridge, VXLAN and ports would send their own router
+/// solicitations, neighbour and MLD frames onto the LAN, where the members would see them.
+/// Links moved in later (the VXLAN) take the namespace defaults. A kernel without IPv6 has
+/// nothing to silence.
+fn silence_ipv6(path: &Path) -> Result<(), NetnsError> {
+    for conf in ["default", "all"] {
+        let knob = format!("/proc/sys/net/ipv6/conf/{conf}/disable_ipv6");
+        match fs::write(&knob, "1") {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(source) => {
+                return Err(NetnsError::Sysctl {
+                    knob,
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Unmount the namespace at `path` and remove the file. Absent or unmounted is fine.

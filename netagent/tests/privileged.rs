@@ -96,6 +96,18 @@ fn pods_on_two_nodes_talk_over_the_lan() {
         assert!(line.contains("mtu 1430"), "{line}");
     }
     assert!(n1.sh(&format!("ip -o link show {a}")).contains("mtu 1430"));
+    // The LAN namespace is a silent wire: no link in it speaks IPv6 onto the LAN.
+    for name in ["br0", "vx0", a.as_str()] {
+        let off = n1.lan_sh(
+            &spec.ns,
+            &format!("cat /proc/sys/net/ipv6/conf/{name}/disable_ipv6"),
+        );
+        assert_eq!(
+            off.trim(),
+            "1",
+            "IPv6 is on for {name} in the LAN namespace"
+        );
+    }
 
     let p1 = pod_with(&n1, &a, "198.18.7.1/24");
     let p2 = pod_with(&n2, &b, "198.18.7.2/24");
