@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# Build (or reuse from the cache) everything the e2e cluster runs:
+#   kubernetes  kube-apiserver, kube-controller-manager, kube-scheduler, kubelet,
+#               kube-proxy, kubectl — from the Go module proxy, pinned in versions.env
+#   multus      Multus thin CNI plugin
+#   helm        Helm v3 client
+#   images      pause and testbox OCI archives (see images/README in e2e/README.md)
+#   pyenv       Python venv with pytest and grpcio for the smoke tests
+# Usage: e2e/build.sh [all|kubernetes|multus|helm|images|pyenv]...
+# Artifacts live under $K8SLAN_CACHE/bin/<name>-<version>/ and are reused when the
+# directory holds a ".complete" marker.
+set -euo pipefail
+source "$(dirname "$0")/lib/common.sh"
+
+K8S_COMMANDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
+export CGO_ENABLED=0 GOFLAGS=-mod=mod
+
+# The 31 staging modules are read from upstream's go.mod (its "=> ./staging/" replaces).
+staging_modules() {
+  sed -n 's#^\s*\(k8s\.io/[a-z0-9-]*\) => \./staging/.*#\1#p' "$1"
+}
+
+build_kubernetes() {
+  local out=$K8S_BIN
+  if [[ -f $out/.complete ]]; then log "kubernetes $KUBERNETES_VERSION: cached in $out"; return; fi
+  local src=$K8SLAN_CACHE/src/kubernetes-$KUBERNETES_VERSION start=$SECONDS
+  log "kubernetes $KUBERNETES_VERSION: building into $out (takes a while on 2 cores)"
+  mkdir -p "$src" "$out"
+
+  # Fetch upstream's go.mod and commit hash through the module proxy.
+  local info upstream_mod commit
+  info=$(cd "$src" && go mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION")
+  upstream_mod=$(jq -r .GoMod <<<"$info")
+  # Commit for `version` output: the proxy records it (Origin.Hash) only for some modules.
+  commit=$(jq -r '.Origin.Hash // empty' "$(jq -r .Info <<<"$info")")
+  commit=${commit:-0000000000000000000000000000000000000000}
+
+  # Wrapper module: require kubernetes, point each staging module at its published version.
+  {
+    echo "module k8slan.local/e2e-kubernetes-build"
+    echo
+    grep -E '^go [0-9]' "$upstream_mod"
+    grep -E '^godebug ' "$upstream_mod" || true
+    echo
+    echo "require k8s.io/kubernetes $KUBERNETES_VERSION"
+    echo
+    echo "replace ("
+    staging_modules "$upstream_mod" | while read -r m; do
+      echo "	$m => $m $KUBERNETES_STAGING_VERSION"
+    done
+    echo ")"
+  } >"$src/go.mod"
+  [[ $(grep -c ' => ' "$src/go.mod") -eq 31 ]] || die "expected 31 staging modules in $upstream_mod"
+
+  local pkgs=() c
+  for c in "${K8S_COMMANDS[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$c"); done
+  # Resolve the full module graph and record checksums for the packages we build.
+  # (@version on each package, or go get would move kubernetes to its latest release.)
+  (cd "$src" && go get "${pkgs[@]/%/@$KUBERNETES_VERSION}")
+  grep -q "k8s.io/kubernetes $KUBERNETES_VERSION" "$src/go.mod" || die "go get moved k8s.io/kubernetes off $KUBERNETES_VERSION"
+
+  local major minor v=${KUBERNETES_VERSION#v} pkg
+  major=${v%%.*}; minor=${v#*.}; minor=${minor%%.*}
+  local ldflags="-s -w" date
+  date=$(jq -r .Time "$(jq -r .Info <<<"$info")")
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldflags+=" -X $pkg.gitVersion=$KUBERNETES_VERSION -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
+    ldflags+=" -X $pkg.gitCommit=$commit -X $pkg.gitTreeState=clean -X $pkg.buildDate=$date"
+  done
+  (cd "$src" && go build -p "$GO_BUILD_JOBS" -trimpath -ldflags "$ldflags" -o "$out/" "${pkgs[@]}")
+  touch "$out/.complete"
+  log "kubernetes $KUBERNETES_VERSION: built in $((SECONDS - start))s"
+}
+
+# go install a pinned command into a versioned cache directory.
+go_install() {
+  local name=$1 pkg=$2 version=$3 out=$4 start=$SECONDS
+  if [[ -f $out/.complete ]]; then log "$name $version: cached in $out"; return; fi
+  log "$name $version: building into $out"
+  mkdir -p "$out"
+  GOBIN=$out go install -p "$GO_BUILD_JOBS" -trimpath -ldflags "-s -w" "$pkg@$version"
+  touch "$out/.complete"
+  log "$name $version: built in $((SECONDS - start))s"
+}
+
+build_multus() {
+  go_install multus gopkg.in/k8snetworkplumbingwg/multus-cni.v4/cmd/multus "$MULTUS_VERSION" "$MULTUS_BIN"
+}
+
+build_helm() {
+  # helm prints its version from this variable; go install leaves it empty otherwise.
+  local out=$HELM_BIN start=$SECONDS
+  if [[ -f $out/.complete ]]; then log "helm $HELM_VERSION: cached in $out"; return; fi
+  log "helm $HELM_VERSION: building into $out"
+  mkdir -p "$out"
+  GOBIN=$out go install -p "$GO_BUILD_JOBS" -trimpath \
+    -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
+    "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+  touch "$out/.complete"
+  log "helm $HELM_VERSION: built in $((SECONDS - start))s"
+}
+
+build_images() { "$E2E_DIR/images/build-images.sh"; }
+
+build_pyenv() {
+  local marker=$PY_VENV/.complete-$PYTEST_VERSION-$GRPCIO_VERSION-$PROTOBUF_VERSION
+  if [[ -f $marker ]]; then log "python venv: cached in $PY_VENV"; return; fi
+  log "python venv: installing pytest, grpcio into $PY_VENV"
+  python3 -m venv "$PY_VENV"
+  "$PY_VENV/bin/pip" install --quiet --disable-pip-version-check \
+    "pytest==$PYTEST_VERSION" "grpcio==$GRPCIO_VERSION" "protobuf==$PROTOBUF_VERSION"
+  touch "$marker"
+}
+
+main() {
+  local targets=("$@")
+  [[ ${#targets[@]} -gt 0 ]] || targets=(all)
+  [[ ${targets[0]} == all ]] && targets=(kubernetes multus helm images pyenv)
+  local t
+  for t in "${targets[@]}"; do
+    case $t in
+      kubernetes|multus|helm|images|pyenv) "build_$t" ;;
+      *) die "unknown build target: $t" ;;
+    esac
+  done
+}
+
+main "$@"
