@@ -72,43 +72,48 @@ build_kubernetes() {
   log "kubernetes $KUBERNETES_VERSION: built in $((SECONDS - start))s"
 }
 
-# go install a pinned command into a versioned cache directory.
-go_install() {
-  local name=$1 pkg=$2 version=$3 out=$4 start=$SECONDS
+# build_pinned NAME MODULE PACKAGE VERSION OUT [LDFLAGS]: build one command of a module at
+# a pinned version. Like `go install PACKAGE@VERSION`, but through a wrapper module,
+# because `go install` asks the proxy for the module's version list (to check
+# deprecation) and the proxy refuses that for some modules (gopkg.in/...multus).
+# The wrapper copies the module's go and godebug lines so runtime defaults match.
+build_pinned() {
+  local name=$1 module=$2 pkg=$3 version=$4 out=$5 ldflags="-s -w ${6:-}" start=$SECONDS
   if [[ -f $out/.complete ]]; then log "$name $version: cached in $out"; return; fi
   log "$name $version: building into $out"
-  mkdir -p "$out"
-  GOBIN=$out go install -p "$GO_BUILD_JOBS" -trimpath -ldflags "-s -w" "$pkg@$version"
+  local src=$K8SLAN_CACHE/src/$name-$version upstream_mod
+  mkdir -p "$src" "$out"
+  upstream_mod=$(cd "$src" && go mod download -json "$module@$version" | jq -r .GoMod)
+  {
+    echo "module k8slan.local/e2e-$name-build"
+    grep -E '^(go|godebug) ' "$upstream_mod"
+  } >"$src/go.mod"
+  (cd "$src" && go get "$pkg@$version")
+  (cd "$src" && go build -p "$GO_BUILD_JOBS" -trimpath -ldflags "$ldflags" -o "$out/" "$pkg")
   touch "$out/.complete"
   log "$name $version: built in $((SECONDS - start))s"
 }
 
 build_multus() {
-  go_install multus gopkg.in/k8snetworkplumbingwg/multus-cni.v4/cmd/multus "$MULTUS_VERSION" "$MULTUS_BIN"
+  build_pinned multus gopkg.in/k8snetworkplumbingwg/multus-cni.v4 \
+    gopkg.in/k8snetworkplumbingwg/multus-cni.v4/cmd/multus "$MULTUS_VERSION" "$MULTUS_BIN"
 }
 
 build_helm() {
-  # helm prints its version from this variable; go install leaves it empty otherwise.
-  local out=$HELM_BIN start=$SECONDS
-  if [[ -f $out/.complete ]]; then log "helm $HELM_VERSION: cached in $out"; return; fi
-  log "helm $HELM_VERSION: building into $out"
-  mkdir -p "$out"
-  GOBIN=$out go install -p "$GO_BUILD_JOBS" -trimpath \
-    -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
-    "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
-  touch "$out/.complete"
-  log "helm $HELM_VERSION: built in $((SECONDS - start))s"
+  # helm reports its version from this variable (empty otherwise).
+  build_pinned helm helm.sh/helm/v3 helm.sh/helm/v3/cmd/helm "$HELM_VERSION" "$HELM_BIN" \
+    "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
 }
 
 build_images() { "$E2E_DIR/images/build-images.sh"; }
 
 build_pyenv() {
-  local marker=$PY_VENV/.complete-$PYTEST_VERSION-$GRPCIO_VERSION-$PROTOBUF_VERSION
+  local marker=$PY_VENV/.complete-$PYTEST_VERSION-$GRPCIO_VERSION
   if [[ -f $marker ]]; then log "python venv: cached in $PY_VENV"; return; fi
   log "python venv: installing pytest, grpcio into $PY_VENV"
   python3 -m venv "$PY_VENV"
   "$PY_VENV/bin/pip" install --quiet --disable-pip-version-check \
-    "pytest==$PYTEST_VERSION" "grpcio==$GRPCIO_VERSION" "protobuf==$PROTOBUF_VERSION"
+    "pytest==$PYTEST_VERSION" "grpcio==$GRPCIO_VERSION"
   touch "$marker"
 }
 

@@ -113,6 +113,10 @@ disabled_plugins = [
   stream_server_address = "127.0.0.1"
   disable_apparmor = true
   enable_selinux = false
+  # Keep container oom_score_adj >= containerd's own: a process without
+  # CAP_SYS_RESOURCE (as in some sandboxes) may not lower it, and the pause
+  # container's -998 then fails with "can't get final child's PID from pipe".
+  restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"

@@ -1,0 +1,111 @@
+"""Smoke tests: the e2e cluster is a working multi-node Kubernetes with Multus.
+
+Proof for CI that e2e/ works; run by `make e2e-smoke` (which then tears the cluster
+down and checks that nothing is left, see e2e/check-clean.sh).
+"""
+import json
+import os
+import subprocess
+import sys
+
+from helpers import E2E_DIR, HELM, NODES, WORKERS, box_pod, run, wait_for
+
+KUBERNETES_VERSION = os.environ.get("KUBERNETES_VERSION", "v1.34.4")
+KUBERNETES_SERVICE_IP = "198.19.0.1"
+PY_VENV = os.environ.get("PY_VENV", "/var/cache/k8slan/venv")
+
+
+def test_all_nodes_ready(kubectl):
+    nodes = {n["metadata"]["name"]: n for n in kubectl.json("get", "nodes")["items"]}
+    assert sorted(nodes) == sorted(NODES)
+    for name, node in nodes.items():
+        ready = [c for c in node["status"]["conditions"] if c["type"] == "Ready"]
+        assert ready and ready[0]["status"] == "True", f"{name} not Ready: {ready}"
+        assert node["status"]["nodeInfo"]["kubeletVersion"] == KUBERNETES_VERSION
+    taints = nodes["control-plane"]["spec"].get("taints", [])
+    assert any(t["key"] == "node-role.kubernetes.io/control-plane" for t in taints)
+    client = json.loads(kubectl("version", "-o", "json"))
+    assert client["clientVersion"]["gitVersion"] == KUBERNETES_VERSION
+    assert client["serverVersion"]["gitVersion"] == KUBERNETES_VERSION
+
+
+def test_pods_on_workers_reach_each_other_and_the_api(kubectl, namespace):
+    # hostAliases stands in for cluster DNS, which this cluster does not run.
+    alias = [{"ip": KUBERNETES_SERVICE_IP, "hostnames": ["kubernetes.default.svc"]}]
+    pods = {w: f"box-{w}" for w in WORKERS}
+    kubectl.apply([box_pod(name, node=w, hostAliases=alias) for w, name in pods.items()], namespace)
+    ips = {}
+    for w, name in pods.items():
+        pod = kubectl.wait_pod_running(namespace, name)
+        assert pod["spec"]["nodeName"] == w
+        ips[w] = pod["status"]["podIP"]
+    assert ips["worker1"] != ips["worker2"]
+
+    # Pod to pod across nodes, both directions.
+    kubectl.exec(namespace, pods["worker1"], "ping", "-c", "3", "-W", "2", ips["worker2"])
+    kubectl.exec(namespace, pods["worker2"], "ping", "-c", "3", "-W", "2", ips["worker1"])
+
+    # Pod to the API server through the kubernetes service (kube-proxy, iptables mode).
+    out = kubectl.exec(namespace, pods["worker1"], "wget", "-qO-", "--no-check-certificate",
+                       "https://kubernetes.default.svc/healthz")
+    assert out.strip() == "ok"
+    out = kubectl.exec(namespace, pods["worker2"], "wget", "-qO-", "--no-check-certificate",
+                       f"https://{KUBERNETES_SERVICE_IP}/healthz")
+    assert out.strip() == "ok"
+
+
+def test_control_plane_netns_reaches_service_ips(kubectl, namespace, node_exec):
+    """The API server calls admission webhooks through service IPs from its netns."""
+    kubectl.apply(box_pod("web", node="worker2",
+                              command=["sh", "-c", "echo hello-from-web > /tmp/index.html && httpd -f -p 8080 -h /tmp"]),
+                  namespace)
+    kubectl.apply({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+                   "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]}},
+                  namespace)
+    kubectl.wait_pod_running(namespace, "web")
+    cluster_ip = kubectl.json("-n", namespace, "get", "service", "web")["spec"]["clusterIP"]
+    assert cluster_ip.startswith("198.19.")
+    out = wait_for(lambda: node_exec("control-plane", "curl", "-sS", "-m", "3",
+                                     f"http://{cluster_ip}/index.html", check=False),
+                   60, what=f"service {cluster_ip} from the control-plane netns")
+    assert "hello-from-web" in out
+
+
+def test_multus_adds_nad_interface(kubectl, namespace):
+    nad_config = {"cniVersion": "0.4.0", "name": "e2e-bridge", "type": "bridge", "bridge": "e2enad0",
+                  "ipam": {"type": "host-local", "subnet": "198.18.200.0/24"}}
+    kubectl.apply({"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
+                   "metadata": {"name": "e2e-bridge"}, "spec": {"config": json.dumps(nad_config)}}, namespace)
+    kubectl.apply(box_pod("multi", node="worker1",
+                              annotations={"k8s.v1.cni.cncf.io/networks": "e2e-bridge"}), namespace)
+    pod = kubectl.wait_pod_running(namespace, "multi")
+    addr = kubectl.exec(namespace, "multi", "ip", "-4", "-o", "addr", "show", "dev", "net1")
+    assert "198.18.200." in addr, addr
+    status = json.loads(pod["metadata"]["annotations"]["k8s.v1.cni.cncf.io/network-status"])
+    assert [s.get("interface") for s in status] == ["eth0", "net1"], status
+
+
+def test_helm_works(kubectl):
+    out = run([HELM, "version", "--short"])
+    assert out.startswith("v3."), out
+    run([HELM, "list", "--all-namespaces"])  # talks to the cluster with the admin kubeconfig
+
+
+def test_device_plugin_resource_is_advertised(kubectl, namespace):
+    resource, node = "e2e.k8slan.io/fake", "worker1"
+    plugin = subprocess.Popen(
+        [str(E2E_DIR / "node-exec"), node, f"{PY_VENV}/bin/python",
+         str(E2E_DIR / "deviceplugin" / "fake_device_plugin.py"), "--resource", resource, "--devices", "2"],
+        stdout=sys.stderr, stderr=sys.stderr)
+    try:
+        wait_for(lambda: kubectl.json("get", "node", node)["status"].get("capacity", {}).get(resource) == "2",
+                 60, what=f"{resource} capacity on {node}")
+        assert resource in kubectl("describe", "node", node)
+        kubectl.apply(box_pod("consumer", resources={"limits": {resource: "1"}}), namespace)
+        pod = kubectl.wait_pod_running(namespace, "consumer")
+        assert pod["spec"]["nodeName"] == node
+        env = kubectl.exec(namespace, "consumer", "sh", "-c", "echo $FAKE_DEVICE_IDS")
+        assert env.strip().startswith("fake-"), env
+    finally:
+        plugin.terminate()
+        plugin.wait(timeout=20)
