@@ -9,7 +9,7 @@ report() {
   local what=$1 found=$2
   [[ -z $found ]] && return
   log "LEFTOVER $what:"
-  printf '  %s\n' "$found" | sed 's/^  $//' >&2
+  sed 's/^/  /' <<<"$found" >&2
   leftovers=1
 }
 
@@ -18,16 +18,18 @@ report "links" "$(ip -o link show | awk -F': ' '{print $2}' | grep "^$NS_PREFIX-
 report "routes" "$(ip route show | grep -F "${TEST_SUPERNET}" || true)"
 report "mounts" "$(grep -E "$E2E_STATE|/$NS_PREFIX-" /proc/self/mountinfo || true)"
 report "cgroups" "$(ls -d /sys/fs/cgroup/*/"$NS_PREFIX"-* 2>/dev/null || true)"
-# Processes running our binaries, or with our state directory on their command line
-# (etcd and containerd get data/config paths there; node holders run node-init.sh).
-procs=$(for d in /proc/[0-9]*; do
-  [[ ${d#/proc/} == "$$" ]] && continue
-  exe=$(readlink "$d/exe" 2>/dev/null) || continue
-  cmd=$(tr '\0' ' ' 2>/dev/null <"$d/cmdline") || continue
-  if [[ $exe == "$K8SLAN_CACHE/bin/"* || $cmd == *"$E2E_STATE"* || $cmd == *"lib/node-init.sh"* ]]; then
-    echo "${d#/proc/} $cmd"
-  fi
-done)
+# Processes of the cluster: with our state directory on the command line (etcd,
+# apiserver, containerd...), living in a node's mount namespace (their mount table
+# shows binds from the state directory: kubelet, kube-proxy, shims, containers) or in
+# a node's cgroup tree. Other users of the shared binary cache are not ours.
+procs=$(
+  { grep -l -F "$E2E_STATE" /proc/[0-9]*/cmdline /proc/[0-9]*/mountinfo 2>/dev/null || true
+    grep -l "^[0-9]*:[^:]*:/$NS_PREFIX-" /proc/[0-9]*/cgroup 2>/dev/null || true
+  } | cut -d/ -f3 | sort -u | { grep -vx -e "$$" -e "$BASHPID" || true; } | while read -r pid; do
+    [[ -d /proc/$pid ]] || continue
+    echo "$pid $(tr '\0' ' ' 2>/dev/null </proc/"$pid"/cmdline)"
+  done
+)
 report "processes" "$procs"
 
 if ((leftovers)); then

@@ -148,38 +148,40 @@ start_node_holder() {
 # Every process that belongs to a node: in its network or mount namespace, or in
 # its cgroup tree (containers have their own namespaces but live in the tree).
 node_pids() {
-  local node=$1 net="" mnt="" d
+  local node=$1 net="" mnt=""
   [[ -f $E2E_RUN/$node.netns ]] && net=$(<"$E2E_RUN/$node.netns")
   [[ -f $E2E_RUN/$node.mntns ]] && mnt=$(<"$E2E_RUN/$node.mntns")
   if [[ -e /run/netns/$(netns_name "$node") ]]; then
     net="net:[$(stat -L -c %i "/run/netns/$(netns_name "$node")")]"
   fi
   {
-    for d in /proc/[0-9]*; do
-      local n m
-      n=$(readlink "$d/ns/net" 2>/dev/null) || continue
-      m=$(readlink "$d/ns/mnt" 2>/dev/null) || continue
-      if [[ -n $net && $n == "$net" ]] || [[ -n $mnt && $m == "$mnt" ]]; then echo "${d#/proc/}"; fi
-    done
+    # One find over /proc/<pid>/ns/{net,mnt} prints "<dir> <link target>".
+    find /proc/[0-9]*/ns/ -maxdepth 1 \( -name net -o -name mnt \) -printf '%h %l\n' 2>/dev/null \
+      | awk -v net="${net:-none}" -v mnt="${mnt:-none}" '$2 == net || $2 == mnt { split($1, p, "/"); print p[3] }'
     node_cgroup_pids "$node"
   } | sort -u | grep -vx "$$" || true
 }
 
+# wait_gone NODE SECONDS: wait until the node has no processes left.
+wait_gone() {
+  local node=$1 deadline=$((SECONDS + $2))
+  while [[ -n $(node_pids "$node") ]]; do
+    ((SECONDS < deadline)) || return 1
+    sleep 0.5
+  done
+}
+
+# SIGTERM everything of the node, give it 10s, then SIGKILL what is left.
 kill_node_processes() {
   local node=$1 pids sig
-  for sig in TERM TERM KILL KILL; do
+  for sig in TERM KILL; do
     pids=$(node_pids "$node")
     [[ -n $pids ]] || return 0
     # shellcheck disable=SC2086
     kill -"$sig" $pids 2>/dev/null || true
-    local i
-    for i in {1..20}; do
-      [[ -z $(node_pids "$node") ]] && return 0
-      sleep 0.25
-    done
+    wait_gone "$node" 10 && return 0
   done
-  pids=$(node_pids "$node")
-  [[ -z $pids ]] || log "WARN: $node: processes survive SIGKILL: $pids"
+  log "WARN: $node: processes survive SIGKILL: $(node_pids "$node" | tr '\n' ' ')"
 }
 
 teardown_node() {
