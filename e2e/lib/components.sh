@@ -22,6 +22,18 @@ start_daemon() {
 
 daemon_alive() { alive_pid "$E2E_RUN/$1.$2.pid" >/dev/null; }
 
+# wait_daemon NODE NAME SECONDS CMD...: wait until CMD succeeds; fail at once if the
+# daemon exits meanwhile (its log then says why).
+wait_daemon() {
+  local node=$1 name=$2 timeout=$3 deadline; shift 3
+  deadline=$((SECONDS + timeout))
+  until "$@" >/dev/null 2>&1; do
+    daemon_alive "$node" "$name" || die "$name on $node exited (see $(node_logs "$node")/$name.log)"
+    ((SECONDS < deadline)) || die "$name on $node not ready after ${timeout}s"
+    sleep 1
+  done
+}
+
 admin_kubectl() { "$KUBECTL" --kubeconfig "$ADMIN_KUBECONFIG" "$@"; }
 
 # --- control plane ------------------------------------------------------------
@@ -33,7 +45,7 @@ start_etcd() {
     --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
     --initial-cluster "$node=http://127.0.0.1:2380" --snapshot-count 10000 \
     --logger zap --log-level warn
-  wait_for 60 "etcd health" in_node "$node" curl -fsS "$ETCD_CLIENT_URL/health"
+  wait_daemon "$node" etcd 60 in_node "$node" curl -fsS "$ETCD_CLIENT_URL/health"
 }
 
 start_apiserver() {
@@ -58,8 +70,7 @@ start_apiserver() {
     --profiling=false --event-ttl=30m --v=1
   # Admission webhooks and aggregated APIs are called through their service's
   # cluster IP: kube-proxy on this node (started later) makes that work.
-  wait_for 120 "kube-apiserver /readyz" admin_kubectl get --raw /readyz \
-    || die "kube-apiserver did not become ready"
+  wait_daemon "$CONTROL_PLANE" kube-apiserver 120 admin_kubectl get --raw /readyz
 }
 
 start_controllers() {
@@ -137,8 +148,7 @@ start_containerd() {
   local node=$1
   write_containerd_config "$node"
   start_daemon "$node" containerd containerd --config "$(node_dir "$node")/containerd.toml"
-  wait_for 60 "containerd on $node" ctr -a "$(containerd_sock "$node")" version \
-    || die "containerd on $node did not start"
+  wait_daemon "$node" containerd 60 ctr -a "$(containerd_sock "$node")" version
 }
 
 # import_images NODE TAR...: load OCI archives into the node's CRI image store.
