@@ -1,24 +1,20 @@
-# e2e cluster targets; included by the root Makefile. See e2e/README.md.
-E2E_DIR := $(dir $(lastword $(MAKEFILE_LIST)))
-E2E_DIR := $(E2E_DIR:/=)
+# e2e cluster targets (a real 3-node Kubernetes on this machine, see e2e/README.md).
+# Included by the root Makefile; kept here so e2e changes do not touch it.
+E2E_DIR := $(patsubst %/,%,$(dir $(lastword $(MAKEFILE_LIST))))
 
 .PHONY: e2e-build cluster-up cluster-down e2e-smoke e2e-clean-check
 
-## e2e-build: build or reuse Kubernetes, Multus, Helm, images, Python venv (cached)
-e2e-build:
+e2e-build: ## e2e: build or reuse Kubernetes, Multus, Helm, images, Python venv (cached)
 	$(E2E_DIR)/build.sh all
 
-## cluster-up: start the 3-node cluster; last line of output = admin kubeconfig path
-cluster-up:
+cluster-up: ## e2e: start the 3-node cluster; last stdout line = admin kubeconfig path
 	@$(E2E_DIR)/cluster-up.sh
 
-## cluster-down: remove everything cluster-up made, fail if anything is left
-cluster-down:
+cluster-down: ## e2e: remove everything cluster-up made; fails if anything is left
 	@$(E2E_DIR)/cluster-down.sh
 
-## e2e-smoke: cluster-up, pytest smoke tests, cluster-down, leftover check
-e2e-smoke:
+e2e-smoke: ## e2e: cluster-up, pytest smoke tests, cluster-down, leftover check
 	@$(E2E_DIR)/run-smoke.sh
 
-e2e-clean-check:
+e2e-clean-check: ## e2e: fail if anything of the e2e cluster is left on this machine
 	@$(E2E_DIR)/check-clean.sh

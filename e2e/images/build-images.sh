@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build the cluster's local images as OCI archives under $IMAGES_DIR:
 #   pause.tar    $PAUSE_IMAGE   static C pause (images/pause.c)
-#   testbox.tar  $TESTBOX_IMAGE busybox (applets as symlinks) + extra static binaries
+#   testbox.tar  $TESTBOX_IMAGE busybox (applets as symlinks), e2e-webhook
+#                (tools/webhook) and any extra static binaries
 # Usage: e2e/images/build-images.sh [--add SRC:DEST]...
 #   Each --add puts SRC (static binary or directory) at DEST in the testbox image,
 #   e.g. --add target/release/rawframe:/usr/local/bin/rawframe. TESTBOX_ADD (space
@@ -24,8 +25,11 @@ build_testbox() {
   local work=$1; shift
   file -L "$BUSYBOX" 2>/dev/null | grep -q 'statically linked' \
     || ldd "$BUSYBOX" 2>&1 | grep -q 'not a dynamic' || die "$BUSYBOX is not static (install busybox-static)"
+  # Static Go admission webhook used by the smoke test (Go's build cache makes this quick).
+  (cd "$E2E_DIR/tools/webhook" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$work/e2e-webhook" .)
   local args=(--name "$TESTBOX_IMAGE" --output "$IMAGES_DIR/testbox.tar"
-    --add "$BUSYBOX:/bin/busybox" --mkdir /tmp:1777 --mkdir /root:700 --mkdir /usr/local/bin
+    --add "$BUSYBOX:/bin/busybox" --mkdir /tmp:1777 --mkdir /root:700
+    --add "$work/e2e-webhook:/usr/local/bin/e2e-webhook"
     --add "$work/etc:/etc" --entrypoint /bin/sh --env HOME=/root)
   # One symlink per applet, as `busybox --install -s` would do.
   local applet

@@ -66,6 +66,8 @@ node_root()   { echo "$E2E_NODES/$1/root"; }          # sources of the private b
 node_logs()   { echo "$E2E_LOGS/$1"; }
 holder_pidfile() { echo "$E2E_RUN/$1.holder.pid"; }
 cgroup_root() { echo "/$NS_PREFIX-$1"; }                # kubelet cgroupRoot of a node
+# The node's containerd socket, reachable from the host through its state tree.
+containerd_sock() { echo "$(node_root "$1")/run/containerd/containerd.sock"; }
 
 # Print the pid stored in a pid file if that process is alive.
 alive_pid() {

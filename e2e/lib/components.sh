@@ -142,7 +142,6 @@ disabled_plugins = [
 EOF
 }
 
-containerd_sock() { echo "$(node_root "$1")/run/containerd/containerd.sock"; }
 
 start_containerd() {
   local node=$1

@@ -3,6 +3,7 @@
 Proof for CI that e2e/ works; run by `make e2e-smoke` (which then tears the cluster
 down and checks that nothing is left, see e2e/check-clean.sh).
 """
+import base64
 import json
 import os
 import subprocess
@@ -69,6 +70,54 @@ def test_control_plane_netns_reaches_service_ips(kubectl, namespace, node_exec):
                                      f"http://{cluster_ip}/index.html", check=False),
                    60, what=f"service {cluster_ip} from the control-plane netns")
     assert "hello-from-web" in out
+
+
+def test_apiserver_calls_validating_webhook(kubectl, namespace, tmp_path):
+    """A validating admission webhook served by a pod, called through its service."""
+    host = f"webhook.{namespace}.svc"
+    crt, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+         "-subj", f"/CN={host}", "-addext", f"subjectAltName=DNS:{host}", "-days", "1",
+         "-keyout", key, "-out", crt])
+    kubectl("-n", namespace, "create", "secret", "tls", "webhook-tls", f"--cert={crt}", f"--key={key}")
+    pod = box_pod("webhook", node="worker1", command=["e2e-webhook", "-listen", ":8443"])
+    pod["spec"]["containers"][0]["volumeMounts"] = [{"name": "tls", "mountPath": "/tls"}]
+    pod["spec"]["volumes"] = [{"name": "tls", "secret": {"secretName": "webhook-tls"}}]
+    kubectl.apply(pod, namespace)
+    kubectl.apply({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "webhook"},
+                   "spec": {"selector": {"app": "webhook"}, "ports": [{"port": 443, "targetPort": 8443}]}},
+                  namespace)
+    kubectl.wait_pod_running(namespace, "webhook")
+    config = {
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": namespace},
+        "webhooks": [{
+            "name": "deny.e2e.k8slan.io",
+            "clientConfig": {"service": {"namespace": namespace, "name": "webhook", "path": "/validate"},
+                             "caBundle": base64.b64encode(crt.read_bytes()).decode()},
+            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
+                       "resources": ["configmaps"]}],
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+            "sideEffects": "None", "admissionReviewVersions": ["v1"],
+            "failurePolicy": "Fail", "timeoutSeconds": 5,
+        }],
+    }
+    kubectl.apply(config)
+    try:
+        labelled = {"apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": "denied", "labels": {"e2e-deny": "true"}}, "data": {"a": "b"}}
+
+        def labelled_denied():
+            # Until the webhook configuration is active, creation is admitted (dry run).
+            proc = subprocess.run([str(E2E_DIR / "kubectl"), "-n", namespace, "create", "-f", "-",
+                                   "--dry-run=server"], input=json.dumps(labelled),
+                                  capture_output=True, text=True, timeout=30)
+            return proc.returncode != 0 and "denied by e2e-webhook: denied" in proc.stderr
+        wait_for(labelled_denied, 60, what="the webhook to deny a labelled ConfigMap")
+        kubectl("-n", namespace, "create", "configmap", "allowed", "--from-literal=a=b")
+        assert "allowed=true" in kubectl("-n", namespace, "logs", "webhook")
+    finally:
+        kubectl("delete", "validatingwebhookconfiguration", namespace, "--ignore-not-found", check=False)
 
 
 def test_multus_adds_nad_interface(kubectl, namespace):
