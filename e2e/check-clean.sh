@@ -9,6 +9,7 @@ report() {
   local what=$1 found=$2
   [[ -z $found ]] && return
   log "LEFTOVER $what:"
+  # shellcheck disable=SC2001  # indent every line
   sed 's/^/  /' <<<"$found" >&2
   leftovers=1
 }

@@ -1,4 +1,5 @@
 # shellcheck shell=bash
+# shellcheck disable=SC2034  # the variables here are used by the scripts that source it
 # Shared settings and helpers for the e2e cluster scripts. Source it; do not run it.
 # Every path and address is a variable here so a caller can override it from the
 # environment (e.g. K8SLAN_E2E_STATE=/run/k8slan-e2e make cluster-up).

@@ -15,6 +15,7 @@ start_daemon() {
   holder=$(alive_pid "$(holder_pidfile "$node")") || die "node $node has no holder"
   log "start: $node: $name"
   # The inner bash writes its own pid, then execs nsenter, which execs the daemon.
+  # shellcheck disable=SC2016  # expanded by the inner bash
   setsid bash -c 'echo $$ >"$0"; exec "$@"' "$pidfile" \
     nsenter -t "$holder" -m -u -n -- "$@" >>"$(node_logs "$node")/$name.log" 2>&1 </dev/null &
   wait_for 5 "$name pid file" test -s "$pidfile"
