@@ -171,15 +171,17 @@ wait_gone() {
   done
 }
 
-# SIGTERM everything of the node, give it 10s, then SIGKILL what is left.
+# SIGTERM everything of the node, give it 5s, then SIGKILL what is left (the API
+# server may linger in graceful shutdown; nothing here needs more).
 kill_node_processes() {
   local node=$1 pids sig
   for sig in TERM KILL; do
     pids=$(node_pids "$node")
     [[ -n $pids ]] || return 0
+    [[ $sig == KILL ]] && log "down: $node: SIGKILL for $(ps -o comm= -p "${pids//$'\n'/,}" | sort -u | tr '\n' ' ')"
     # shellcheck disable=SC2086
     kill -"$sig" $pids 2>/dev/null || true
-    wait_gone "$node" 10 && return 0
+    wait_gone "$node" 5 && return 0
   done
   log "WARN: $node: processes survive SIGKILL: $(node_pids "$node" | tr '\n' ' ')"
 }
