@@ -6,12 +6,15 @@
 #   helm        Helm v3 client
 #   images      pause and testbox OCI archives (see images/README in e2e/README.md)
 #   pyenv       Python venv with pytest and grpcio for the smoke tests
-# Usage: e2e/build.sh [all|kubernetes|multus|helm|images|pyenv]...
+#   packages    the Debian packages the cluster and these builds need (apt, idempotent)
+# Usage: e2e/build.sh [all|packages|kubernetes|multus|helm|images|pyenv]...
 # Artifacts live under $K8SLAN_CACHE/bin/<name>-<version>/ and are reused when the
 # directory holds a ".complete" marker.
 set -euo pipefail
 source "$(dirname "$0")/lib/common.sh"
 
+APT_PACKAGES=(etcd-server containerd runc containernetworking-plugins iproute2 iptables
+  conntrack socat openssl busybox-static jq ethtool curl gcc libc6-dev python3 python3-venv)
 K8S_COMMANDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
 export CGO_ENABLED=0 GOFLAGS=-mod=mod
 
@@ -105,6 +108,18 @@ build_helm() {
     "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
 }
 
+build_packages() {
+  local p missing=()
+  for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  ((${#missing[@]})) || return 0
+  log "apt: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y "${missing[@]}" >/dev/null \
+    || { apt-get update >/dev/null && apt-get install -y "${missing[@]}" >/dev/null; }
+}
+
 build_images() { "$E2E_DIR/images/build-images.sh"; }
 
 build_pyenv() {
@@ -120,11 +135,12 @@ build_pyenv() {
 main() {
   local targets=("$@")
   [[ ${#targets[@]} -gt 0 ]] || targets=(all)
-  [[ ${targets[0]} == all ]] && targets=(kubernetes multus helm images pyenv)
+  [[ ${targets[0]} == all ]] && targets=(packages kubernetes multus helm images pyenv)
+  command -v go >/dev/null || die "go is not installed (Go >= 1.24 with access to the module proxy)"
   local t
   for t in "${targets[@]}"; do
     case $t in
-      kubernetes|multus|helm|images|pyenv) "build_$t" ;;
+      packages|kubernetes|multus|helm|images|pyenv) "build_$t" ;;
       *) die "unknown build target: $t" ;;
     esac
   done

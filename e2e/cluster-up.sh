@@ -9,20 +9,7 @@ source "$E2E_DIR/lib/pki.sh"
 source "$E2E_DIR/lib/node.sh"
 source "$E2E_DIR/lib/components.sh"
 
-APT_PACKAGES=(etcd-server containerd runc containernetworking-plugins iproute2 iptables
-  conntrack socat openssl busybox-static jq ethtool curl gcc libc6-dev python3 python3-venv)
 START_TIMEOUT=${START_TIMEOUT:-180}   # seconds for nodes to register and become Ready
-
-install_packages() {
-  local p missing=()
-  for p in "${APT_PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-  done
-  ((${#missing[@]})) || return 0
-  log "apt: installing ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get install -y "${missing[@]}" >/dev/null || { apt-get update >/dev/null && apt-get install -y "${missing[@]}" >/dev/null; }
-}
 
 # none: nothing of ours; running: every node holder alive; broken: anything else.
 cluster_state() {
@@ -102,8 +89,7 @@ wait_ready() {
 main() {
   [[ $EUID -eq 0 ]] || die "run as root"
   local start=$SECONDS state
-  install_packages
-  "$E2E_DIR/build.sh" kubernetes multus helm images
+  "$E2E_DIR/build.sh" packages kubernetes multus helm images
 
   state=$(cluster_state)
   case $state in
