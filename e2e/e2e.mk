@@ -2,6 +2,10 @@
 # Included by the root Makefile; kept here so e2e changes do not touch it.
 E2E_DIR := $(patsubst %/,%,$(dir $(lastword $(MAKEFILE_LIST))))
 
+# Extra static binaries for the testbox image, "SRC:DEST ..." (e.g. a raw-frame tool).
+TESTBOX_ADD ?=
+export TESTBOX_ADD
+
 .PHONY: e2e-build cluster-up cluster-down e2e-smoke e2e-clean-check
 
 e2e-build: ## e2e: build or reuse Kubernetes, Multus, Helm, images, Python venv (cached)
