@@ -158,3 +158,29 @@ def test_device_plugin_resource_is_advertised(kubectl, namespace):
     finally:
         plugin.terminate()
         plugin.wait(timeout=20)
+
+
+def test_daemonset_host_paths_are_per_node(kubectl, namespace, node_exec):
+    """hostPath volumes resolve in the node's private tree; Bidirectional mounts propagate."""
+    base = f"/run/k8slan/{namespace}"
+    script = (f"mkdir -p /host{base} && echo $NODE > /host{base}/owner && touch /host{base}/netns && "
+              f"mount --bind /proc/self/ns/net /host{base}/netns && sleep 3600")
+    pod = box_pod("agent", command=["sh", "-c", script], hostNetwork=True)["spec"]
+    container = pod["containers"][0]
+    container["securityContext"] = {"privileged": True}
+    container["env"] = [{"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}]
+    container["volumeMounts"] = [{"name": "run", "mountPath": "/host/run/k8slan", "mountPropagation": "Bidirectional"}]
+    pod["volumes"] = [{"name": "run", "hostPath": {"path": "/run/k8slan", "type": "DirectoryOrCreate"}}]
+    kubectl.apply({"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "agent"},
+                   "spec": {"selector": {"matchLabels": {"app": "agent"}},
+                            "template": {"metadata": {"labels": {"app": "agent"}}, "spec": pod}}}, namespace)
+    try:
+        for node in WORKERS:
+            wait_for(lambda: node_exec(node, "findmnt", "-n", "-o", "FSTYPE", f"{base}/netns", check=False).strip() == "nsfs",
+                     90, what=f"the agent's netns bind mount on {node}")
+            assert node_exec(node, "cat", f"{base}/owner").strip() == node
+        assert not os.path.exists(base), "a node's /run/k8slan leaked to the host"
+    finally:
+        kubectl("-n", namespace, "delete", "daemonset", "agent", "--wait=true", check=False)
+        for node in WORKERS:
+            node_exec(node, "sh", "-c", f"umount {base}/netns; rm -rf {base}", check=False)
