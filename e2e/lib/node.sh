@@ -36,13 +36,16 @@ teardown_host_network() {
 # Standard directories that the nodes bind-mount over must exist on the host.
 # Remember which ones we create so cluster-down can remove them again.
 ensure_mountpoints() {
-  local d
+  local d missing
   mkdir -p "$E2E_RUN"
   for d in "${NODE_PRIVATE_DIRS[@]}"; do
-    if [[ ! -d $d ]]; then
-      mkdir -p "$d"
-      echo "$d" >>"$E2E_RUN/created-mountpoints"
-    fi
+    # Record every directory we create, parents included (/opt/cni for /opt/cni/bin).
+    missing=$d
+    while [[ ! -d $missing ]]; do
+      echo "$missing" >>"$E2E_RUN/created-mountpoints"
+      missing=$(dirname "$missing")
+    done
+    mkdir -p "$d"
   done
 }
 
