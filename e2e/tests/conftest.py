@@ -33,3 +33,12 @@ def node_exec():
     def _exec(node, *cmd, check=True, timeout=60):
         return run([NODE_EXEC, node, *cmd], check=check, timeout=timeout)
     return _exec
+
+
+@pytest.fixture(scope="session")
+def k8slan(kubectl):
+    """k8slan installed by e2e/install-k8slan.sh (Helm release k8slan in k8slan-system)."""
+    from helpers import HELM, K8SLAN_NAMESPACE, K8SLAN_RELEASE
+    status = run([HELM, "status", K8SLAN_RELEASE, "-n", K8SLAN_NAMESPACE, "-o", "json"], check=False)
+    assert status, "k8slan is not installed: run e2e/install-k8slan.sh (make test-cluster does)"
+    return kubectl
