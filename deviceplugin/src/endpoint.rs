@@ -24,6 +24,7 @@ use crate::proto::v1beta1::{
     PreStartContainerRequest, PreStartContainerResponse, PreferredAllocationRequest,
     PreferredAllocationResponse,
 };
+use crate::proto::{HEALTHY, UNHEALTHY};
 use crate::uds::{self, UdsError};
 
 /// How long a withdrawn endpoint waits for the kubelet to read its empty device list.
@@ -215,13 +216,19 @@ impl Endpoint {
         socket_file(self.kind, &self.spoke)
     }
 
-    /// Publishes a new device list; returns whether it differed (and so was sent).
-    pub fn set_devices(&self, devices: Vec<Device>) -> bool {
+    /// Publishes the endpoint's one device with this health; returns whether the list
+    /// differed (and so was sent). Allocates nothing when it did not.
+    pub fn set_health(&self, id: &str, healthy: bool) -> bool {
+        let health = if healthy { HEALTHY } else { UNHEALTHY };
         self.devices.send_if_modified(|cur| {
-            if *cur == devices {
+            if matches!(cur.as_slice(), [d] if d.id == id && d.health == health) {
                 false
             } else {
-                *cur = devices;
+                *cur = vec![Device {
+                    id: id.to_string(),
+                    health: health.to_string(),
+                    topology: None,
+                }];
                 true
             }
         })

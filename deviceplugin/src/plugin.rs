@@ -407,30 +407,37 @@ pub async fn serve(
     lans.mark_changed();
     claims.mark_changed();
     loop {
-        tokio::select! {
+        // Only input changes recompute the inventory; directory events (2,000 socket deletions
+        // when the kubelet restarts) just rebind and register.
+        let dirty = tokio::select! {
             _ = &mut shutdown => break,
             r = lans.changed(), if lans_open => match r {
-                Ok(()) => { let v = lans.borrow_and_update().clone(); runner.core.lock().lans = v; }
-                Err(_) => lans_open = false,
+                Ok(()) => { let v = lans.borrow_and_update().clone(); runner.core.lock().lans = v; true }
+                Err(_) => { lans_open = false; false }
             },
             r = claims.changed(), if claims_open => match r {
-                Ok(()) => { let v = claims.borrow_and_update().clone(); runner.claims_changed(v); }
-                Err(_) => claims_open = false,
+                Ok(()) => { let v = claims.borrow_and_update().clone(); runner.claims_changed(v); true }
+                Err(_) => { claims_open = false; false }
             },
             r = holdings_rx.changed(), if holdings_open => match r {
-                Ok(()) => { let v = holdings_rx.borrow_and_update().clone(); runner.holdings_changed(v); }
-                Err(_) => holdings_open = false,
+                Ok(()) => { let v = holdings_rx.borrow_and_update().clone(); runner.holdings_changed(v); true }
+                Err(_) => { holdings_open = false; false }
             },
-            _ = runner.core.wake.notified() => {}
-            _ = tick.tick() => runner.tick(),
-            ev = dir_events.next(), if dir_open => match ev {
-                Some(Ok(ev)) => runner.dir_event(ev.mask, ev.name.as_deref()),
-                Some(Err(e)) => { warn!(parent: &span, error = %e, "reading device-plugin directory events failed"); dir_open = false; }
-                None => dir_open = false,
-            },
+            _ = runner.core.wake.notified() => true,
+            _ = tick.tick() => { runner.tick(); true }
+            ev = dir_events.next(), if dir_open => {
+                match ev {
+                    Some(Ok(ev)) => runner.dir_event(ev.mask, ev.name.as_deref()),
+                    Some(Err(e)) => { warn!(parent: &span, error = %e, "reading device-plugin directory events failed"); dir_open = false; }
+                    None => dir_open = false,
+                }
+                false
+            }
+        };
+        if dirty {
+            let _enter = span.enter();
+            runner.reconcile();
         }
-        let _enter = span.enter();
-        runner.reconcile();
     }
     info!(parent: &span, "device plugin stopping");
     poller.abort();
@@ -634,7 +641,7 @@ impl Runner {
 
     /// Recomputes the inventory and brings endpoints, device lists and the report in line.
     fn reconcile(&mut self) {
-        let inv = {
+        let inputs = {
             let mut st = self.core.lock();
             if st.lans.is_none() {
                 return; // the LANs are not listed yet: advertise nothing, withdraw nothing
@@ -649,19 +656,27 @@ impl Runner {
                     st = self.core.lock();
                 }
             }
-            let no_claims = BTreeMap::new();
-            let inv = inventory::compute(Inputs {
-                node: &self.core.node,
-                lans: st.lans.as_deref().expect("checked above"),
-                underlays: &st.underlays,
-                members: &st.members,
-                claims: st.claims.as_deref().unwrap_or(&no_claims),
-                failures: &st.failures,
-            });
-            let inv = Arc::new(inv);
-            st.inventory = inv.clone();
-            inv
+            // Compute outside the lock so that Allocate never waits for it: Allocate re-checks
+            // the twin under the lock and wakes us again after changing the members.
+            (
+                st.lans.clone().expect("checked above"),
+                st.claims.clone(),
+                st.underlays.clone(),
+                st.members.clone(),
+                st.failures.clone(),
+            )
         };
+        let (lans, claims, underlays, members, failures) = inputs;
+        let no_claims = BTreeMap::new();
+        let inv = Arc::new(inventory::compute(Inputs {
+            node: &self.core.node,
+            lans: &lans,
+            underlays: &underlays,
+            members: &members,
+            claims: claims.as_deref().unwrap_or(&no_claims),
+            failures: &failures,
+        }));
+        self.core.lock().inventory = inv.clone();
 
         let gone: Vec<String> = self
             .endpoints
@@ -680,7 +695,7 @@ impl Runner {
         for (resource, advert) in &inv.resources {
             match self.endpoints.get(resource) {
                 Some(ep) => {
-                    if ep.set_devices(advert.devices()) {
+                    if ep.set_health(&advert.device_id, advert.health == Health::Healthy) {
                         debug!(resource, health = ?advert.health, "device health changed");
                     }
                 }
