@@ -12,6 +12,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        // Small per-call buffers: a node holds one kubelet connection per resource (thousands).
+        .codec_path("crate::proto::SmallCodec")
         .compile_fds(fds)?;
     Ok(())
 }

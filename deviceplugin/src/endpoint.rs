@@ -8,11 +8,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::Stream;
+use hyper::server::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
 use k8slan_api::SpokeKind;
 use k8slan_api::naming::nad_name;
+use tokio::net::UnixListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tracing::{debug, warn};
@@ -306,29 +309,69 @@ fn spawn_server(
     let listener = uds::bind(socket)?;
     let graceful = CancellationToken::new();
     let hard = CancellationToken::new();
-    let svc = SpokeService {
+    let svc = DevicePluginServer::new(SpokeService {
         kind,
         spoke: spoke.clone(),
         devices: devices.subscribe(),
         hard_stop: hard.clone(),
         allocator: allocator.clone(),
-    };
-    let stop = graceful.clone();
-    let path = socket.to_owned();
-    let task = tokio::spawn(async move {
-        let result = tonic::transport::Server::builder()
-            .add_service(DevicePluginServer::new(svc))
-            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop.cancelled_owned())
-            .await;
-        if let Err(e) = result {
-            warn!(socket = %path.display(), error = %e, "device plugin endpoint failed");
-        }
     });
+    let task = tokio::spawn(accept_loop(
+        listener,
+        svc,
+        graceful.clone(),
+        socket.to_owned(),
+    ));
     Ok(Server {
         graceful,
         hard,
         task,
     })
+}
+
+/// Serves HTTP/2 (gRPC) on every connection of `listener` until `stop`, then lets the open
+/// connections finish (GOAWAY, open streams drain). Deliberately bare (hyper, no tonic `Server`
+/// stack): a node serves thousands of these endpoints.
+async fn accept_loop(
+    listener: UnixListener,
+    svc: DevicePluginServer<SpokeService>,
+    stop: CancellationToken,
+    path: PathBuf,
+) {
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        let stream = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    warn!(socket = %path.display(), error = %e, "accepting a kubelet connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        while conns.try_join_next().is_some() {}
+        let svc = TowerToHyperService::new(svc.clone());
+        let stop = stop.clone();
+        conns.spawn(async move {
+            let conn = http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                debug!(error = %e, "kubelet connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    while conns.join_next().await.is_some() {}
 }
 
 #[cfg(test)]

@@ -1,5 +1,46 @@
 //! Generated gRPC bindings of the kubelet APIs this crate speaks (see `proto/`).
 
+use std::marker::PhantomData;
+
+use tonic::codec::{BufferSettings, Codec};
+use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
+
+/// Initial encode/decode buffer of one call. Our messages are a few hundred bytes; tonic's
+/// default (8 KiB per call, one long-lived ListAndWatch call per resource) would cost a page of
+/// memory per resource. Buffers still grow for larger messages.
+const CALL_BUFFER: usize = 1024;
+/// Streamed bytes after which an encoder yields (tonic's default).
+const YIELD_THRESHOLD: usize = 32 * 1024;
+
+/// The protobuf codec of every generated client and server: prost with small buffers.
+#[derive(Debug, Clone)]
+pub struct SmallCodec<T, U>(PhantomData<(T, U)>);
+
+impl<T, U> Default for SmallCodec<T, U> {
+    fn default() -> Self {
+        SmallCodec(PhantomData)
+    }
+}
+
+impl<T, U> Codec for SmallCodec<T, U>
+where
+    T: prost::Message + Send + 'static,
+    U: prost::Message + Default + Send + 'static,
+{
+    type Encode = T;
+    type Decode = U;
+    type Encoder = ProstEncoder<T>;
+    type Decoder = ProstDecoder<U>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        ProstCodec::<T, U>::raw_encoder(BufferSettings::new(CALL_BUFFER, YIELD_THRESHOLD))
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        ProstCodec::<T, U>::raw_decoder(BufferSettings::new(CALL_BUFFER, YIELD_THRESHOLD))
+    }
+}
+
 /// Device plugin API v1beta1: `Registration` (served by the kubelet) and `DevicePlugin`
 /// (served by every plugin endpoint).
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
