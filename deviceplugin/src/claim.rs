@@ -105,7 +105,7 @@ pub trait ClaimStore: Send + Sync + 'static {
     /// Records the member pod on this node's claim.
     async fn set_pod(&self, spoke: &str, kind: SpokeKind, pod: &str) -> Result<(), ClaimError>;
     /// Drops this node's claim on `spoke`; `seen` (when given) is the claim as last observed,
-    /// whose `resourceVersion`/`uid` guard the delete. A missing claim is no error.
+    /// whose `uid` guards the delete. A missing claim is no error.
     async fn release(&self, spoke: &str, seen: Option<&Claim>) -> Result<(), ClaimError>;
 }
 
@@ -286,8 +286,11 @@ impl ClaimStore for LeaseClaims {
     async fn release(&self, spoke: &str, seen: Option<&Claim>) -> Result<(), ClaimError> {
         let lease = claim_lease_name(spoke);
         let dp = DeleteParams {
+            // The uid alone: it changes only when the Lease is deleted and created again (another
+            // node took the spoke meanwhile). Our own pod annotations change the resourceVersion,
+            // and a release must not fail because the watch lagged behind them.
             preconditions: seen.map(|c| Preconditions {
-                resource_version: c.resource_version.clone(),
+                resource_version: None,
                 uid: c.uid.clone(),
             }),
             ..Default::default()

@@ -484,7 +484,38 @@ impl Runner {
 
     fn tick(&mut self) {
         self.expire_members();
+        self.release_orphan_claims();
         self.probe_underlays();
+    }
+
+    /// Drops claims of this node that no member backs any more (a release that failed, or a
+    /// member that left while the agent was down). Only once the kubelet has answered and our
+    /// claims were adopted, so nothing is dropped on partial knowledge.
+    fn release_orphan_claims(&self) {
+        if !self.adopted {
+            return;
+        }
+        let st = self.core.lock();
+        if st.holdings.is_none() {
+            return;
+        }
+        let orphans: Vec<Claim> = st
+            .claims
+            .iter()
+            .flat_map(|c| c.values())
+            .filter(|c| c.node == self.core.node && st.members.get(&c.spoke).is_none())
+            .cloned()
+            .collect();
+        drop(st);
+        for claim in orphans {
+            let claims = self.core.backends.claims.clone();
+            tokio::spawn(async move {
+                info!(spoke = %claim.spoke, "dropping a claim no member backs");
+                if let Err(e) = claims.release(&claim.spoke, Some(&claim)).await {
+                    warn!(spoke = %claim.spoke, error = %e, "cannot drop an orphan claim");
+                }
+            });
+        }
     }
 
     fn probe_underlays(&self) {

@@ -545,3 +545,31 @@ async fn preferred_allocation_is_answered() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn claim_of_this_node_without_member_is_dropped() {
+    let tmp = TempDir::new().unwrap();
+    let n = node("node-a", &tmp);
+    n.set_lans(&[lan("default", "lan1", "lan1", &["s1", "s2"], "eth1")]);
+    assert!(n.kubelet.wait_updates(VETH_S1, 1, WAIT).await.is_some());
+    // A claim left behind by a release that failed.
+    n.claims.put(Claim {
+        spoke: "s1".into(),
+        node: "node-a".into(),
+        lan: "default/lan1".into(),
+        kind: SpokeKind::Veth,
+        pod: Some("ns/gone".into()),
+        resource_version: None,
+        uid: Some("uid-old".into()),
+    });
+    let deadline = Instant::now() + WAIT;
+    while n.claims.get("s1").is_some() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(n.claims.get("s1").is_none(), "orphan claim dropped");
+    // A live member's claim stays.
+    n.kubelet.allocate(VETH_S2, &["s2"]).await.unwrap();
+    n.pod_resources.set(&[("ns/p2", VETH_S2, "s2")]);
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(n.claims.get("s2").unwrap().node, "node-a");
+}
