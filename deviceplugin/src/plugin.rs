@@ -116,8 +116,6 @@ pub enum AllocateError {
         kind: SpokeKind,
         source: PrepareError,
     },
-    #[error("the datapath prepared VM spoke {spoke} without a tap device")]
-    NoTap { spoke: String },
 }
 
 impl From<AllocateError> for Status {
@@ -130,7 +128,7 @@ impl From<AllocateError> for Status {
                 Status::failed_precondition(msg)
             }
             AllocateError::Claim { .. } => Status::unavailable(msg),
-            AllocateError::Prepare { .. } | AllocateError::NoTap { .. } => Status::internal(msg),
+            AllocateError::Prepare { .. } => Status::internal(msg),
         }
     }
 }
@@ -162,7 +160,7 @@ impl Core {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    #[instrument(name = "allocate", skip(self, device_ids), fields(node = %self.node, spoke, kind = %kind))]
+    #[instrument(name = "allocate", skip(self), fields(node = %self.node))]
     async fn do_allocate(
         &self,
         kind: SpokeKind,
@@ -270,23 +268,29 @@ impl Core {
             .as_ref()
             .and_then(|l| l.get(&advert.lan))
             .map_or(0, |l| l.generation);
-        match self.backends.preparer.prepare(req).await {
+        let prepared = self.backends.preparer.prepare(req).await.and_then(|p| {
+            if kind == SpokeKind::Mac && p.tap.is_none() {
+                Err(PrepareError::new(
+                    "the datapath returned no tap device for a VM spoke",
+                ))
+            } else {
+                Ok(p)
+            }
+        });
+        match prepared {
             Ok(prepared) => {
                 if self.lock().failures.remove(&advert.lan).is_some() {
                     self.wake.notify_one();
                 }
                 let mut resp = ContainerAllocateResponse::default();
-                if kind == SpokeKind::Mac {
-                    let tap = prepared.tap.ok_or_else(|| AllocateError::NoTap {
-                        spoke: spoke.into(),
-                    })?;
+                debug!(host_ifname = %prepared.host_ifname, "spoke prepared");
+                if let Some(tap) = prepared.tap {
                     resp.devices.push(DeviceSpec {
                         container_path: tap.container_path,
                         host_path: tap.host_path.to_string_lossy().into_owned(),
                         permissions: "rw".into(),
                     });
                 }
-                debug!(host_ifname = %prepared.host_ifname, "spoke prepared");
                 Ok(resp)
             }
             Err(source) => {
