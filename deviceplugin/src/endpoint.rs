@@ -268,8 +268,10 @@ impl Endpoint {
     }
 
     /// Withdraws the resource: sends an empty device list so that capacity drops to 0, lets the
-    /// kubelet read it, then stops serving and removes the socket.
+    /// kubelet read it on its open connection, then stops serving. The socket file goes at once,
+    /// so that the same resource can come back right away on a fresh socket.
     pub fn withdraw(self) -> JoinHandle<()> {
+        remove_socket(&self.socket);
         self.devices.send_replace(Vec::new());
         // Dropping the sender ends each ListAndWatch stream right after the empty list.
         drop(self.devices);
@@ -279,14 +281,12 @@ impl Endpoint {
             task,
         } = self.server;
         graceful.cancel();
-        let socket = self.socket;
         tokio::spawn(async move {
             let abort = task.abort_handle();
             if tokio::time::timeout(WITHDRAW_GRACE, task).await.is_err() {
                 hard.cancel();
                 abort.abort();
             }
-            remove_socket(&socket);
         })
     }
 }

@@ -396,6 +396,7 @@ pub async fn serve(
         published: Arc::new(Mutex::new(None)),
         publishing: None,
         adopted: false,
+        kubelet_socket: None,
     };
     let Sources {
         mut lans,
@@ -464,6 +465,8 @@ struct Runner {
     published: Arc<Mutex<Option<NodeReport>>>,
     publishing: Option<tokio::task::JoinHandle<()>>,
     adopted: bool,
+    /// Identity (device, inode) of `kubelet.sock` when last seen.
+    kubelet_socket: Option<(u64, u64)>,
 }
 
 impl Runner {
@@ -490,6 +493,41 @@ impl Runner {
         self.expire_members();
         self.release_orphan_claims();
         self.probe_underlays();
+        self.check_sockets();
+    }
+
+    /// Safety net behind inotify (lost events, a directory recreated under us): a new
+    /// `kubelet.sock` (other inode) means a kubelet restart; a missing socket of ours is served
+    /// and registered again.
+    fn check_sockets(&mut self) {
+        use std::os::unix::fs::MetadataExt;
+        let kubelet = std::fs::metadata(self.config.device_plugin_dir.join(KUBELET_SOCKET))
+            .ok()
+            .map(|m| (m.dev(), m.ino()));
+        if kubelet.is_some() && kubelet != self.kubelet_socket {
+            let first = self.kubelet_socket.is_none();
+            self.kubelet_socket = kubelet;
+            if !first {
+                self.kubelet_restarted();
+                return;
+            }
+        }
+        let mut again = Vec::new();
+        for (resource, ep) in &mut self.endpoints {
+            if !ep.socket_exists() {
+                match ep.rebind() {
+                    Ok(()) => again.push((resource.clone(), ep.file_name())),
+                    Err(e) => warn!(resource, error = %e, "cannot serve the resource again"),
+                }
+            }
+        }
+        if !again.is_empty() {
+            info!(
+                resources = again.len(),
+                "plugin sockets were missing; serving and registering again"
+            );
+            self.registrar.register(again);
+        }
     }
 
     /// Drops claims of this node that no member backs any more (a release that failed, or a
@@ -655,6 +693,13 @@ impl Runner {
     /// `kubelet.sock` appeared: the kubelet (re)started. Bring back missing sockets and
     /// register every resource again.
     fn kubelet_restarted(&mut self) {
+        {
+            use std::os::unix::fs::MetadataExt;
+            self.kubelet_socket =
+                std::fs::metadata(self.config.device_plugin_dir.join(KUBELET_SOCKET))
+                    .ok()
+                    .map(|m| (m.dev(), m.ino()));
+        }
         let mut rebound = 0;
         let mut all = Vec::with_capacity(self.endpoints.len());
         for (resource, ep) in &mut self.endpoints {

@@ -36,3 +36,22 @@ impl HostLinks for SysfsLinks {
         validate::interface_name("underlay", ifname).is_ok() && self.dir.join(ifname).exists()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn looks_names_up_in_the_configured_directory_and_rejects_bad_names() {
+        let dir = tempfile::TempDir::new().unwrap();
+        std::fs::create_dir(dir.path().join("eth1")).unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        let links = SysfsLinks::new(dir.path().join("sub"));
+        // "../eth1" exists as a path but is no interface name.
+        assert!(!links.exists("../eth1"));
+        let links = SysfsLinks::new(dir.path());
+        assert!(links.exists("eth1"));
+        assert!(!links.exists("eth2"));
+        assert!(!links.exists(".."));
+    }
+}

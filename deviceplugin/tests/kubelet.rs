@@ -573,3 +573,34 @@ async fn claim_of_this_node_without_member_is_dropped() {
     tokio::time::sleep(QUIET).await;
     assert_eq!(n.claims.get("s2").unwrap().node, "node-a");
 }
+
+#[tokio::test]
+async fn spoke_removed_and_added_back_at_once_is_served_again() {
+    let tmp = TempDir::new().unwrap();
+    let n = node("node-a", &tmp);
+    let with = [lan("default", "lan1", "lan1", &["s1", "s2"], "eth1")];
+    n.set_lans(&with);
+    assert!(n.kubelet.wait_updates(VETH_S2, 1, WAIT).await.is_some());
+    n.set_lans(&[lan("default", "lan1", "lan1", &["s1"], "eth1")]);
+    assert!(
+        n.kubelet
+            .wait_updates(VETH_S2, 2, WAIT)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    n.set_lans(&with);
+    // Registered a second time, on a live socket, with its device back.
+    assert!(
+        n.kubelet
+            .wait_until(WAIT, |m| m[VETH_S2].registrations == 2
+                && m[VETH_S2].streaming
+                && m[VETH_S2].allocatable() == 1)
+            .await,
+        "{:?}",
+        n.kubelet.resource(VETH_S2)
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(n.dir.join("k8slan-veth-s2.sock").exists());
+    n.kubelet.allocate(VETH_S2, &["s2"]).await.unwrap();
+}
