@@ -43,6 +43,10 @@ test-unit: ## unit tier: no root, no cluster
 test-privileged: ## privileged tier: real kernel, fresh network namespaces per test (root)
 	$(CARGO) test --workspace -- --ignored
 
+.PHONY: bench-datapath
+bench-datapath: ## datapath benchmark: spoke-up latency over 1,000 spokes, pod-to-pod throughput (root)
+	$(CARGO) bench -p k8slan-netagent --bench datapath
+
 .PHONY: test
 test: deps lint check-generated test-unit test-privileged ## every test tier (the command CI runs)
 

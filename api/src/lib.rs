@@ -4,6 +4,7 @@
 pub mod lan;
 pub mod mtu;
 pub mod naming;
+pub mod report;
 pub mod validate;
 
 pub use lan::{LAN, LanSpec, LanStatus, MacvtapMode, NodeLanState, SpokeHolder};

@@ -1,1 +1,29 @@
-//! The datapath of one node (see the crate description). Filled in by the datapath work.
+//! The datapath of one node: LAN namespaces, bridges, VXLANs and spokes.
+//!
+//! [`Datapath`] holds the logic and talks to the kernel only through the small [`Kernel`]
+//! trait: [`RtnlKernel`] is the real one (rtnetlink and nix, one short-lived thread per call
+//! inside the target namespace), [`fake::RecordingKernel`] an in-memory one that records every
+//! call for the unit tier. See `docs/datapath.md`.
+
+pub mod datapath;
+pub mod fake;
+pub mod inventory;
+pub mod kernel;
+pub mod lan;
+pub mod netlink;
+pub mod netns;
+pub mod spoke;
+
+pub use datapath::{BRIDGE_GROUP_FWD_MASK, Datapath, DatapathError, PORT_GROUP_FWD_MASK};
+pub use inventory::{LanView, Recovery, SpokeView};
+pub use kernel::{Kernel, KernelError, Link, LinkKind, Ns};
+pub use lan::LanState;
+pub use netlink::{HostNs, RtnlKernel};
+pub use spoke::{MacAttachment, SpokeAttachment};
+
+// The device plugin shares one datapath between its gRPC handlers.
+const _: fn() = || {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<Datapath<RtnlKernel>>();
+    shareable::<Datapath<fake::RecordingKernel>>();
+};

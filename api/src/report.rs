@@ -1,0 +1,293 @@
+//! What the node agents tell the controller, through two kinds of `coordination.k8s.io/v1`
+//! Lease in the release namespace (one small object per node and per held spoke, so that many
+//! nodes never race on one LAN's status):
+//!
+//! - a *node report* per node, named [`node_report_lease_name`](crate::naming::node_report_lease_name),
+//!   labelled [`LEASE_ROLE_LABEL`](crate::naming::LEASE_ROLE_LABEL)`=`[`ROLE_NODE_REPORT`], whose
+//!   annotation [`REPORT_ANNOTATION`] holds a [`NodeReport`] as JSON:
+//!   `{"lans":{"<lan-namespace>/<lan-name>":{"state":"Ready","message":"...","generation":3}}}`;
+//! - a *spoke claim* per held spoke, named [`claim_lease_name`](crate::naming::claim_lease_name),
+//!   labelled `k8slan.io/role=claim`, `holderIdentity` = node name, with the annotations
+//!   [`CLAIM_LAN_ANNOTATION`] (`<ns>/<name>`), [`CLAIM_KIND_ANNOTATION`] (`veth`|`mac`) and, once
+//!   known, [`CLAIM_POD_ANNOTATION`] (`<ns>/<name>`). [`Claim`] reads and writes them.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::naming::SpokeKind;
+
+/// Value of [`crate::naming::LEASE_ROLE_LABEL`] on node-report Leases.
+pub const ROLE_NODE_REPORT: &str = "node-report";
+/// Value of [`crate::naming::LEASE_ROLE_LABEL`] on spoke-claim Leases.
+pub const ROLE_CLAIM: &str = "claim";
+/// Annotation of a node-report Lease holding the [`NodeReport`] JSON.
+pub const REPORT_ANNOTATION: &str = "k8slan.io/report";
+/// Claim annotation: the LAN (`<namespace>/<name>`) the claimed spoke belongs to.
+pub const CLAIM_LAN_ANNOTATION: &str = "k8slan.io/lan";
+/// Claim annotation: `veth` (a pod) or `mac` (a VM).
+pub const CLAIM_KIND_ANNOTATION: &str = "k8slan.io/kind";
+/// Claim annotation: the pod (`<namespace>/<name>`) holding the spoke, once known.
+pub const CLAIM_POD_ANNOTATION: &str = "k8slan.io/pod";
+/// Prefix of a claim Lease's name, followed by the spoke (see [`crate::naming::claim_lease_name`]).
+pub const CLAIM_LEASE_PREFIX: &str = "spoke-";
+
+/// A report or claim that cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error(
+        "node report is not valid JSON of the form {{\"lans\":{{\"<ns>/<name>\":{{\"state\":...}}}}}}: {0}"
+    )]
+    Json(#[from] serde_json::Error),
+    #[error("claim {lease:?}: {what}")]
+    Claim { lease: String, what: String },
+}
+
+/// `<namespace>/<name>` of a LAN, the key of reports and claims.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LanRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl LanRef {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    /// Parses `<namespace>/<name>`; both parts must be non-empty and contain no further `/`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let (ns, name) = s.split_once('/')?;
+        (!ns.is_empty() && !name.is_empty() && !name.contains('/')).then(|| Self::new(ns, name))
+    }
+}
+
+impl fmt::Display for LanRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// How far a node got with one LAN.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeState {
+    /// The LAN namespace, bridge and VXLAN are programmed as the spec at `generation` says.
+    Ready,
+    /// Programming failed; `message` says why.
+    Failed,
+    /// The node has no underlay device for the LAN (no `vxlanDevMap` entry, no default, or the
+    /// device is missing); the node does not take part.
+    NoUnderlay,
+    /// A state this version does not know (written by a newer agent).
+    #[serde(other)]
+    Unknown,
+}
+
+impl NodeState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Ready => "Ready",
+            NodeState::Failed => "Failed",
+            NodeState::NoUnderlay => "NoUnderlay",
+            NodeState::Unknown => "Unknown",
+        }
+    }
+}
+
+/// One node's state for one LAN.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct LanNodeReport {
+    pub state: NodeState,
+    /// Why, when not `Ready`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// `metadata.generation` of the LAN the node acted on.
+    pub generation: i64,
+}
+
+/// Everything one node reports, keyed by `<lan-namespace>/<lan-name>`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeReport {
+    #[serde(default)]
+    pub lans: BTreeMap<String, LanNodeReport>,
+}
+
+impl NodeReport {
+    /// Reads the value of the [`REPORT_ANNOTATION`] annotation.
+    pub fn parse(annotation: &str) -> Result<Self, ReportError> {
+        Ok(serde_json::from_str(annotation)?)
+    }
+
+    /// The value to store in the [`REPORT_ANNOTATION`] annotation (compact JSON, stable key order).
+    pub fn to_annotation(&self) -> String {
+        // A map of plain structs with string keys always serialises.
+        serde_json::to_string(self).unwrap_or_else(|_| String::from("{}"))
+    }
+
+    /// This node's entry for one LAN.
+    pub fn lan(&self, lan: &LanRef) -> Option<&LanNodeReport> {
+        self.lans.get(&lan.to_string())
+    }
+}
+
+/// A spoke held on a node, as recorded in a claim Lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub spoke: String,
+    /// `holderIdentity` of the Lease.
+    pub node: String,
+    pub lan: LanRef,
+    pub kind: SpokeKind,
+    /// `<namespace>/<name>` of the pod, once known.
+    pub pod: Option<String>,
+}
+
+impl Claim {
+    /// Reads a claim from its Lease name, `holderIdentity` and annotations.
+    pub fn from_lease(
+        lease_name: &str,
+        holder: Option<&str>,
+        annotations: &BTreeMap<String, String>,
+    ) -> Result<Self, ReportError> {
+        let bad = |what: String| ReportError::Claim {
+            lease: lease_name.to_string(),
+            what,
+        };
+        let spoke = spoke_of_claim_lease(lease_name)
+            .ok_or_else(|| bad(format!("name does not start with {CLAIM_LEASE_PREFIX:?}")))?;
+        let node = holder
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| bad("has no holderIdentity (the node holding the spoke)".into()))?;
+        let lan_s = annotations
+            .get(CLAIM_LAN_ANNOTATION)
+            .ok_or_else(|| bad(format!("has no {CLAIM_LAN_ANNOTATION} annotation")))?;
+        let lan = LanRef::parse(lan_s).ok_or_else(|| {
+            bad(format!(
+                "{CLAIM_LAN_ANNOTATION}={lan_s:?} is not <namespace>/<name>"
+            ))
+        })?;
+        let kind_s = annotations
+            .get(CLAIM_KIND_ANNOTATION)
+            .ok_or_else(|| bad(format!("has no {CLAIM_KIND_ANNOTATION} annotation")))?;
+        let kind = kind_s
+            .parse::<SpokeKind>()
+            .map_err(|e| bad(format!("{CLAIM_KIND_ANNOTATION}: {e}")))?;
+        Ok(Self {
+            spoke: spoke.to_string(),
+            node: node.to_string(),
+            lan,
+            kind,
+            pod: annotations
+                .get(CLAIM_POD_ANNOTATION)
+                .filter(|p| !p.is_empty())
+                .cloned(),
+        })
+    }
+
+    /// The annotations a claim Lease carries (the Lease name and holder are set separately).
+    pub fn annotations(&self) -> BTreeMap<String, String> {
+        let mut a = BTreeMap::from([
+            (CLAIM_LAN_ANNOTATION.to_string(), self.lan.to_string()),
+            (CLAIM_KIND_ANNOTATION.to_string(), self.kind.to_string()),
+        ]);
+        if let Some(pod) = &self.pod {
+            a.insert(CLAIM_POD_ANNOTATION.to_string(), pod.clone());
+        }
+        a
+    }
+}
+
+/// The spoke named by a claim Lease (`spoke-<spoke>`), the inverse of
+/// [`crate::naming::claim_lease_name`].
+pub fn spoke_of_claim_lease(lease_name: &str) -> Option<&str> {
+    lease_name
+        .strip_prefix(CLAIM_LEASE_PREFIX)
+        .filter(|s| !s.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::naming::claim_lease_name;
+
+    #[test]
+    fn node_report_round_trip_matches_the_agreed_json() {
+        let json = r#"{"lans":{"default/lan-a":{"state":"Ready","generation":3},"team/b":{"state":"NoUnderlay","message":"no device eth9","generation":1}}}"#;
+        let r = NodeReport::parse(json).unwrap();
+        let a = r.lan(&LanRef::new("default", "lan-a")).unwrap();
+        assert_eq!(a.state, NodeState::Ready);
+        assert_eq!(a.generation, 3);
+        assert_eq!(
+            r.lan(&LanRef::new("team", "b")).unwrap().message,
+            "no device eth9"
+        );
+        assert_eq!(r.to_annotation(), json);
+        assert_eq!(NodeReport::parse(&r.to_annotation()).unwrap(), r);
+    }
+
+    #[test]
+    fn unknown_states_and_empty_reports_still_parse() {
+        let r =
+            NodeReport::parse(r#"{"lans":{"a/b":{"state":"Draining","generation":2}}}"#).unwrap();
+        assert_eq!(r.lans["a/b"].state, NodeState::Unknown);
+        assert_eq!(NodeReport::parse("{}").unwrap(), NodeReport::default());
+        let err = NodeReport::parse("not json").unwrap_err().to_string();
+        assert!(err.contains("node report is not valid JSON"), "{err}");
+    }
+
+    #[test]
+    fn claim_from_lease() {
+        let mut ann = BTreeMap::from([
+            (
+                CLAIM_LAN_ANNOTATION.to_string(),
+                "default/lan-a".to_string(),
+            ),
+            (CLAIM_KIND_ANNOTATION.to_string(), "mac".to_string()),
+        ]);
+        let c = Claim::from_lease(&claim_lease_name("vm1"), Some("worker2"), &ann).unwrap();
+        assert_eq!(c.spoke, "vm1");
+        assert_eq!(c.node, "worker2");
+        assert_eq!(c.lan, LanRef::new("default", "lan-a"));
+        assert_eq!(c.kind, SpokeKind::Mac);
+        assert_eq!(c.pod, None);
+        assert_eq!(c.annotations(), ann);
+
+        ann.insert(CLAIM_POD_ANNOTATION.to_string(), "default/vm-1".into());
+        let c = Claim::from_lease("spoke-vm1", Some("worker2"), &ann).unwrap();
+        assert_eq!(c.pod.as_deref(), Some("default/vm-1"));
+        assert_eq!(c.annotations(), ann);
+    }
+
+    #[test]
+    fn broken_claims_say_what_is_wrong() {
+        let ann = BTreeMap::from([
+            (CLAIM_LAN_ANNOTATION.to_string(), "nolan".to_string()),
+            (CLAIM_KIND_ANNOTATION.to_string(), "veth".to_string()),
+        ]);
+        let e = Claim::from_lease("spoke-a", Some("n1"), &ann).unwrap_err();
+        assert!(e.to_string().contains("is not <namespace>/<name>"), "{e}");
+        let e = Claim::from_lease("spoke-a", None, &ann).unwrap_err();
+        assert!(e.to_string().contains("holderIdentity"), "{e}");
+        let e = Claim::from_lease("node-a", Some("n1"), &ann).unwrap_err();
+        assert!(e.to_string().contains("\"spoke-\""), "{e}");
+        let ann = BTreeMap::from([
+            (CLAIM_LAN_ANNOTATION.to_string(), "a/b".to_string()),
+            (CLAIM_KIND_ANNOTATION.to_string(), "tap".to_string()),
+        ]);
+        let e = Claim::from_lease("spoke-a", Some("n1"), &ann).unwrap_err();
+        assert!(e.to_string().contains("unknown spoke kind"), "{e}");
+    }
+
+    #[test]
+    fn lan_refs() {
+        assert_eq!(LanRef::parse("a/b"), Some(LanRef::new("a", "b")));
+        for bad in ["a", "/b", "a/", "a/b/c", ""] {
+            assert_eq!(LanRef::parse(bad), None, "{bad}");
+        }
+        assert_eq!(spoke_of_claim_lease(&claim_lease_name("x-1")), Some("x-1"));
+    }
+}

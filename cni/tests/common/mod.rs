@@ -1,0 +1,246 @@
+//! Helpers for tests that run the built plugin binaries the way a container runtime does:
+//! `CNI_*` variables in a clean environment and the configuration on stdin, inside a throwaway
+//! "node" network namespace that holds the prepared links.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use serde_json::Value;
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A name unique to this process and call: `k8c<pid>-<n>-<role>`.
+pub fn unique(role: &str) -> String {
+    format!(
+        "k8c{}-{}-{role}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// Runs `ip` with `args`; panics with its stderr on failure.
+pub fn ip(args: &[&str]) -> String {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Whether `ip -n <ns> link show <dev>` finds the device.
+pub fn link_exists(ns: &str, dev: &str) -> bool {
+    Command::new("ip")
+        .args(["-n", ns, "link", "show", dev])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// `ip -j -d link show` of one device, parsed.
+pub fn link_json(ns: &str, dev: &str) -> Value {
+    let out = ip(&["-n", ns, "-j", "-d", "link", "show", dev]);
+    let v: Value = serde_json::from_str(&out).expect("ip -j output");
+    v[0].clone()
+}
+
+/// Addresses (`a.b.c.d/len`) of a device.
+pub fn addresses(ns: &str, dev: &str) -> Vec<String> {
+    let out = ip(&["-n", ns, "-j", "addr", "show", dev]);
+    let v: Value = serde_json::from_str(&out).expect("ip -j output");
+    v[0]["addr_info"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|i| i["scope"] != "link")
+                .map(|i| format!("{}/{}", i["local"].as_str().unwrap(), i["prefixlen"]))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A named network namespace, deleted on drop.
+pub struct Ns {
+    pub name: String,
+    deleted: bool,
+}
+
+impl Ns {
+    pub fn new(role: &str) -> Ns {
+        let name = unique(role);
+        ip(&["netns", "add", &name]);
+        Ns {
+            name,
+            deleted: false,
+        }
+    }
+
+    /// The path a runtime passes as `CNI_NETNS`.
+    pub fn path(&self) -> String {
+        format!("/var/run/netns/{}", self.name)
+    }
+
+    /// Deletes the namespace now (a pod sandbox that went away).
+    pub fn delete(&mut self) {
+        ip(&["netns", "del", &self.name]);
+        self.deleted = true;
+    }
+}
+
+impl Drop for Ns {
+    fn drop(&mut self) {
+        if !self.deleted {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.name])
+                .status();
+        }
+    }
+}
+
+/// A temporary directory, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> TempDir {
+        let p = std::env::temp_dir().join(unique("dir"));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// What a plugin execution printed and returned.
+#[derive(Debug)]
+pub struct Run {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// stdout as JSON (panics when it is not exactly one JSON document).
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}): {:?}\nstderr: {}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+
+    /// Asserts success and an empty stdout (DEL, CHECK).
+    pub fn assert_silent_success(&self) {
+        assert!(
+            self.success,
+            "expected success, got {:?}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        assert_eq!(
+            self.stdout, "",
+            "stdout must be empty\nstderr: {}",
+            self.stderr
+        );
+    }
+
+    /// Asserts failure with the given error code, returns the details.
+    pub fn assert_error(&self, code: u64) -> String {
+        assert!(
+            !self.success,
+            "expected error {code}, got success: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        let v = self.json();
+        assert_eq!(v["code"], code, "{v}\nstderr: {}", self.stderr);
+        assert!(v["msg"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+        assert!(v["cniVersion"].is_string(), "{v}");
+        v["details"].as_str().unwrap_or_default().to_owned()
+    }
+}
+
+/// Runs `binary` inside `node` (or in this process's namespace when `None`) with exactly the
+/// `CNI_*` variables given, like a runtime, and `stdin`.
+pub fn run_plugin(binary: &str, node: Option<&str>, env: &[(&str, String)], stdin: &str) -> Run {
+    let mut cmd = match node {
+        Some(node) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", node, binary]);
+            c
+        }
+        None => Command::new(binary),
+    };
+    cmd.env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("start plugin");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    Run {
+        success: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// The standard runtime environment of one attachment.
+pub fn cni_env(command: &str, pod: &str, ifname: &str, args: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("CNI_COMMAND", command.to_owned()),
+        ("CNI_CONTAINERID", "k8slantest0123".to_owned()),
+        ("CNI_NETNS", pod.to_owned()),
+        ("CNI_IFNAME", ifname.to_owned()),
+        ("CNI_ARGS", args.to_owned()),
+        ("CNI_PATH", "/usr/lib/cni:/opt/cni/bin".to_owned()),
+        ("K8SLAN_CNI_LOG_LEVEL", "debug".to_owned()),
+    ]
+}
+
+/// `config` with `prevResult` set to `result`.
+pub fn with_prev(config: &Value, result: &Value) -> String {
+    let mut c = config.clone();
+    c["prevResult"] = result.clone();
+    c.to_string()
+}
+
+/// The host-local IPAM section for `subnet` with its leases in `dir`.
+pub fn host_local(subnet: &str, gw: &str, routes: Value, dir: &Path) -> Value {
+    serde_json::json!({
+        "type": "host-local",
+        "ranges": [[{"subnet": subnet, "gateway": gw}]],
+        "routes": routes,
+        "dataDir": dir.to_str().unwrap(),
+    })
+}
+
+/// Files in host-local's per-network lease directory that are leases (named by address).
+pub fn leases(dir: &Path, network: &str) -> Vec<String> {
+    std::fs::read_dir(dir.join(network))
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub const VERSIONS: [&str; 4] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0"];

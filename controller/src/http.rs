@@ -1,0 +1,178 @@
+//! The controller's two servers: plain HTTP for `/metrics`, `/healthz` and `/readyz`, and HTTPS
+//! for the webhook (`POST /validate-lan`), whose certificate can be swapped while it runs.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use k8slan_api::LAN;
+use kube::runtime::reflector::Store;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::cert::{LiveCert, provider};
+use crate::metrics::{self, Metrics};
+use crate::webhook;
+
+/// Path the ValidatingWebhookConfiguration calls.
+pub const WEBHOOK_PATH: &str = "/validate-lan";
+
+/// Why a server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("listening on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("serving on {addr}: {source}")]
+    Serve {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// What the probe and metrics server reads.
+#[derive(Clone)]
+pub struct ProbeState {
+    pub registry: Arc<Registry>,
+    /// True once the LAN cache is filled and the webhook certificate is loaded.
+    pub ready: Arc<AtomicBool>,
+}
+
+/// `/metrics`, `/healthz`, `/readyz`.
+pub fn probe_router(state: ProbeState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_text))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
+async fn metrics_text(State(s): State<ProbeState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        metrics::encode(&s.registry),
+    )
+        .into_response()
+}
+
+async fn readyz(State(s): State<ProbeState>) -> Response {
+    if s.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ok").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "waiting for the LAN cache and the webhook certificate",
+        )
+            .into_response()
+    }
+}
+
+/// Serves the probe router on plain HTTP until the process ends.
+pub async fn serve_probes(addr: SocketAddr, state: ProbeState) -> Result<(), ServeError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })?;
+    axum::serve(listener, probe_router(state))
+        .await
+        .map_err(|source| ServeError::Serve { addr, source })
+}
+
+/// What the webhook handler reads.
+#[derive(Clone)]
+pub struct WebhookState {
+    pub lans: Store<LAN>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// `POST /validate-lan`.
+pub fn webhook_router(state: WebhookState) -> Router {
+    Router::new()
+        .route(WEBHOOK_PATH, post(validate))
+        .with_state(state)
+}
+
+async fn validate(State(s): State<WebhookState>, body: Bytes) -> Response {
+    let stored = s.lans.state();
+    match webhook::handle(&body, &stored) {
+        Ok(verdict) => {
+            s.metrics
+                .admitted(if verdict.allowed { "allowed" } else { "denied" });
+            if !verdict.allowed {
+                let msg = verdict
+                    .review
+                    .response
+                    .as_ref()
+                    .map(|r| r.result.message.clone())
+                    .unwrap_or_default();
+                tracing::info!(reason = %msg, "denied a LAN");
+            }
+            axum::Json(verdict.review).into_response()
+        }
+        Err(e) => {
+            s.metrics.admitted("error");
+            tracing::warn!(error = %e, "unreadable admission request");
+            (StatusCode::BAD_REQUEST, e.to_string()).into_response()
+        }
+    }
+}
+
+/// Serves the webhook over TLS with the live certificate until the process ends.
+pub async fn serve_webhook(
+    addr: SocketAddr,
+    cert: Arc<LiveCert>,
+    state: WebhookState,
+) -> Result<(), ServeError> {
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(provider()))
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(cert);
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })?;
+    let app = webhook_router(state);
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "accepting a webhook connection");
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        tokio::spawn(async move {
+            let tls = match acceptor.accept(tcp).await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+            };
+            let service = TowerToHyperService::new(app);
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tls), service)
+                .await
+            {
+                tracing::debug!(%peer, error = %e, "webhook connection ended with an error");
+            }
+        });
+    }
+}

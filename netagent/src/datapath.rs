@@ -1,0 +1,180 @@
+//! The datapath of one node: the entry point [`Datapath`] and its error type.
+//!
+//! Operations are idempotent and converge the kernel towards the LAN spec: each reads the
+//! current state through the [`Kernel`] trait, changes only what differs, and leaves anything
+//! that is not k8slan's (a link without our alias) alone. [`crate::lan`] brings LANs up and
+//! down, [`crate::spoke`] prepares and removes spokes, [`crate::inventory`] reports what exists.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use k8slan_api::mtu::MtuTooSmall;
+use k8slan_api::validate::{FieldError, InvalidLan};
+
+use crate::kernel::{Kernel, KernelError, Link, LinkChange, Ns};
+
+/// Per-port group forward mask of every bridge port k8slan makes: forward every link-local
+/// group address (STP, LACP, LLDP, 802.1X, ...) except PAUSE (bit 1), which the kernel refuses.
+pub const PORT_GROUP_FWD_MASK: u16 = 0xfffd;
+/// Bridge-wide group forward mask: the kernel refuses the STP, PAUSE and LACP bits (0x0007)
+/// here, so the per-port mask above is what lets STP and LACP cross; this one covers LLDP and
+/// the rest even on ports k8slan did not make.
+pub const BRIDGE_GROUP_FWD_MASK: u16 = 0xfff8;
+
+/// Why a datapath operation failed. Every message names the LAN and the object.
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error(transparent)]
+    InvalidLan(#[from] InvalidLan),
+    #[error("invalid name: {0}")]
+    InvalidName(#[from] FieldError),
+    #[error(
+        "LAN {lan}: no underlay for node {node}: it has no vxlanDevMap entry and defaultVxlanDev is not set"
+    )]
+    NoUnderlay { lan: String, node: String },
+    #[error("LAN {lan}: underlay device {dev} does not exist in the host namespace of node {node}")]
+    UnderlayMissing {
+        lan: String,
+        node: String,
+        dev: String,
+    },
+    #[error("LAN {lan}: underlay device {dev}: {source}")]
+    Mtu {
+        lan: String,
+        dev: String,
+        source: MtuTooSmall,
+    },
+    #[error("LAN {lan}: {spoke} is not one of its spokes")]
+    UnknownSpoke { lan: String, spoke: String },
+    #[error(
+        "LAN {lan}, spoke {spoke}: link {link} in the host namespace is not k8slan's for this LAN (alias {alias:?}, expected {expected:?}); refusing to touch it"
+    )]
+    ForeignLink {
+        lan: String,
+        spoke: String,
+        link: String,
+        alias: Option<String>,
+        expected: String,
+    },
+    #[error("LAN {lan}: {source}")]
+    Kernel { lan: String, source: KernelError },
+    #[error("LAN {lan}: {what}")]
+    Inconsistent { lan: String, what: String },
+}
+
+/// The datapath of one node over a [`Kernel`].
+///
+/// Every method is blocking (it waits for netlink and for namespace threads); call it from a
+/// blocking context (`tokio::task::spawn_blocking` under tokio). Operations are serialised by
+/// an internal lock, so concurrent callers (two `Allocate`s for one LAN) are safe.
+#[derive(Debug)]
+pub struct Datapath<K> {
+    pub(crate) kernel: K,
+    pub(crate) dev_dir: PathBuf,
+    lock: Mutex<()>,
+}
+
+impl<K: Kernel> Datapath<K> {
+    /// A datapath whose VM spokes' tap device nodes go to `dev_dir`.
+    pub fn new(kernel: K, dev_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            kernel,
+            dev_dir: dev_dir.into(),
+            lock: Mutex::new(()),
+        }
+    }
+
+    /// The kernel this datapath drives.
+    pub fn kernel(&self) -> &K {
+        &self.kernel
+    }
+
+    /// The node-private directory of tap device nodes.
+    pub fn dev_dir(&self) -> &Path {
+        &self.dev_dir
+    }
+
+    pub(crate) fn serialise(&self) -> MutexGuard<'_, ()> {
+        self.lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Path of a spoke's tap device node.
+    pub fn tap_node_path(&self, spoke: &str) -> PathBuf {
+        self.dev_dir
+            .join(k8slan_api::naming::tap_device_file(spoke))
+    }
+
+    /// Apply `want` to `link` where it differs; returns whether anything changed.
+    pub(crate) fn converge(
+        &self,
+        lan: &str,
+        ns: &Ns,
+        link: &Link,
+        want: &Want<'_>,
+    ) -> Result<bool, DatapathError> {
+        let mut change = LinkChange::default();
+        if link.mtu != want.mtu {
+            change.mtu = Some(want.mtu);
+        }
+        if link.alias.as_deref() != Some(want.alias) {
+            change.alias = Some(want.alias.to_string());
+        }
+        if let Some((name, ifindex)) = want.master {
+            if link.master != Some(ifindex) {
+                change.master = Some(name.to_string());
+            }
+            if link.port_group_fwd_mask != Some(PORT_GROUP_FWD_MASK) || change.master.is_some() {
+                change.port_group_fwd_mask = Some(PORT_GROUP_FWD_MASK);
+            }
+        }
+        if !link.up {
+            change.up = Some(true);
+        }
+        if change.is_empty() {
+            return Ok(false);
+        }
+        self.kernel
+            .change_link(ns, &link.name, &change)
+            .map_err(|source| kerr(lan, source))?;
+        Ok(true)
+    }
+}
+
+/// What a link should look like.
+pub(crate) struct Want<'a> {
+    pub mtu: u32,
+    pub alias: &'a str,
+    /// Bridge (name, ifindex) the link must be a port of, with the port mask.
+    pub master: Option<(&'a str, u32)>,
+}
+
+pub(crate) fn kerr(lan: &str, source: KernelError) -> DatapathError {
+    DatapathError::Kernel {
+        lan: lan.to_string(),
+        source,
+    }
+}
+
+/// Alias roles, so that recovery and `show` can tell our links apart.
+pub(crate) mod role {
+    pub const BRIDGE: &str = "bridge";
+    pub const VXLAN: &str = "vxlan";
+    pub fn port(spoke: &str) -> String {
+        format!("port/{spoke}")
+    }
+    pub fn host(spoke: &str) -> String {
+        format!("spoke/{spoke}")
+    }
+    pub fn macvtap(spoke: &str) -> String {
+        format!("macvtap/{spoke}")
+    }
+}
+
+/// What an alias says about a link: LAN namespace and role.
+pub fn parse_alias(alias: &str) -> Option<(&str, &str)> {
+    alias
+        .strip_prefix(k8slan_api::naming::LINK_ALIAS_PREFIX)?
+        .split_once('/')
+}

@@ -1,0 +1,634 @@
+//! An in-memory [`Kernel`] that behaves like the real one where the datapath logic can tell
+//! (veth pairs die together, a macvtap dies with its lower link, links die with their namespace)
+//! and records every call, so unit tests can assert what was changed and what was not.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use crate::kernel::{DevNum, Kernel, KernelError, Link, LinkChange, LinkKind, NewLink, Ns};
+
+/// One recorded call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    LanNamespaces,
+    LanNamespaceExists(String),
+    CreateLanNamespace(String),
+    DeleteLanNamespace(String),
+    Link(Ns, String),
+    Links(Ns),
+    CreateLink(NewLink),
+    ChangeLink(Ns, String, LinkChange),
+    DeleteLink(Ns, String),
+    DeleteLanLinks(String),
+    MacvtapDevnum(String),
+    TapNode(PathBuf),
+    MakeTapNode(PathBuf, DevNum),
+    RemoveTapNode(PathBuf),
+    TapNodes(PathBuf),
+}
+
+impl Call {
+    /// Whether the call changes kernel or filesystem state.
+    pub fn is_mutation(&self) -> bool {
+        matches!(
+            self,
+            Call::CreateLanNamespace(_)
+                | Call::DeleteLanNamespace(_)
+                | Call::CreateLink(_)
+                | Call::ChangeLink(..)
+                | Call::DeleteLink(..)
+                | Call::DeleteLanLinks(_)
+                | Call::MakeTapNode(..)
+                | Call::RemoveTapNode(_)
+        )
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    host: Vec<Link>,
+    lans: BTreeMap<String, Vec<Link>>,
+    taps: BTreeMap<PathBuf, DevNum>,
+    next_ifindex: u32,
+    calls: Vec<Call>,
+    fail: Option<(String, String)>,
+}
+
+/// The recording fake kernel.
+#[derive(Debug, Default)]
+pub struct RecordingKernel {
+    state: Mutex<State>,
+}
+
+/// Major number the fake gives every macvtap's character device.
+pub const FAKE_TAP_MAJOR: u32 = 239;
+
+impl RecordingKernel {
+    /// An empty node: a host namespace with only `lo`.
+    pub fn new() -> Self {
+        let k = Self::default();
+        k.st().next_ifindex = 2;
+        k.st().host.push(plain("lo", 1, 65536));
+        k
+    }
+
+    fn st(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Add a plain (underlay-like) link to the host namespace, without recording a call.
+    pub fn add_host_link(&self, name: &str, mtu: u32) -> u32 {
+        let mut st = self.st();
+        let idx = st.next_ifindex;
+        st.next_ifindex += 1;
+        st.host.push(plain(name, idx, mtu));
+        idx
+    }
+
+    /// Every call so far.
+    pub fn calls(&self) -> Vec<Call> {
+        self.st().calls.clone()
+    }
+
+    /// Only the calls that changed something.
+    pub fn mutations(&self) -> Vec<Call> {
+        self.st()
+            .calls
+            .iter()
+            .filter(|c| c.is_mutation())
+            .cloned()
+            .collect()
+    }
+
+    /// Forget the recorded calls (state stays).
+    pub fn clear_calls(&self) {
+        self.st().calls.clear();
+    }
+
+    /// A copy of a link, without recording a call.
+    pub fn peek(&self, ns: &Ns, name: &str) -> Option<Link> {
+        let st = self.st();
+        links_of(&st, ns)?.iter().find(|l| l.name == name).cloned()
+    }
+
+    /// Every link of a namespace, without recording a call.
+    pub fn peek_all(&self, ns: &Ns) -> Vec<Link> {
+        links_of(&self.st(), ns).cloned().unwrap_or_default()
+    }
+
+    /// Names of the LAN namespaces, without recording a call.
+    pub fn peek_namespaces(&self) -> Vec<String> {
+        self.st().lans.keys().cloned().collect()
+    }
+
+    /// Tap device nodes, without recording a call.
+    pub fn peek_taps(&self) -> BTreeMap<PathBuf, DevNum> {
+        self.st().taps.clone()
+    }
+
+    /// Drift: change a link behind the datapath's back (not recorded).
+    pub fn edit(&self, ns: &Ns, name: &str, f: impl FnOnce(&mut Link)) {
+        let mut st = self.st();
+        let link = links_of_mut(&mut st, ns)
+            .and_then(|v| v.iter_mut().find(|l| l.name == name))
+            .unwrap_or_else(|| panic!("fake: no link {name} in {ns}"));
+        f(link);
+    }
+
+    /// Drift: remove a link behind the datapath's back (not recorded), with kernel side effects.
+    pub fn remove(&self, ns: &Ns, name: &str) {
+        let mut st = self.st();
+        remove_link(&mut st, ns, name);
+    }
+
+    /// Drift: move a host link into a namespace the datapath does not know (a pod): it simply
+    /// disappears from the host namespace, its veth peer keeps pointing at its ifindex.
+    pub fn move_out_of_host(&self, name: &str) {
+        self.st().host.retain(|l| l.name != name);
+    }
+
+    /// Make the next call whose operation is `op` (e.g. `"create_link"`) on `object` fail.
+    pub fn fail_next(&self, op: &str, object: &str) {
+        self.st().fail = Some((op.to_string(), object.to_string()));
+    }
+
+    fn begin(
+        &self,
+        call: Call,
+        op: &'static str,
+        object: &str,
+        ns: &Ns,
+    ) -> Result<MutexGuard<'_, State>, KernelError> {
+        let mut st = self.st();
+        st.calls.push(call);
+        if st
+            .fail
+            .as_ref()
+            .is_some_and(|(o, n)| o == op && n == object)
+        {
+            st.fail = None;
+            return Err(KernelError::new(op, object, ns, "injected failure").with_errno(libc::EIO));
+        }
+        Ok(st)
+    }
+}
+
+fn plain(name: &str, ifindex: u32, mtu: u32) -> Link {
+    Link {
+        name: name.into(),
+        ifindex,
+        mtu,
+        up: true,
+        alias: None,
+        master: None,
+        port_group_fwd_mask: None,
+        kind: LinkKind::Other {
+            kind: "device".into(),
+        },
+    }
+}
+
+fn links_of<'a>(st: &'a State, ns: &Ns) -> Option<&'a Vec<Link>> {
+    match ns {
+        Ns::Host => Some(&st.host),
+        Ns::Lan(n) => st.lans.get(n),
+    }
+}
+
+fn links_of_mut<'a>(st: &'a mut State, ns: &Ns) -> Option<&'a mut Vec<Link>> {
+    match ns {
+        Ns::Host => Some(&mut st.host),
+        Ns::Lan(n) => st.lans.get_mut(n),
+    }
+}
+
+fn all_namespaces(st: &State) -> Vec<Ns> {
+    std::iter::once(Ns::Host)
+        .chain(st.lans.keys().map(|k| Ns::Lan(k.clone())))
+        .collect()
+}
+
+/// Remove a link and whatever the kernel removes with it.
+fn remove_link(st: &mut State, ns: &Ns, name: &str) {
+    let Some(links) = links_of_mut(st, ns) else {
+        return;
+    };
+    let Some(pos) = links.iter().position(|l| l.name == name) else {
+        return;
+    };
+    let gone = links.remove(pos);
+    for l in links.iter_mut() {
+        if l.master == Some(gone.ifindex) {
+            l.master = None;
+            l.port_group_fwd_mask = None;
+        }
+    }
+    // Macvtaps on it (same namespace).
+    let dependents: Vec<String> = links
+        .iter()
+        .filter(|l| matches!(l.kind, LinkKind::Macvtap { lower_ifindex, .. } if lower_ifindex == gone.ifindex))
+        .map(|l| l.name.clone())
+        .collect();
+    for d in dependents {
+        remove_link(st, ns, &d);
+    }
+    // A veth's peer, wherever it is.
+    if let LinkKind::Veth {
+        peer_ifindex: Some(peer),
+    } = gone.kind
+    {
+        for other in all_namespaces(st) {
+            let hit = links_of(st, &other).and_then(|v| {
+                v.iter()
+                    .find(|l| l.ifindex == peer && matches!(l.kind, LinkKind::Veth { peer_ifindex: Some(p) } if p == gone.ifindex))
+                    .map(|l| l.name.clone())
+            });
+            if let Some(n) = hit {
+                remove_link(st, &other, &n);
+                break;
+            }
+        }
+    }
+}
+
+fn add(
+    st: &mut State,
+    ns: &Ns,
+    name: &str,
+    mtu: u32,
+    alias: &str,
+    kind: LinkKind,
+) -> Result<u32, KernelError> {
+    let idx = st.next_ifindex;
+    let links = links_of_mut(st, ns).ok_or_else(|| {
+        KernelError::new("create", name, ns, "no such namespace").with_errno(libc::ENOENT)
+    })?;
+    if links.iter().any(|l| l.name == name) {
+        return Err(KernelError::new("create", name, ns, "File exists").with_errno(libc::EEXIST));
+    }
+    links.push(Link {
+        name: name.into(),
+        ifindex: idx,
+        mtu,
+        up: false,
+        alias: Some(alias.into()),
+        master: None,
+        port_group_fwd_mask: None,
+        kind,
+    });
+    st.next_ifindex += 1;
+    Ok(idx)
+}
+
+impl Kernel for RecordingKernel {
+    fn lan_namespaces(&self) -> Result<Vec<String>, KernelError> {
+        let st = self.begin(Call::LanNamespaces, "lan_namespaces", "", &Ns::Host)?;
+        Ok(st.lans.keys().cloned().collect())
+    }
+
+    fn lan_namespace_exists(&self, lan: &str) -> Result<bool, KernelError> {
+        let st = self.begin(
+            Call::LanNamespaceExists(lan.into()),
+            "lan_namespace_exists",
+            lan,
+            &Ns::Host,
+        )?;
+        Ok(st.lans.contains_key(lan))
+    }
+
+    fn create_lan_namespace(&self, lan: &str) -> Result<(), KernelError> {
+        let ns = Ns::Lan(lan.into());
+        let mut st = self.begin(
+            Call::CreateLanNamespace(lan.into()),
+            "create_lan_namespace",
+            lan,
+            &ns,
+        )?;
+        if st.lans.contains_key(lan) {
+            return Err(KernelError::new("create", lan, &ns, "exists").with_errno(libc::EEXIST));
+        }
+        st.lans.insert(lan.into(), vec![plain("lo", 1, 65536)]);
+        Ok(())
+    }
+
+    fn delete_lan_namespace(&self, lan: &str) -> Result<(), KernelError> {
+        let ns = Ns::Lan(lan.into());
+        let mut st = self.begin(
+            Call::DeleteLanNamespace(lan.into()),
+            "delete_lan_namespace",
+            lan,
+            &ns,
+        )?;
+        let names: Vec<String> = st
+            .lans
+            .get(lan)
+            .map(|v| v.iter().map(|l| l.name.clone()).collect())
+            .unwrap_or_default();
+        for n in names {
+            remove_link(&mut st, &ns, &n);
+        }
+        st.lans.remove(lan);
+        Ok(())
+    }
+
+    fn link(&self, ns: &Ns, name: &str) -> Result<Option<Link>, KernelError> {
+        let st = self.begin(Call::Link(ns.clone(), name.into()), "link", name, ns)?;
+        let links = links_of(&st, ns).ok_or_else(|| {
+            KernelError::new("look up", name, ns, "no such namespace").with_errno(libc::ENOENT)
+        })?;
+        Ok(links.iter().find(|l| l.name == name).cloned())
+    }
+
+    fn links(&self, ns: &Ns) -> Result<Vec<Link>, KernelError> {
+        let st = self.begin(Call::Links(ns.clone()), "links", "", ns)?;
+        links_of(&st, ns).cloned().ok_or_else(|| {
+            KernelError::new("list", "links", ns, "no such namespace").with_errno(libc::ENOENT)
+        })
+    }
+
+    fn create_link(&self, link: &NewLink) -> Result<(), KernelError> {
+        let (ns, name) = link.target();
+        let mut st = self.begin(Call::CreateLink(link.clone()), "create_link", name, &ns)?;
+        match link {
+            NewLink::Bridge {
+                lan,
+                name,
+                mtu,
+                alias,
+                params,
+            } => {
+                add(
+                    &mut st,
+                    &Ns::Lan(lan.clone()),
+                    name,
+                    *mtu,
+                    alias,
+                    LinkKind::Bridge(*params),
+                )?;
+            }
+            NewLink::Vxlan {
+                lan,
+                name,
+                mtu,
+                alias,
+                params,
+            } => {
+                if !st.host.iter().any(|l| l.ifindex == params.underlay_ifindex) {
+                    return Err(
+                        KernelError::new("create vxlan", name, &Ns::Host, "no underlay")
+                            .with_errno(libc::ENODEV),
+                    );
+                }
+                add(
+                    &mut st,
+                    &Ns::Lan(lan.clone()),
+                    name,
+                    *mtu,
+                    alias,
+                    LinkKind::Vxlan(*params),
+                )?;
+            }
+            NewLink::VethPair {
+                lan,
+                host_name,
+                host_alias,
+                port_name,
+                port_alias,
+                mtu,
+            } => {
+                let lan_ns = Ns::Lan(lan.clone());
+                if !st.lans.contains_key(lan) {
+                    return Err(KernelError::new(
+                        "create veth pair",
+                        host_name,
+                        &lan_ns,
+                        "no such namespace",
+                    )
+                    .with_errno(libc::ENOENT));
+                }
+                let h = add(
+                    &mut st,
+                    &Ns::Host,
+                    host_name,
+                    *mtu,
+                    host_alias,
+                    LinkKind::Veth { peer_ifindex: None },
+                )?;
+                let p = match add(
+                    &mut st,
+                    &lan_ns,
+                    port_name,
+                    *mtu,
+                    port_alias,
+                    LinkKind::Veth {
+                        peer_ifindex: Some(h),
+                    },
+                ) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        st.host.retain(|l| l.ifindex != h);
+                        return Err(e);
+                    }
+                };
+                if let Some(l) = st.host.iter_mut().find(|l| l.ifindex == h) {
+                    l.kind = LinkKind::Veth {
+                        peer_ifindex: Some(p),
+                    };
+                }
+            }
+            NewLink::Macvtap {
+                name,
+                lower,
+                mode,
+                mtu,
+                alias,
+            } => {
+                let lower_ifindex = st
+                    .host
+                    .iter()
+                    .find(|l| &l.name == lower)
+                    .map(|l| l.ifindex)
+                    .ok_or_else(|| {
+                        KernelError::new(
+                            "create macvtap on",
+                            lower.as_str(),
+                            &Ns::Host,
+                            "no such link",
+                        )
+                        .with_errno(libc::ENODEV)
+                    })?;
+                add(
+                    &mut st,
+                    &Ns::Host,
+                    name,
+                    *mtu,
+                    alias,
+                    LinkKind::Macvtap {
+                        lower_ifindex,
+                        mode: *mode,
+                    },
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    fn change_link(&self, ns: &Ns, name: &str, change: &LinkChange) -> Result<(), KernelError> {
+        let mut st = self.begin(
+            Call::ChangeLink(ns.clone(), name.into(), change.clone()),
+            "change_link",
+            name,
+            ns,
+        )?;
+        let links = links_of_mut(&mut st, ns).ok_or_else(|| {
+            KernelError::new("change", name, ns, "no such namespace").with_errno(libc::ENOENT)
+        })?;
+        let master = match &change.master {
+            Some(m) => Some(
+                links
+                    .iter()
+                    .find(|l| &l.name == m && matches!(l.kind, LinkKind::Bridge(_)))
+                    .map(|l| l.ifindex)
+                    .ok_or_else(|| {
+                        KernelError::new("enslave to", m.as_str(), ns, "no such bridge")
+                            .with_errno(libc::ENODEV)
+                    })?,
+            ),
+            None => None,
+        };
+        let link = links.iter_mut().find(|l| l.name == name).ok_or_else(|| {
+            KernelError::new("change", name, ns, "no such link").with_errno(libc::ENODEV)
+        })?;
+        if let Some(m) = master {
+            link.master = Some(m);
+            link.port_group_fwd_mask = Some(0);
+        }
+        if let Some(mtu) = change.mtu {
+            link.mtu = mtu;
+        }
+        if let Some(a) = &change.alias {
+            link.alias = Some(a.clone());
+        }
+        if let Some(up) = change.up {
+            link.up = up;
+        }
+        if let Some(mask) = change.port_group_fwd_mask {
+            if link.master.is_none() {
+                return Err(KernelError::new(
+                    "set group_fwd_mask of bridge port",
+                    name,
+                    ns,
+                    "not a bridge port",
+                )
+                .with_errno(libc::EOPNOTSUPP));
+            }
+            link.port_group_fwd_mask = Some(mask);
+        }
+        Ok(())
+    }
+
+    fn delete_link(&self, ns: &Ns, name: &str) -> Result<(), KernelError> {
+        let mut st = self.begin(
+            Call::DeleteLink(ns.clone(), name.into()),
+            "delete_link",
+            name,
+            ns,
+        )?;
+        remove_link(&mut st, ns, name);
+        Ok(())
+    }
+
+    fn delete_lan_links(&self, lan: &str) -> Result<(), KernelError> {
+        let ns = Ns::Lan(lan.into());
+        let mut st = self.begin(
+            Call::DeleteLanLinks(lan.into()),
+            "delete_lan_links",
+            lan,
+            &ns,
+        )?;
+        let names: Vec<String> = links_of(&st, &ns)
+            .map(|v| {
+                v.iter()
+                    .filter(|l| l.name != "lo")
+                    .map(|l| l.name.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for n in names {
+            remove_link(&mut st, &ns, &n);
+        }
+        Ok(())
+    }
+
+    fn macvtap_devnum(&self, macvtap: &str) -> Result<DevNum, KernelError> {
+        let st = self.begin(
+            Call::MacvtapDevnum(macvtap.into()),
+            "macvtap_devnum",
+            macvtap,
+            &Ns::Host,
+        )?;
+        st.host
+            .iter()
+            .find(|l| l.name == macvtap && matches!(l.kind, LinkKind::Macvtap { .. }))
+            .map(|l| DevNum {
+                major: FAKE_TAP_MAJOR,
+                minor: l.ifindex,
+            })
+            .ok_or_else(|| {
+                KernelError::new(
+                    "read the tap device number of",
+                    macvtap,
+                    &Ns::Host,
+                    "no such macvtap",
+                )
+            })
+    }
+
+    fn tap_node(&self, path: &Path) -> Result<Option<DevNum>, KernelError> {
+        let st = self.begin(
+            Call::TapNode(path.into()),
+            "tap_node",
+            &path.display().to_string(),
+            &Ns::Host,
+        )?;
+        Ok(st.taps.get(path).copied())
+    }
+
+    fn make_tap_node(&self, path: &Path, dev: DevNum) -> Result<(), KernelError> {
+        let mut st = self.begin(
+            Call::MakeTapNode(path.into(), dev),
+            "make_tap_node",
+            &path.display().to_string(),
+            &Ns::Host,
+        )?;
+        st.taps.insert(path.into(), dev);
+        Ok(())
+    }
+
+    fn remove_tap_node(&self, path: &Path) -> Result<(), KernelError> {
+        let mut st = self.begin(
+            Call::RemoveTapNode(path.into()),
+            "remove_tap_node",
+            &path.display().to_string(),
+            &Ns::Host,
+        )?;
+        st.taps.remove(path);
+        Ok(())
+    }
+
+    fn tap_nodes(&self, dir: &Path) -> Result<Vec<PathBuf>, KernelError> {
+        let st = self.begin(
+            Call::TapNodes(dir.into()),
+            "tap_nodes",
+            &dir.display().to_string(),
+            &Ns::Host,
+        )?;
+        Ok(st
+            .taps
+            .keys()
+            .filter(|p| p.parent() == Some(dir))
+            .cloned()
+            .collect())
+    }
+}
