@@ -21,16 +21,12 @@ use kube::{Api, ResourceExt};
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
-/// Value of [`LEASE_ROLE_LABEL`] on claim Leases.
-pub const CLAIM_ROLE: &str = "claim";
-/// Annotation naming the LAN (`<namespace>/<name>`) of the claimed spoke.
-pub const LAN_ANNOTATION: &str = "k8slan.io/lan";
-/// Annotation naming the attachment kind, `veth` or `mac`.
-pub const KIND_ANNOTATION: &str = "k8slan.io/kind";
-/// Annotation naming the member pod, `<namespace>/<name>`.
-pub const POD_ANNOTATION: &str = "k8slan.io/pod";
+pub use k8slan_api::report::{
+    CLAIM_KIND_ANNOTATION, CLAIM_LAN_ANNOTATION, CLAIM_POD_ANNOTATION, ROLE_CLAIM,
+};
 
-/// A spoke held by a member on some node.
+/// A spoke held by a member on some node, as observed: the fields of
+/// `k8slan_api::report::Claim` plus the Lease identity that guards a release.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claim {
     pub spoke: String,
@@ -109,37 +105,54 @@ pub trait ClaimStore: Send + Sync + 'static {
     async fn release(&self, spoke: &str, seen: Option<&Claim>) -> Result<(), ClaimError>;
 }
 
-/// Reads a claim out of a Lease; `None` for Leases that are no valid claim.
+/// Reads a claim out of a Lease (with `k8slan_api::report::Claim::from_lease`); `None` for
+/// Leases that are no valid claim.
 pub fn claim_from_lease(lease: &Lease) -> Option<Claim> {
-    let ann = lease.metadata.annotations.as_ref()?;
-    let node = lease.spec.as_ref()?.holder_identity.clone()?;
-    let spoke = lease.name_any().strip_prefix("spoke-")?.to_string();
-    Some(Claim {
-        spoke,
-        node,
-        lan: ann.get(LAN_ANNOTATION).cloned().unwrap_or_default(),
-        kind: ann.get(KIND_ANNOTATION)?.parse().ok()?,
-        pod: ann.get(POD_ANNOTATION).cloned(),
-        resource_version: lease.metadata.resource_version.clone(),
-        uid: lease.metadata.uid.clone(),
-    })
+    let empty = BTreeMap::new();
+    let holder = lease
+        .spec
+        .as_ref()
+        .and_then(|s| s.holder_identity.as_deref());
+    let parsed = k8slan_api::report::Claim::from_lease(
+        &lease.name_any(),
+        holder,
+        lease.metadata.annotations.as_ref().unwrap_or(&empty),
+    );
+    match parsed {
+        Ok(c) => Some(Claim {
+            spoke: c.spoke,
+            node: c.node,
+            lan: c.lan.to_string(),
+            kind: c.kind,
+            pod: c.pod,
+            resource_version: lease.metadata.resource_version.clone(),
+            uid: lease.metadata.uid.clone(),
+        }),
+        Err(e) => {
+            debug!(error = %e, "ignoring a claim Lease");
+            None
+        }
+    }
 }
 
 /// Builds the Lease recording `claim`.
 pub fn lease_for_claim(claim: &Claim, namespace: &str) -> Lease {
     let mut ann = BTreeMap::from([
-        (LAN_ANNOTATION.to_string(), claim.lan.clone()),
-        (KIND_ANNOTATION.to_string(), claim.kind.as_str().to_string()),
+        (CLAIM_LAN_ANNOTATION.to_string(), claim.lan.clone()),
+        (
+            CLAIM_KIND_ANNOTATION.to_string(),
+            claim.kind.as_str().to_string(),
+        ),
     ]);
     if let Some(pod) = &claim.pod {
-        ann.insert(POD_ANNOTATION.to_string(), pod.clone());
+        ann.insert(CLAIM_POD_ANNOTATION.to_string(), pod.clone());
     }
     Lease {
         metadata: ObjectMeta {
             name: Some(claim_lease_name(&claim.spoke)),
             namespace: Some(namespace.to_string()),
             labels: Some(BTreeMap::from([
-                (LEASE_ROLE_LABEL.to_string(), CLAIM_ROLE.to_string()),
+                (LEASE_ROLE_LABEL.to_string(), ROLE_CLAIM.to_string()),
                 (MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string()),
             ])),
             annotations: Some(ann),
@@ -233,9 +246,9 @@ impl ClaimStore for LeaseClaims {
                         "metadata": {
                             "resourceVersion": existing.metadata.resource_version,
                             "annotations": {
-                                LAN_ANNOTATION: lan,
-                                KIND_ANNOTATION: kind.as_str(),
-                                POD_ANNOTATION: serde_json::Value::Null,
+                                CLAIM_LAN_ANNOTATION: lan,
+                                CLAIM_KIND_ANNOTATION: kind.as_str(),
+                                CLAIM_POD_ANNOTATION: serde_json::Value::Null,
                             }
                         },
                         "spec": { "holderIdentity": node }
@@ -270,7 +283,7 @@ impl ClaimStore for LeaseClaims {
     async fn set_pod(&self, spoke: &str, kind: SpokeKind, pod: &str) -> Result<(), ClaimError> {
         let lease = claim_lease_name(spoke);
         let patch = serde_json::json!({
-            "metadata": { "annotations": { POD_ANNOTATION: pod, KIND_ANNOTATION: kind.as_str() } }
+            "metadata": { "annotations": { CLAIM_POD_ANNOTATION: pod, CLAIM_KIND_ANNOTATION: kind.as_str() } }
         });
         self.api
             .patch(&lease, &PatchParams::default(), &Patch::Merge(&patch))
@@ -311,7 +324,7 @@ impl ClaimStore for LeaseClaims {
 /// and after each change. Runs until the receiver side is gone.
 pub async fn watch_claims(api: Api<Lease>, tx: watch::Sender<Option<ClaimSnapshot>>) {
     let (reader, writer) = reflector::store::<Lease>();
-    let cfg = watcher::Config::default().labels(&format!("{LEASE_ROLE_LABEL}={CLAIM_ROLE}"));
+    let cfg = watcher::Config::default().labels(&format!("{LEASE_ROLE_LABEL}={ROLE_CLAIM}"));
     let stream = reflector(writer, watcher(api, cfg))
         .default_backoff()
         .boxed();
@@ -380,7 +393,7 @@ mod tests {
             .annotations
             .as_mut()
             .unwrap()
-            .remove(KIND_ANNOTATION);
+            .remove(CLAIM_KIND_ANNOTATION);
         assert_eq!(claim_from_lease(&lease), None);
     }
 }

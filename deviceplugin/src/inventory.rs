@@ -12,7 +12,7 @@ use crate::lan::LanView;
 use crate::member::Members;
 use crate::proto::v1beta1::Device;
 use crate::proto::{HEALTHY, UNHEALTHY};
-use crate::report::{LanReport, LanState, NodeReport};
+use crate::report::{LanNodeReport, NodeReport, NodeState};
 
 /// A failed preparation of one of a LAN's spokes, reported until a later one succeeds or the
 /// LAN's generation changes.
@@ -110,7 +110,7 @@ pub fn compute(i: Inputs<'_>) -> Inventory {
     let mut inv = Inventory::default();
     let mut taken: BTreeMap<&str, &str> = BTreeMap::new();
     for lan in i.lans.values().filter(|l| l.served()) {
-        let report = |state, message: String| LanReport {
+        let report = |state, message: String| LanNodeReport {
             state,
             message,
             generation: lan.generation,
@@ -118,7 +118,7 @@ pub fn compute(i: Inputs<'_>) -> Inventory {
         if let Err(e) = validate_spec(&lan.spec) {
             inv.report
                 .lans
-                .insert(lan.key.clone(), report(LanState::Failed, e.to_string()));
+                .insert(lan.key.clone(), report(NodeState::Failed, e.to_string()));
             continue;
         }
         let Some(underlay) = lan.spec.underlay_for(i.node) else {
@@ -128,7 +128,7 @@ pub fn compute(i: Inputs<'_>) -> Inventory {
             );
             inv.report
                 .lans
-                .insert(lan.key.clone(), report(LanState::NoUnderlay, msg));
+                .insert(lan.key.clone(), report(NodeState::NoUnderlay, msg));
             continue;
         };
         if !i.underlays.get(underlay).copied().unwrap_or(false) {
@@ -138,7 +138,7 @@ pub fn compute(i: Inputs<'_>) -> Inventory {
             );
             inv.report
                 .lans
-                .insert(lan.key.clone(), report(LanState::NoUnderlay, msg));
+                .insert(lan.key.clone(), report(NodeState::NoUnderlay, msg));
             continue;
         }
         let mut clashes = Vec::new();
@@ -168,11 +168,11 @@ pub fn compute(i: Inputs<'_>) -> Inventory {
             .get(&lan.key)
             .filter(|f| f.generation == lan.generation);
         let entry = if !clashes.is_empty() {
-            report(LanState::Failed, clashes.join("; "))
+            report(NodeState::Failed, clashes.join("; "))
         } else if let Some(f) = failure {
-            report(LanState::Failed, f.message.clone())
+            report(NodeState::Failed, f.message.clone())
         } else {
-            report(LanState::Ready, String::new())
+            report(NodeState::Ready, String::new())
         };
         inv.report.lans.insert(lan.key.clone(), entry);
     }
@@ -267,7 +267,7 @@ mod tests {
         let mac = &inv.resources["macvtap.k8slan.io/k8slan-mac-s2"];
         assert_eq!(mac.device_id, macvtap_name("s2"));
         assert_eq!(mac.underlay, "eth1");
-        assert_eq!(inv.report.lans["default/a"].state, LanState::Ready);
+        assert_eq!(inv.report.lans["default/a"].state, NodeState::Ready);
         assert_eq!(inv.report.lans["default/a"].generation, 2);
     }
 
@@ -296,7 +296,7 @@ mod tests {
         let inv = w.compute("node-b");
         assert!(inv.resources.is_empty());
         let r = &inv.report.lans["default/a"];
-        assert_eq!(r.state, LanState::NoUnderlay);
+        assert_eq!(r.state, NodeState::NoUnderlay);
         assert!(r.message.contains("eth2"), "{}", r.message);
         assert!(r.message.contains("node-b"), "{}", r.message);
     }
@@ -307,7 +307,7 @@ mod tests {
         w.lans.get_mut("default/a").unwrap().spec.default_vxlan_dev = None;
         let inv = w.compute("node-a");
         assert!(inv.resources.is_empty());
-        assert_eq!(inv.report.lans["default/a"].state, LanState::NoUnderlay);
+        assert_eq!(inv.report.lans["default/a"].state, NodeState::NoUnderlay);
     }
 
     #[test]
@@ -317,7 +317,7 @@ mod tests {
         let inv = w.compute("node-a");
         assert!(inv.resources.is_empty());
         let r = &inv.report.lans["default/a"];
-        assert_eq!(r.state, LanState::Failed);
+        assert_eq!(r.state, NodeState::Failed);
         assert!(r.message.contains("ns"), "{}", r.message);
     }
 
@@ -406,7 +406,7 @@ mod tests {
             "default/b"
         );
         let r = &inv.report.lans["default/b"];
-        assert_eq!(r.state, LanState::Failed);
+        assert_eq!(r.state, NodeState::Failed);
         assert!(r.message.contains("default/a"), "{}", r.message);
     }
 
@@ -421,12 +421,12 @@ mod tests {
             },
         );
         let inv = w.compute("node-a");
-        assert_eq!(inv.report.lans["default/a"].state, LanState::Failed);
+        assert_eq!(inv.report.lans["default/a"].state, NodeState::Failed);
         // Devices stay advertised: the next Allocate may succeed.
         assert_eq!(inv.resources.len(), 2);
         w.lans.get_mut("default/a").unwrap().generation = 3;
         let inv = w.compute("node-a");
-        assert_eq!(inv.report.lans["default/a"].state, LanState::Ready);
+        assert_eq!(inv.report.lans["default/a"].state, NodeState::Ready);
     }
 
     #[test]

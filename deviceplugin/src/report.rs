@@ -4,7 +4,8 @@
 //!
 //! Lease `node-<node>` (see `k8slan_api::naming::node_report_lease_name`), labelled
 //! `k8slan.io/role=node-report`, annotation `k8slan.io/report` =
-//! `{"lans":{"<ns>/<name>":{"state":"Ready","message":"","generation":3}}}`.
+//! `{"lans":{"<ns>/<name>":{"state":"NoUnderlay","message":"...","generation":3}}}` — the types
+//! are `k8slan_api::report`'s, shared with the controller.
 
 use std::collections::BTreeMap;
 
@@ -14,50 +15,14 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8slan_api::naming::{LEASE_ROLE_LABEL, MANAGED_BY, MANAGED_BY_LABEL, node_report_lease_name};
 use kube::Api;
 use kube::api::{Patch, PatchParams};
-use serde::{Deserialize, Serialize};
 
-/// Value of [`LEASE_ROLE_LABEL`] on node-report Leases.
-pub const NODE_REPORT_ROLE: &str = "node-report";
-/// Annotation holding the JSON report.
-pub const REPORT_ANNOTATION: &str = "k8slan.io/report";
-
-/// A node's state for every LAN it knows.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeReport {
-    /// By `<namespace>/<name>`.
-    pub lans: BTreeMap<String, LanReport>,
-}
-
-/// A node's state for one LAN.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LanReport {
-    pub state: LanState,
-    /// Why, when not `Ready` (empty otherwise).
-    #[serde(default)]
-    pub message: String,
-    /// `metadata.generation` of the LAN this state is about.
-    pub generation: i64,
-}
-
-/// `Ready`, `Failed` or `NoUnderlay`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum LanState {
-    /// The node advertises the LAN's spokes.
-    Ready,
-    /// The spec is unusable on this node, or preparing a spoke failed.
-    Failed,
-    /// The node has no (existing) underlay device for the LAN.
-    NoUnderlay,
-}
+pub use k8slan_api::report::{
+    LanNodeReport, NodeReport, NodeState, REPORT_ANNOTATION, ROLE_NODE_REPORT,
+};
 
 /// Publishing the report failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
-    #[error("cannot encode the node report of node {node}: {source}")]
-    Encode {
-        node: String,
-        source: serde_json::Error,
-    },
     #[error("cannot write node-report Lease {lease}: {source}")]
     Write { lease: String, source: kube::Error },
 }
@@ -85,21 +50,14 @@ impl LeaseReports {
 }
 
 /// Builds the node-report Lease.
-pub fn report_lease(
-    node: &str,
-    namespace: &str,
-    report: &NodeReport,
-) -> Result<Lease, ReportError> {
-    let json = serde_json::to_string(report).map_err(|source| ReportError::Encode {
-        node: node.to_string(),
-        source,
-    })?;
-    Ok(Lease {
+pub fn report_lease(node: &str, namespace: &str, report: &NodeReport) -> Lease {
+    let json = report.to_annotation();
+    Lease {
         metadata: ObjectMeta {
             name: Some(node_report_lease_name(node)),
             namespace: Some(namespace.to_string()),
             labels: Some(BTreeMap::from([
-                (LEASE_ROLE_LABEL.to_string(), NODE_REPORT_ROLE.to_string()),
+                (LEASE_ROLE_LABEL.to_string(), ROLE_NODE_REPORT.to_string()),
                 (MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string()),
             ])),
             annotations: Some(BTreeMap::from([(REPORT_ANNOTATION.to_string(), json)])),
@@ -110,13 +68,13 @@ pub fn report_lease(
             renew_time: Some(MicroTime(k8s_openapi::jiff::Timestamp::now())),
             ..Default::default()
         }),
-    })
+    }
 }
 
 #[async_trait]
 impl ReportSink for LeaseReports {
     async fn publish(&self, node: &str, report: &NodeReport) -> Result<(), ReportError> {
-        let lease = report_lease(node, &self.namespace, report)?;
+        let lease = report_lease(node, &self.namespace, report);
         let name = node_report_lease_name(node);
         self.api
             .patch(
@@ -142,14 +100,14 @@ mod tests {
         let report = NodeReport {
             lans: BTreeMap::from([(
                 "default/lan1".to_string(),
-                LanReport {
-                    state: LanState::NoUnderlay,
+                LanNodeReport {
+                    state: NodeState::NoUnderlay,
                     message: "no eth9".into(),
                     generation: 4,
                 },
             )]),
         };
-        let lease = report_lease("node-a", "k8slan-system", &report).unwrap();
+        let lease = report_lease("node-a", "k8slan-system", &report);
         let ann = &lease.metadata.annotations.unwrap()[REPORT_ANNOTATION];
         let v: serde_json::Value = serde_json::from_str(ann).unwrap();
         assert_eq!(v["lans"]["default/lan1"]["state"], "NoUnderlay");
@@ -158,7 +116,7 @@ mod tests {
         assert_eq!(lease.metadata.name.as_deref(), Some("node-node-a"));
         assert_eq!(
             lease.metadata.labels.unwrap()[LEASE_ROLE_LABEL],
-            NODE_REPORT_ROLE
+            ROLE_NODE_REPORT
         );
     }
 }

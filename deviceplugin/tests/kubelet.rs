@@ -9,7 +9,7 @@ use k8slan_deviceplugin::claim::Claim;
 use k8slan_deviceplugin::proto::v1beta1::{
     ContainerPreferredAllocationRequest, Empty, PreferredAllocationRequest,
 };
-use k8slan_deviceplugin::report::LanState;
+use k8slan_deviceplugin::report::NodeState;
 use k8slan_deviceplugin::testing::{MemoryClaims, TestNode, TestNodeOptions, lan};
 use tempfile::TempDir;
 
@@ -101,7 +101,7 @@ async fn registers_both_kinds_and_streams_the_device_once() {
 
     // The node reports the LAN ready.
     let report = n.reports.last().unwrap();
-    assert_eq!(report.lans["default/lan1"].state, LanState::Ready);
+    assert_eq!(report.lans["default/lan1"].state, NodeState::Ready);
 }
 
 #[tokio::test]
@@ -395,13 +395,13 @@ async fn failed_preparation_is_reported_and_undone() {
     while n
         .reports
         .last()
-        .is_none_or(|r| r.lans["default/lan1"].state != LanState::Failed)
+        .is_none_or(|r| r.lans["default/lan1"].state != NodeState::Failed)
         && Instant::now() < deadline
     {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let r = n.reports.last().unwrap();
-    assert_eq!(r.lans["default/lan1"].state, LanState::Failed);
+    assert_eq!(r.lans["default/lan1"].state, NodeState::Failed);
     assert!(r.lans["default/lan1"].message.contains("s1"));
     assert_eq!(
         health(&n, MAC_S1).as_deref(),
@@ -420,7 +420,7 @@ async fn missing_underlay_serves_nothing_until_it_appears() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let r = n.reports.last().unwrap();
-    assert_eq!(r.lans["default/lan1"].state, LanState::NoUnderlay);
+    assert_eq!(r.lans["default/lan1"].state, NodeState::NoUnderlay);
     assert!(r.lans["default/lan1"].message.contains("eth7"));
     assert!(n.kubelet.resources().is_empty());
     assert!(!n.dir.join("k8slan-veth-s1.sock").exists());
@@ -432,7 +432,7 @@ async fn missing_underlay_serves_nothing_until_it_appears() {
     assert_eq!(n.reports.writes(), writes, "report written only on change");
     assert_eq!(
         n.reports.last().unwrap().lans["default/lan1"].state,
-        LanState::Ready
+        NodeState::Ready
     );
 }
 

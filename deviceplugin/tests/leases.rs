@@ -9,7 +9,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8slan_api::SpokeKind;
 use k8slan_deviceplugin::claim::{Acquired, ClaimStore, LeaseClaims, claim_from_lease};
 use k8slan_deviceplugin::report::{
-    LanReport, LanState, LeaseReports, NodeReport, REPORT_ANNOTATION, ReportSink,
+    LanNodeReport, LeaseReports, NodeReport, NodeState, REPORT_ANNOTATION, ReportSink,
 };
 use kube::client::Body;
 use serde_json::{Value, json};
@@ -257,8 +257,8 @@ async fn node_report_is_applied_to_the_node_lease() {
     let report = NodeReport {
         lans: BTreeMap::from([(
             "default/lan1".into(),
-            LanReport {
-                state: LanState::Ready,
+            LanNodeReport {
+                state: NodeState::Ready,
                 message: String::new(),
                 generation: 7,
             },
