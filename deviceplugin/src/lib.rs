@@ -1,1 +1,129 @@
 //! Kubelet device plugin for LAN spokes.
+//!
+//! For every spoke of every LAN this node can serve, the plugin advertises two extended
+//! resources, `macvtap.k8slan.io/k8slan-veth-<spoke>` (pods) and
+//! `macvtap.k8slan.io/k8slan-mac-<spoke>` (KubeVirt VMs), each with one device on its own unix
+//! socket registered with the kubelet (device plugin API v1beta1). `Allocate` claims the spoke
+//! cluster-wide (a Lease), asks the node datapath ([`SpokePreparer`]) to prepare its host side
+//! and hands VMs their tap device. A spoke has one member: its twin on this node and the spoke
+//! on every other node turn `Unhealthy` while it is held.
+//!
+//! The core ([`plugin::serve`]) takes its inputs as channels and traits so that tests drive it
+//! without an API server; [`run`] wires it to Kubernetes.
+
+pub mod claim;
+mod endpoint;
+pub mod inventory;
+pub mod lan;
+pub mod member;
+pub mod plugin;
+pub mod podresources;
+pub mod proto;
+mod registration;
+pub mod report;
+pub mod spoke;
+pub mod uds;
+pub mod underlay;
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8slan_api::LAN;
+use kube::Api;
+use tokio::sync::watch;
+
+pub use endpoint::{plugin_options, preferred, socket_file};
+pub use plugin::{AllocateError, Backends, PluginConfig, PluginError, Sources};
+pub use spoke::{PrepareError, PreparedSpoke, SpokePreparer, SpokeRequest, TapDevice};
+
+/// Default kubelet root directory.
+pub const DEFAULT_KUBELET_DIR: &str = "/var/lib/kubelet";
+/// Default namespace of the agent (claims and node reports live there).
+pub const DEFAULT_NAMESPACE: &str = "k8slan-system";
+
+/// Settings of the device plugin inside the agent.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Kubernetes node name (not the OS hostname).
+    pub node_name: String,
+    /// Directory of the kubelet's device-plugin sockets, `<kubelet-dir>/device-plugins`.
+    pub device_plugin_dir: PathBuf,
+    /// The kubelet's pod-resources socket, `<kubelet-dir>/pod-resources/kubelet.sock`.
+    pub pod_resources_socket: PathBuf,
+    /// Namespace of claim and node-report Leases.
+    pub namespace: String,
+    /// Directory listing host interfaces, `/sys/class/net`.
+    pub sys_class_net: PathBuf,
+    /// How often pod-resources is polled for releases.
+    pub poll_interval: Duration,
+    /// How long an allocation may stay unconfirmed by pod-resources.
+    pub release_grace: Duration,
+}
+
+impl AgentConfig {
+    /// Defaults derived from the kubelet root directory.
+    pub fn new(
+        node_name: impl Into<String>,
+        kubelet_dir: &Path,
+        namespace: impl Into<String>,
+    ) -> Self {
+        AgentConfig {
+            node_name: node_name.into(),
+            device_plugin_dir: kubelet_dir.join("device-plugins"),
+            pod_resources_socket: kubelet_dir.join("pod-resources").join("kubelet.sock"),
+            namespace: namespace.into(),
+            sys_class_net: PathBuf::from(underlay::DEFAULT_SYS_CLASS_NET),
+            poll_interval: PluginConfig::DEFAULT_POLL_INTERVAL,
+            release_grace: PluginConfig::DEFAULT_RELEASE_GRACE,
+        }
+    }
+}
+
+/// Runs the device plugin against the cluster until `shutdown` resolves: watches LANs
+/// (cluster-wide) and claim Leases (in `config.namespace`), keeps claims and the node report in
+/// Leases there, and prepares spokes with `preparer`.
+pub async fn run(
+    config: AgentConfig,
+    preparer: Arc<dyn SpokePreparer>,
+    client: kube::Client,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), PluginError> {
+    let (lans_tx, lans_rx) = watch::channel(None);
+    let (claims_tx, claims_rx) = watch::channel(None);
+    let lan_watch = tokio::spawn(lan::watch_lans(Api::<LAN>::all(client.clone()), lans_tx));
+    let claim_watch = tokio::spawn(claim::watch_claims(
+        Api::<Lease>::namespaced(client.clone(), &config.namespace),
+        claims_tx,
+    ));
+    let backends = Backends {
+        preparer,
+        claims: Arc::new(claim::LeaseClaims::new(client.clone(), &config.namespace)),
+        reports: Arc::new(report::LeaseReports::new(client, &config.namespace)),
+        links: Arc::new(underlay::SysfsLinks::new(&config.sys_class_net)),
+    };
+    let plugin_config = PluginConfig {
+        node_name: config.node_name,
+        device_plugin_dir: config.device_plugin_dir,
+        pod_resources_socket: config.pod_resources_socket,
+        poll_interval: config.poll_interval,
+        release_grace: config.release_grace,
+    };
+    let result = plugin::serve(
+        plugin_config,
+        backends,
+        Sources {
+            lans: lans_rx,
+            claims: claims_rx,
+        },
+        shutdown,
+    )
+    .await;
+    lan_watch.abort();
+    claim_watch.abort();
+    result
+}

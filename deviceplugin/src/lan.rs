@@ -1,0 +1,109 @@
+//! The LANs the plugin serves: a snapshot type fed by a kube watcher (or directly by tests).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8slan_api::{LAN, LanSpec};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::{Api, ResourceExt};
+use tokio::sync::watch;
+use tracing::{debug, warn};
+
+/// Condition type the controller sets to `False` when a LAN conflicts with another one.
+pub const ACCEPTED_CONDITION: &str = "Accepted";
+
+/// What the plugin needs of one LAN.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LanView {
+    /// `<namespace>/<name>`.
+    pub key: String,
+    /// `metadata.generation` (0 when unknown).
+    pub generation: i64,
+    pub spec: LanSpec,
+    /// The `Accepted` condition: `None` while the controller has not judged the LAN yet.
+    pub accepted: Option<bool>,
+}
+
+impl LanView {
+    /// Whether the node should serve the LAN: anything but an explicit `Accepted=False`, so that
+    /// nodes keep working while the controller is down or has not seen the LAN yet.
+    pub fn served(&self) -> bool {
+        self.accepted != Some(false)
+    }
+}
+
+impl From<&LAN> for LanView {
+    fn from(lan: &LAN) -> Self {
+        let accepted = lan.status.as_ref().and_then(|s| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == ACCEPTED_CONDITION)
+                .and_then(|c| match c.status.as_str() {
+                    "True" => Some(true),
+                    "False" => Some(false),
+                    _ => None,
+                })
+        });
+        LanView {
+            key: lan_key(lan),
+            generation: lan.metadata.generation.unwrap_or(0),
+            spec: lan.spec.clone(),
+            accepted,
+        }
+    }
+}
+
+/// `<namespace>/<name>` of a LAN.
+pub fn lan_key(lan: &LAN) -> String {
+    format!("{}/{}", lan.namespace().unwrap_or_default(), lan.name_any())
+}
+
+/// Every LAN the cluster has, by key; `None` in a channel until the first full list arrived.
+pub type LanSnapshot = Arc<BTreeMap<String, LanView>>;
+
+/// Builds a snapshot from LAN objects.
+pub fn snapshot<'a>(lans: impl IntoIterator<Item = &'a LAN>) -> LanSnapshot {
+    Arc::new(
+        lans.into_iter()
+            .map(|l| {
+                let v = LanView::from(l);
+                (v.key.clone(), v)
+            })
+            .collect(),
+    )
+}
+
+/// Watches every LAN of the cluster and publishes a snapshot after the initial list and after
+/// each change. Runs until the receiver side is gone; watch errors are retried with backoff.
+pub async fn watch_lans(api: Api<LAN>, tx: watch::Sender<Option<LanSnapshot>>) {
+    let (reader, writer) = reflector::store::<LAN>();
+    let stream = reflector(writer, watcher(api, watcher::Config::default()))
+        .default_backoff()
+        .boxed();
+    futures::pin_mut!(stream);
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(watcher::Event::InitDone | watcher::Event::Apply(_) | watcher::Event::Delete(_)) => {
+                let snap = snapshot(reader.state().iter().map(|l| l.as_ref()));
+                debug!(lans = snap.len(), "LAN snapshot");
+                let changed = tx.send_if_modified(|cur| {
+                    if cur.as_ref() == Some(&snap) {
+                        false
+                    } else {
+                        *cur = Some(snap);
+                        true
+                    }
+                });
+                if !changed && tx.is_closed() {
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "watching LANs failed; retrying"),
+        }
+        if tx.is_closed() {
+            return;
+        }
+    }
+}

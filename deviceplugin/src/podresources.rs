@@ -1,0 +1,172 @@
+//! Releases, learnt from the kubelet's pod-resources `List` (there is no deallocate call and no
+//! watch: the plugin polls).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use k8slan_api::naming::parse_resource_name;
+use tokio::sync::watch;
+use tonic::transport::Channel;
+use tracing::{debug, warn};
+
+use crate::inventory::device_id;
+use crate::member::{Holding, Holdings};
+use crate::proto::podresources::pod_resources_lister_client::PodResourcesListerClient;
+use crate::proto::podresources::{ListPodResourcesRequest, ListPodResourcesResponse};
+use crate::uds;
+
+/// Longest wait for one `List` answer.
+const LIST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A `List` call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PodResourcesError {
+    #[error("pod-resources List on {path} failed: {source}")]
+    List {
+        path: PathBuf,
+        source: Box<tonic::Status>,
+    },
+    #[error("pod-resources List on {path} did not answer within {LIST_TIMEOUT:?}")]
+    Timeout { path: PathBuf },
+}
+
+/// Client of the kubelet's pod-resources socket.
+#[derive(Clone)]
+pub struct PodResources {
+    path: PathBuf,
+    client: PodResourcesListerClient<Channel>,
+}
+
+impl PodResources {
+    /// A client that connects on first use and reconnects after kubelet restarts.
+    pub fn new(path: &Path) -> Self {
+        Self {
+            path: path.to_owned(),
+            client: PodResourcesListerClient::new(uds::connect_lazy(path)),
+        }
+    }
+
+    /// The spokes held by pods on this node.
+    pub async fn holdings(&mut self) -> Result<Holdings, PodResourcesError> {
+        let call = self.client.list(ListPodResourcesRequest {});
+        match tokio::time::timeout(LIST_TIMEOUT, call).await {
+            Ok(Ok(resp)) => Ok(holdings_from(resp.get_ref())),
+            Ok(Err(status)) => Err(PodResourcesError::List {
+                path: self.path.clone(),
+                source: Box::new(status),
+            }),
+            Err(_) => Err(PodResourcesError::Timeout {
+                path: self.path.clone(),
+            }),
+        }
+    }
+}
+
+/// Extracts our spokes from a listing: resources of our domain whose device ID is the one we
+/// advertise for that spoke.
+pub fn holdings_from(resp: &ListPodResourcesResponse) -> Holdings {
+    let mut out = Holdings::new();
+    for pod in &resp.pod_resources {
+        for container in &pod.containers {
+            for dev in &container.devices {
+                let Some((kind, spoke)) = parse_resource_name(&dev.resource_name) else {
+                    continue;
+                };
+                if dev
+                    .device_ids
+                    .iter()
+                    .any(|id| *id == device_id(kind, spoke))
+                {
+                    out.insert(
+                        spoke.to_string(),
+                        Holding {
+                            kind,
+                            pod: format!("{}/{}", pod.namespace, pod.name),
+                        },
+                    );
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Polls `List` every `interval` and publishes the holdings when they change. Failures are
+/// logged when the state flips (not at every attempt) and publish nothing: releases are only
+/// ever learnt from a successful listing.
+pub async fn poll(
+    mut client: PodResources,
+    interval: Duration,
+    tx: watch::Sender<Option<Holdings>>,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = tx.closed() => return,
+        }
+        match client.holdings().await {
+            Ok(h) => {
+                if failing {
+                    debug!("pod-resources List works again");
+                    failing = false;
+                }
+                tx.send_if_modified(|cur| {
+                    if cur.as_ref() == Some(&h) {
+                        false
+                    } else {
+                        *cur = Some(h);
+                        true
+                    }
+                });
+            }
+            Err(e) => {
+                if !failing {
+                    warn!(error = %e, "cannot learn releases from the kubelet; will keep trying");
+                    failing = true;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8slan_api::SpokeKind;
+
+    use super::*;
+    use crate::proto::podresources::{ContainerDevices, ContainerResources, PodResources as Pod};
+
+    #[test]
+    fn only_our_resources_with_our_device_ids_count() {
+        let resp = ListPodResourcesResponse {
+            pod_resources: vec![Pod {
+                name: "vm1".into(),
+                namespace: "ns".into(),
+                containers: vec![ContainerResources {
+                    name: "compute".into(),
+                    devices: vec![
+                        ContainerDevices {
+                            resource_name: "macvtap.k8slan.io/k8slan-mac-s1".into(),
+                            device_ids: vec!["mvt-s1".into()],
+                        },
+                        ContainerDevices {
+                            resource_name: "example.com/gpu".into(),
+                            device_ids: vec!["gpu0".into()],
+                        },
+                        ContainerDevices {
+                            resource_name: "macvtap.k8slan.io/k8slan-veth-s2".into(),
+                            device_ids: vec!["other".into()],
+                        },
+                    ],
+                }],
+            }],
+        };
+        let h = holdings_from(&resp);
+        assert_eq!(h.len(), 1);
+        assert_eq!(h["s1"].kind, SpokeKind::Mac);
+        assert_eq!(h["s1"].pod, "ns/vm1");
+    }
+}
