@@ -33,8 +33,8 @@ pub fn run(args: InstallCniArgs) -> Result<()> {
 }
 
 fn install(source: &Path, dest_dir: &Path, name: &str) -> Result<()> {
-    let bytes = fs::read(source)
-        .with_context(|| format!("cannot read CNI plugin {}", source.display()))?;
+    let bytes =
+        fs::read(source).with_context(|| format!("cannot read CNI plugin {}", source.display()))?;
     if bytes.is_empty() {
         bail!("CNI plugin {} is empty", source.display());
     }
@@ -49,7 +49,10 @@ fn install(source: &Path, dest_dir: &Path, name: &str) -> Result<()> {
     };
     write().map_err(|e| {
         let _ = fs::remove_file(&tmp);
-        anyhow::anyhow!("cannot install CNI plugin {name} into {}: {e}", dest_dir.display())
+        anyhow::anyhow!(
+            "cannot install CNI plugin {name} into {}: {e}",
+            dest_dir.display()
+        )
     })
 }
 
@@ -73,7 +76,10 @@ mod tests {
         for name in PLUGINS {
             let path = dst.path().join(name);
             assert_eq!(fs::read_to_string(&path).unwrap(), format!("new {name}"));
-            assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o755);
+            assert_eq!(
+                fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+                0o755
+            );
         }
         let leftovers: Vec<_> = fs::read_dir(dst.path())
             .unwrap()

@@ -27,11 +27,13 @@ impl<K: Kernel + 'static> SpokePreparer for DatapathPreparer<K> {
     async fn prepare(&self, req: SpokeRequest<'_>) -> Result<PreparedSpoke, PrepareError> {
         let (dp, node) = (self.dp.clone(), self.node.clone());
         let (spec, spoke, kind) = (req.spec.clone(), req.spoke.to_owned(), req.kind);
-        let attached =
-            tokio::task::spawn_blocking(move || dp.spoke_up(&spec, &node, &spoke, kind))
-                .await
-                .map_err(PrepareError::new)?
-                .map_err(PrepareError::new)?;
+        let attached = tokio::task::spawn_blocking(move || {
+            dp.spoke_up(&spec, &node, &spoke, kind)
+                .map_err(PrepareError::new)
+        })
+        .await
+        .map_err(PrepareError::new)?
+        .map_err(PrepareError::new)?;
         Ok(match attached.mac {
             Some(mac) => PreparedSpoke {
                 host_ifname: mac.macvtap,
@@ -50,10 +52,11 @@ impl<K: Kernel + 'static> SpokePreparer for DatapathPreparer<K> {
     async fn release(&self, req: SpokeRequest<'_>) -> Result<(), PrepareError> {
         let dp = self.dp.clone();
         let (spec, spoke) = (req.spec.clone(), req.spoke.to_owned());
-        tokio::task::spawn_blocking(move || dp.spoke_down(&spec, &spoke))
-            .await
-            .map_err(PrepareError::new)?
-            .map_err(PrepareError::new)?;
+        tokio::task::spawn_blocking(move || {
+            dp.spoke_down(&spec, &spoke).map_err(PrepareError::new)
+        })
+        .await
+        .map_err(PrepareError::new)??;
         Ok(())
     }
 }

@@ -66,7 +66,10 @@ async fn readyz(State(p): State<Probe>) -> (StatusCode, &'static str) {
     if p.ready.load(Ordering::Relaxed) {
         (StatusCode::OK, "ok")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "waiting for the first list of LANs")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "waiting for the first list of LANs",
+        )
     }
 }
 
@@ -120,7 +123,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let config = AgentConfig::new(&args.node_name, &args.kubelet_dir, &args.namespace);
     let preparer = Arc::new(DatapathPreparer::new(dp, &args.node_name));
     info!(node = %args.node_name, kubelet_dir = %args.kubelet_dir.display(), "k8slan agent starting");
-    let result = k8slan_deviceplugin::run(config, preparer, client, lans_rx, shutdown_signal()).await;
+    let result =
+        k8slan_deviceplugin::run(config, preparer, client, lans_rx, shutdown_signal()).await;
     reconciler.abort();
     lan_watch.abort();
     result.context("device plugin stopped")?;

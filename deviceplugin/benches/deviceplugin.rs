@@ -4,9 +4,14 @@
 //! (stand-in speaking the real v1beta1 protocol over unix sockets, plus a pod-resources stand-in)
 //! and re-executes itself as the plugin (`K8SLAN_BENCH_ROLE=plugin`), driven over stdin/stdout.
 //! The datapath is a no-op fake (`RecordingPreparer::quiet`): Allocate latency here is the
-//! plugin's own (gRPC, state machine, claim in memory), not the kernel's.
+//! plugin's own (gRPC, state machine, claim in memory), not the kernel's. With
+//! `DATAPATH=netagent` (root) the plugin prepares real spokes with the netagent datapath inside a
+//! throwaway network namespace acting as the node's host namespace.
 //!
 //! Run: `cargo bench -p k8slan-deviceplugin --bench deviceplugin` (env `SPOKES` to change 1000).
+
+#[path = "../tests/common/netagent.rs"]
+mod netagent;
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -22,6 +27,7 @@ use k8slan_deviceplugin::testing::{
     FakeLinks, FakePodResources, KubeletStandIn, MemoryClaims, MemoryReports, RecordingPreparer,
     lan,
 };
+use k8slan_deviceplugin::{PrepareError, PreparedSpoke, SpokePreparer, SpokeRequest};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::watch;
 
@@ -69,13 +75,48 @@ async fn plugin_role() {
         device_plugin_dir: root.join("device-plugins"),
         pod_resources_socket: root.join("pod-resources/kubelet.sock"),
         poll_interval: PluginConfig::DEFAULT_POLL_INTERVAL,
-        release_grace: PluginConfig::DEFAULT_RELEASE_GRACE,
+        // The bench lists the members in pod-resources only once all are allocated.
+        release_grace: Duration::from_secs(3600),
     };
-    let backends = Backends {
-        preparer: RecordingPreparer::quiet(&root.join("dev")),
-        claims: claims.clone(),
-        reports: Arc::new(MemoryReports::default()),
-        links: FakeLinks::with(&["eth1"]),
+    let real = std::env::var("DATAPATH").as_deref() == Ok("netagent");
+    let timed = Arc::new(Timed::default());
+    // Real datapath: a namespace standing in for the node's host namespace, with underlay eth1.
+    let node = real.then(|| {
+        let host = k8slan_testkit::TestNs::new("bnh").expect("node namespace");
+        host.sh("ip link add eth1 type veth peer name eth1p && ip link set eth1 up && ip link set eth1p up")
+            .expect("underlay");
+        let dir = k8slan_testkit::TestDir::new("bn").expect("node dir");
+        let kernel = k8slan_netagent::RtnlKernel::new(
+            k8slan_netagent::HostNs::Path(host.path()),
+            dir.path().join("netns"),
+        )
+        .expect("kernel");
+        let dp = Arc::new(k8slan_netagent::Datapath::new(kernel, dir.path().join("dev")));
+        (host, dir, dp)
+    });
+    let backends = match &node {
+        Some((_, _, dp)) => Backends {
+            preparer: timed.clone().wrapping(Arc::new(netagent::NetagentPreparer {
+                dp: dp.clone(),
+                node: "bench-node".into(),
+            })),
+            claims: claims.clone(),
+            reports: Arc::new(MemoryReports::default()),
+            links: Arc::new(netagent::KernelLinks(dp.clone())),
+        },
+        None => Backends {
+            preparer: timed
+                .clone()
+                .wrapping(RecordingPreparer::quiet(&root.join("dev"))),
+            claims: claims.clone(),
+            reports: Arc::new(MemoryReports::default()),
+            links: FakeLinks::with(&["eth1"]),
+        },
+    };
+    let netns = if real {
+        k8slan_testkit::unique_name("lan")
+    } else {
+        "big".to_string()
     };
     let sources = Sources {
         lans: lans_rx,
@@ -87,6 +128,7 @@ async fn plugin_role() {
     }));
     let names = spokes();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut last_spec = None;
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let mut out = tokio::io::stdout();
     out.write_all(format!("ready {}\n", vm_rss_kib()).as_bytes())
@@ -96,8 +138,25 @@ async fn plugin_role() {
     while let Ok(Some(line)) = lines.next_line().await {
         match line.as_str() {
             "go" => {
-                let l = lan("bench", "big", "big", &refs, "eth1");
+                let l = lan("bench", "big", &netns, &refs, "eth1");
+                last_spec = Some(l.spec.clone());
                 lans_tx.send_replace(Some(snapshot([&l])));
+            }
+            "prep" => {
+                let mut d = timed.times.lock().unwrap().clone();
+                d.sort();
+                let line = if d.is_empty() {
+                    "prep - - -".to_string()
+                } else {
+                    format!(
+                        "prep {:.3} {:.3} {:.3}",
+                        pct(&d, 0.5).as_secs_f64() * 1e3,
+                        pct(&d, 0.99).as_secs_f64() * 1e3,
+                        d.last().unwrap().as_secs_f64() * 1e3
+                    )
+                };
+                out.write_all(format!("{line}\n").as_bytes()).await.unwrap();
+                out.flush().await.unwrap();
             }
             "rss" => {
                 out.write_all(format!("rss {}\n", vm_rss_kib()).as_bytes())
@@ -110,6 +169,37 @@ async fn plugin_role() {
     }
     let _ = stop_tx.send(());
     let _ = server.await;
+    if let (Some((_host, _dir, dp)), Some(spec)) = (node, last_spec) {
+        let _ = tokio::task::spawn_blocking(move || dp.lan_down(&spec).map_err(Box::new)).await;
+    }
+}
+
+/// Times every `prepare` of the wrapped preparer (the datapath's share of Allocate).
+#[derive(Default)]
+struct Timed {
+    inner: std::sync::OnceLock<Arc<dyn SpokePreparer>>,
+    times: std::sync::Mutex<Vec<Duration>>,
+}
+
+impl Timed {
+    fn wrapping(self: Arc<Self>, inner: Arc<dyn SpokePreparer>) -> Arc<dyn SpokePreparer> {
+        let _ = self.inner.set(inner);
+        self
+    }
+}
+
+#[async_trait::async_trait]
+impl SpokePreparer for Timed {
+    async fn prepare(&self, req: SpokeRequest<'_>) -> Result<PreparedSpoke, PrepareError> {
+        let t = Instant::now();
+        let r = self.inner.get().expect("wrapped").prepare(req).await;
+        self.times.lock().unwrap().push(t.elapsed());
+        r
+    }
+
+    async fn release(&self, req: SpokeRequest<'_>) -> Result<(), PrepareError> {
+        self.inner.get().expect("wrapped").release(req).await
+    }
 }
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
@@ -122,7 +212,7 @@ async fn kubelet_role() {
     let root = tmp.path().to_owned();
     let dir = root.join("device-plugins");
     let mut kubelet = KubeletStandIn::start(&dir).expect("kubelet stand-in");
-    let _pr = FakePodResources::start(&root.join("pod-resources/kubelet.sock")).expect("pr");
+    let pr = FakePodResources::start(&root.join("pod-resources/kubelet.sock")).expect("pr");
     let names = spokes();
     let resources = names.len() * 2;
 
@@ -143,7 +233,7 @@ async fn kubelet_role() {
             .await
             .ok()?;
         to_plugin.flush().await.ok()?;
-        if cmd == "rss" {
+        if cmd == "rss" || cmd == "prep" {
             from_plugin.next_line().await.ok()?
         } else {
             None
@@ -196,6 +286,32 @@ async fn kubelet_role() {
         .and_then(|l| l.strip_prefix("rss ")?.parse().ok())
         .unwrap_or(0);
 
+    let prep = ask("prep").await.unwrap_or_default();
+    // The members' pods are running now: the kubelet lists them (steady state).
+    let held: Vec<(String, String, String)> = names
+        .iter()
+        .enumerate()
+        .map(|(i, spoke)| {
+            let kind = if i % 2 == 0 {
+                SpokeKind::Veth
+            } else {
+                SpokeKind::Mac
+            };
+            (
+                format!("bench/pod-{spoke}"),
+                resource_name(kind, spoke),
+                device_id(kind, spoke),
+            )
+        })
+        .collect();
+    let held_refs: Vec<(&str, &str, &str)> = held
+        .iter()
+        .map(|(p, r, d)| (p.as_str(), r.as_str(), d.as_str()))
+        .collect();
+    pr.set(&held_refs);
+    // Let the plugin confirm them (one pod-resources poll) and settle before the restart.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+
     // 3. Kubelet restart: sockets wiped, kubelet.sock recreated -> everything back.
     let t1 = Instant::now();
     kubelet.restart().expect("restart");
@@ -210,11 +326,17 @@ async fn kubelet_role() {
     ask("quit").await;
     let _ = child.wait().await;
 
+    let datapath = if std::env::var("DATAPATH").as_deref() == Ok("netagent") {
+        "netagent datapath on the real kernel"
+    } else {
+        "no-op datapath"
+    };
     println!(
-        "k8slan device plugin benchmark ({} spokes, {resources} resources, no-op datapath)",
+        "k8slan device plugin benchmark ({} spokes, {resources} resources, {datapath})",
         names.len()
     );
     println!("| figure | value | goal |");
+    let prep: Vec<&str> = prep.split_whitespace().skip(1).collect();
     println!("| --- | --- | --- |");
     println!(
         "| LAN fed -> all resources registered and listed | {:.2} s | <= 10 s |",
@@ -236,6 +358,11 @@ async fn kubelet_role() {
         "| Allocate latency, max | {:.3} ms | |",
         lat.last().unwrap().as_secs_f64() * 1e3
     );
+    if let [median, p99, max] = prep.as_slice() {
+        println!(
+            "| of which the datapath's prepare: median / p99 / max | {median} / {p99} / {max} ms | |"
+        );
+    }
     println!(
         "| plugin VmRSS, idle (no LAN) | {:.1} MiB | |",
         idle_rss as f64 / 1024.0

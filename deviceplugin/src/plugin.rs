@@ -500,10 +500,7 @@ impl Runner {
     /// `kubelet.sock` (other inode) means a kubelet restart; a missing socket of ours is served
     /// and registered again.
     fn check_sockets(&mut self) {
-        use std::os::unix::fs::MetadataExt;
-        let kubelet = std::fs::metadata(self.config.device_plugin_dir.join(KUBELET_SOCKET))
-            .ok()
-            .map(|m| (m.dev(), m.ino()));
+        let kubelet = self.current_kubelet_socket();
         if kubelet.is_some() && kubelet != self.kubelet_socket {
             let first = self.kubelet_socket.is_none();
             self.kubelet_socket = kubelet;
@@ -673,15 +670,19 @@ impl Runner {
                 else {
                     return;
                 };
+                // While the kubelet restarts (its socket gone or new) the coming `kubelet.sock`
+                // event registers everything: do not register twice.
+                let same_kubelet = self.kubelet_socket.is_some()
+                    && self.kubelet_socket == self.current_kubelet_socket();
                 if let Some(ep) = self.endpoints.get_mut(&resource)
                     && !ep.socket_exists()
                 {
-                    info!(
-                        resource,
-                        "plugin socket removed; serving and registering again"
-                    );
+                    debug!(resource, "plugin socket removed; serving it again");
                     match ep.rebind() {
-                        Ok(()) => self.registrar.register(vec![(resource, ep.file_name())]),
+                        Ok(()) if same_kubelet => {
+                            self.registrar.register(vec![(resource, ep.file_name())])
+                        }
+                        Ok(()) => {}
                         Err(e) => warn!(resource, error = %e, "cannot serve the resource again"),
                     }
                 }
@@ -692,14 +693,16 @@ impl Runner {
 
     /// `kubelet.sock` appeared: the kubelet (re)started. Bring back missing sockets and
     /// register every resource again.
+    /// Identity (device, inode) of `kubelet.sock` now, if it exists.
+    fn current_kubelet_socket(&self) -> Option<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(self.config.device_plugin_dir.join(KUBELET_SOCKET))
+            .ok()
+            .map(|m| (m.dev(), m.ino()))
+    }
+
     fn kubelet_restarted(&mut self) {
-        {
-            use std::os::unix::fs::MetadataExt;
-            self.kubelet_socket =
-                std::fs::metadata(self.config.device_plugin_dir.join(KUBELET_SOCKET))
-                    .ok()
-                    .map(|m| (m.dev(), m.ino()));
-        }
+        self.kubelet_socket = self.current_kubelet_socket();
         let mut rebound = 0;
         let mut all = Vec::with_capacity(self.endpoints.len());
         for (resource, ep) in &mut self.endpoints {

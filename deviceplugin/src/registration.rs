@@ -17,7 +17,7 @@ use crate::proto::{DEVICE_PLUGIN_API_VERSION, KUBELET_SOCKET};
 use crate::uds;
 
 /// Registrations in flight at once on the one connection to the kubelet.
-const CONCURRENCY: usize = 64;
+const CONCURRENCY: usize = 128;
 const FIRST_RETRY: Duration = Duration::from_millis(200);
 const LAST_RETRY: Duration = Duration::from_secs(5);
 

@@ -604,3 +604,21 @@ async fn spoke_removed_and_added_back_at_once_is_served_again() {
     assert!(n.dir.join("k8slan-veth-s2.sock").exists());
     n.kubelet.allocate(VETH_S2, &["s2"]).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_plugin_socket_deleted_by_hand_is_served_and_registered_again() {
+    let tmp = TempDir::new().unwrap();
+    let n = node("node-a", &tmp);
+    n.set_lans(&[lan("default", "lan1", "lan1", &["s1"], "eth1")]);
+    assert!(n.kubelet.wait_updates(VETH_S1, 1, WAIT).await.is_some());
+    std::fs::remove_file(n.dir.join("k8slan-veth-s1.sock")).unwrap();
+    assert!(
+        n.kubelet
+            .wait_until(WAIT, |m| m[VETH_S1].registrations == 2
+                && m[VETH_S1].streaming)
+            .await
+    );
+    assert!(n.dir.join("k8slan-veth-s1.sock").exists());
+    assert_eq!(n.kubelet.resource(MAC_S1).unwrap().registrations, 1);
+    n.kubelet.allocate(VETH_S1, &["s1"]).await.unwrap();
+}
