@@ -57,6 +57,7 @@ probe=$(cat <<EOF
           "defaultVxlanDev": "eth1", "spokes": ["install-probe"]}}
 EOF
 )
+# shellcheck disable=SC2016  # expanded by the inner bash
 wait_for 90 "the k8slan webhook to admit a LAN (server-side dry run)" \
   bash -c '"$0" apply --dry-run=server -f - <<<"$1" >/dev/null 2>&1' "$KUBECTL" "$probe" \
   || { "$KUBECTL" apply --dry-run=server -f - <<<"$probe" >&2 || true; die "the webhook does not admit LANs"; }

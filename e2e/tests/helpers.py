@@ -258,3 +258,24 @@ def assert_stays_pending(kubectl, namespace, pod, resource, seconds=8):
             f"pod {pod} left Pending: node {p['spec'].get('nodeName')}, phase {p['status']['phase']}"
         time.sleep(1)
     return cond
+
+
+E2E_LOGS = Path(os.environ.get("K8SLAN_E2E_LOGS", Path(os.environ.get("K8SLAN_E2E_STATE", "/var/lib/k8slan-e2e")) / "logs"))
+
+
+def kubelet_registration_time(node, resource, after):
+    """Epoch time of the kubelet's first "Got registration request" log line for `resource` at or
+    after `after` (epoch seconds), or None. The kubelet logs local time without a year."""
+    log = E2E_LOGS / node / "kubelet.log"
+    pattern = re.compile(r"^I(\d{4}) (\d\d:\d\d:\d\d\.\d+) .*Got registration request from device plugin "
+                         rf'with resource" resourceName="{re.escape(resource)}"')
+    year = time.localtime(after).tm_year
+    for line in log.read_text(errors="replace").splitlines():
+        m = pattern.match(line)
+        if not m:
+            continue
+        stamp = time.mktime(time.strptime(f"{year}{m.group(1)} {m.group(2).split('.')[0]}", "%Y%m%d %H:%M:%S"))
+        stamp += float("0." + m.group(2).split(".")[1])
+        if stamp >= after - 0.001:
+            return stamp
+    return None

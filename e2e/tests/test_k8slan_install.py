@@ -16,7 +16,8 @@ def test_helm_release_controller_and_agents_ready_on_every_node(k8slan):
     kubectl = k8slan
     release = json.loads(run([HELM, "status", K8SLAN_RELEASE, "-n", K8SLAN_NAMESPACE, "-o", "json"]))
     assert release["info"]["status"] == "deployed"
-    assert release["chart"]["metadata"]["name"] == "k8slan"
+    listed = json.loads(run([HELM, "list", "-n", K8SLAN_NAMESPACE, "-o", "json"]))
+    assert [r["chart"].rsplit("-", 1)[0] for r in listed if r["name"] == K8SLAN_RELEASE] == ["k8slan"]
 
     deploy = kubectl.json("-n", K8SLAN_NAMESPACE, "get", "deployment", "k8slan-controller-manager")
     assert deploy["status"].get("readyReplicas") == deploy["spec"]["replicas"] == 1
