@@ -263,19 +263,25 @@ def assert_stays_pending(kubectl, namespace, pod, resource, seconds=8):
 E2E_LOGS = Path(os.environ.get("K8SLAN_E2E_LOGS", Path(os.environ.get("K8SLAN_E2E_STATE", "/var/lib/k8slan-e2e")) / "logs"))
 
 
-def kubelet_registration_time(node, resource, after):
-    """Epoch time of the kubelet's first "Got registration request" log line for `resource` at or
-    after `after` (epoch seconds), or None. The kubelet logs local time without a year."""
+def kubelet_log_time(node, text, after):
+    """Epoch time of the first line of the node's kubelet log that contains `text` and was
+    written at or after `after` (epoch seconds), or None. The kubelet logs local time, no year."""
     log = E2E_LOGS / node / "kubelet.log"
-    pattern = re.compile(r"^I(\d{4}) (\d\d:\d\d:\d\d\.\d+) .*Got registration request from device plugin "
-                         rf'with resource" resourceName="{re.escape(resource)}"')
+    stamp_re = re.compile(r"^[IWE](\d{4}) (\d\d:\d\d:\d\d)(\.\d+) ")
     year = time.localtime(after).tm_year
     for line in log.read_text(errors="replace").splitlines():
-        m = pattern.match(line)
+        if text not in line:
+            continue
+        m = stamp_re.match(line)
         if not m:
             continue
-        stamp = time.mktime(time.strptime(f"{year}{m.group(1)} {m.group(2).split('.')[0]}", "%Y%m%d %H:%M:%S"))
-        stamp += float("0." + m.group(2).split(".")[1])
+        stamp = time.mktime(time.strptime(f"{year}{m.group(1)} {m.group(2)}", "%Y%m%d %H:%M:%S")) + float(m.group(3))
         if stamp >= after - 0.001:
             return stamp
     return None
+
+
+def kubelet_registration_time(node, resource, after):
+    """When the kubelet logged the device plugin registration of `resource` (after `after`)."""
+    return kubelet_log_time(node, f'Got registration request from device plugin with resource" '
+                            f'resourceName="{resource}"', after)
