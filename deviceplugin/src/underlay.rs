@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use k8slan_api::validate;
 
-/// Answers "does this interface exist in the host namespace?".
+/// Answers "does this interface exist in the host namespace?". Called on the blocking pool,
+/// so an implementation may ask the kernel.
 pub trait HostLinks: Send + Sync + 'static {
     fn exists(&self, ifname: &str) -> bool;
 }
