@@ -574,14 +574,18 @@ impl Runner {
         let Some(lans) = lans else { return };
         let needed = inventory::underlays_needed(&self.core.node, lans.values());
         let links = self.core.backends.links.clone();
+        let known = self.core.lock().underlays.clone();
         let tx = self.probe_tx.clone();
         self.probing = true;
         tokio::task::spawn_blocking(move || {
             let probed: BTreeMap<String, bool> = needed
                 .into_iter()
-                .map(|d| {
-                    let present = links.exists(&d);
-                    (d, present)
+                .filter_map(|d| match links.exists(&d) {
+                    Ok(present) => Some((d, present)),
+                    Err(e) => {
+                        warn!(underlay = %d, error = %e, "cannot tell whether the underlay exists; keeping the last answer");
+                        known.get(&d).map(|&present| (d, present))
+                    }
                 })
                 .collect();
             let _ = tx.send(probed);
