@@ -19,7 +19,7 @@ use std::sync::{Arc, RwLock};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
@@ -326,16 +326,41 @@ impl ResolvesServerCert for LiveCert {
 /// The Secret holding the self-signed material.
 pub struct SecretStore {
     api: Api<Secret>,
+    configs: Api<ValidatingWebhookConfiguration>,
     namespace: String,
     name: String,
+    owner_config: String,
 }
 
 impl SecretStore {
-    pub fn new(client: Client, namespace: &str, name: &str) -> Self {
+    /// The Secret `namespace/name`, owned by the ValidatingWebhookConfiguration `owner_config`:
+    /// when `helm uninstall` deletes that configuration, the garbage collector deletes the
+    /// Secret too, so no certificate outlives the installation.
+    pub fn new(client: Client, namespace: &str, name: &str, owner_config: &str) -> Self {
         Self {
-            api: Api::namespaced(client, namespace),
+            api: Api::namespaced(client.clone(), namespace),
+            configs: Api::all(client),
             namespace: namespace.to_string(),
             name: name.to_string(),
+            owner_config: owner_config.to_string(),
+        }
+    }
+
+    /// The owner reference to the webhook configuration, if it exists yet.
+    async fn owner(&self) -> Option<OwnerReference> {
+        match self.configs.get_opt(&self.owner_config).await {
+            Ok(Some(cfg)) => Some(OwnerReference {
+                api_version: "admissionregistration.k8s.io/v1".into(),
+                kind: "ValidatingWebhookConfiguration".into(),
+                name: self.owner_config.clone(),
+                uid: cfg.metadata.uid?,
+                ..OwnerReference::default()
+            }),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(config = %self.owner_config, error = %e, "cannot read the webhook configuration that owns the certificate Secret");
+                None
+            }
         }
     }
 
@@ -359,11 +384,23 @@ impl SecretStore {
         let current = existing.as_ref().and_then(Material::from_secret);
         let what = renewal(current.as_ref(), names, now);
         if let (Renewal::Keep, Some(m)) = (what, &current) {
+            let owned = existing
+                .as_ref()
+                .and_then(|s| s.metadata.owner_references.as_ref())
+                .is_some_and(|o| !o.is_empty());
+            if !owned && let Some(owner) = self.owner().await {
+                let patch = serde_json::json!({"metadata": {"ownerReferences": [owner]}});
+                self.api
+                    .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .map_err(|e| self.err("setting the owner of", e))?;
+            }
             return Ok(m.clone());
         }
         let fresh = issue(current.as_ref(), what, names, now)?;
         tracing::info!(secret = %self.name, renewal = ?what, not_after = %fresh.cert_not_after, "issuing webhook serving certificate");
         let mut secret = fresh.to_secret(&self.namespace, &self.name);
+        secret.metadata.owner_references = self.owner().await.map(|o| vec![o]);
         let written = match existing {
             None => self.api.create(&PostParams::default(), &secret).await,
             Some(old) => {

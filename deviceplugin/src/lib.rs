@@ -33,7 +33,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8slan_api::LAN;
 use kube::Api;
 use tokio::sync::watch;
 
@@ -84,18 +83,18 @@ impl AgentConfig {
     }
 }
 
-/// Runs the device plugin against the cluster until `shutdown` resolves: watches LANs
-/// (cluster-wide) and claim Leases (in `config.namespace`), keeps claims and the node report in
-/// Leases there, and prepares spokes with `preparer`.
+/// Runs the device plugin against the cluster until `shutdown` resolves: serves the LANs that
+/// `lans` delivers (the caller runs [`lan::watch_lans`], so that the agent's other loops see the
+/// very same snapshots), watches claim Leases (in `config.namespace`), keeps claims and the node
+/// report in Leases there, and prepares spokes with `preparer`.
 pub async fn run(
     config: AgentConfig,
     preparer: Arc<dyn SpokePreparer>,
     client: kube::Client,
+    lans: watch::Receiver<Option<lan::LanSnapshot>>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), PluginError> {
-    let (lans_tx, lans_rx) = watch::channel(None);
     let (claims_tx, claims_rx) = watch::channel(None);
-    let lan_watch = tokio::spawn(lan::watch_lans(Api::<LAN>::all(client.clone()), lans_tx));
     let claim_watch = tokio::spawn(claim::watch_claims(
         Api::<Lease>::namespaced(client.clone(), &config.namespace),
         claims_tx,
@@ -117,13 +116,12 @@ pub async fn run(
         plugin_config,
         backends,
         Sources {
-            lans: lans_rx,
+            lans,
             claims: claims_rx,
         },
         shutdown,
     )
     .await;
-    lan_watch.abort();
     claim_watch.abort();
     result
 }

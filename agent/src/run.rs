@@ -1,0 +1,159 @@
+//! `k8slan-agent run`: the node agent of the DaemonSet. Wires the device plugin to the datapath,
+//! runs the node-local LAN reconciler beside it, and serves probes and metrics.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use clap::Args;
+use k8slan_api::LAN;
+use k8slan_deviceplugin::{AgentConfig, DEFAULT_KUBELET_DIR, DEFAULT_NAMESPACE};
+use k8slan_netagent::{Datapath, HostNs, RtnlKernel};
+use kube::Api;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::datapath_cli::Dirs;
+use crate::lans;
+use crate::metrics::{self, Metrics};
+use crate::preparer::DatapathPreparer;
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Kubernetes name of this node (from the downward API: spec.nodeName).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: String,
+    /// Kubelet root directory: device-plugins/ and pod-resources/ live below it.
+    #[arg(long, env = "K8SLAN_KUBELET_DIR", default_value = DEFAULT_KUBELET_DIR)]
+    pub kubelet_dir: PathBuf,
+    /// Namespace of the spoke claims and node reports (the agent's own namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = DEFAULT_NAMESPACE)]
+    pub namespace: String,
+    #[command(flatten)]
+    pub dirs: Dirs,
+    /// How often every programmed LAN is checked against its spec (drift repair).
+    #[arg(long, env = "K8SLAN_RESYNC", default_value = "30s", value_parser = humantime_secs)]
+    pub resync: Duration,
+    /// Address of the probe and metrics server (`/healthz`, `/readyz`, `/metrics`).
+    #[arg(long, env = "K8SLAN_PROBE_ADDR", default_value = "0.0.0.0:9810")]
+    pub probe_addr: SocketAddr,
+}
+
+fn humantime_secs(s: &str) -> Result<Duration, String> {
+    let secs = s.strip_suffix('s').unwrap_or(s);
+    secs.parse::<u64>()
+        .map(Duration::from_secs)
+        .map_err(|_| format!("{s:?} is not a number of seconds such as 30s"))
+}
+
+#[derive(Clone, Default)]
+struct Probe {
+    /// Set once the first complete list of LANs has arrived.
+    ready: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn metrics_text(State(p): State<Probe>) -> String {
+    metrics::encode(&p.metrics.registry())
+}
+
+async fn readyz(State(p): State<Probe>) -> (StatusCode, &'static str) {
+    if p.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ok")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "waiting for the first list of LANs",
+        )
+    }
+}
+
+pub async fn run(args: RunArgs) -> Result<()> {
+    k8slan_api::validate::node_name("--node-name", &args.node_name)?;
+    let host = match &args.dirs.host_netns {
+        Some(p) => HostNs::Path(p.clone()),
+        None => HostNs::Current,
+    };
+    let kernel = RtnlKernel::new(host, &args.dirs.netns_dir)
+        .context("cannot open the host network namespace")?;
+    let dp = Arc::new(Datapath::new(kernel, &args.dirs.dev_dir));
+    let client = kube::Client::try_default()
+        .await
+        .context("cannot build a Kubernetes client (in-cluster config or KUBECONFIG)")?;
+
+    let (lans_tx, lans_rx) = watch::channel(None);
+    let lan_watch = tokio::spawn(k8slan_deviceplugin::lan::watch_lans(
+        Api::<LAN>::all(client.clone()),
+        lans_tx,
+    ));
+
+    let probe = Probe::default();
+    let ready = probe.ready.clone();
+    let metrics = probe.metrics.clone();
+    let mut first_list = lans_rx.clone();
+    tokio::spawn(async move {
+        if first_list.wait_for(Option::is_some).await.is_ok() {
+            ready.store(true, Ordering::Relaxed);
+        }
+    });
+    let listener = tokio::net::TcpListener::bind(args.probe_addr)
+        .await
+        .with_context(|| format!("cannot listen on {} for probes", args.probe_addr))?;
+    let router = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .with_state(probe);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            warn!(error = %e, "probe server stopped");
+        }
+    });
+
+    let reconciler = tokio::spawn(lans::reconcile_loop(
+        dp.clone(),
+        args.node_name.clone(),
+        lans_rx.clone(),
+        args.resync,
+        metrics.clone(),
+    ));
+
+    let config = AgentConfig::new(&args.node_name, &args.kubelet_dir, &args.namespace);
+    let preparer = Arc::new(DatapathPreparer::new(dp, &args.node_name, metrics));
+    info!(node = %args.node_name, kubelet_dir = %args.kubelet_dir.display(), "k8slan agent starting");
+    let result =
+        k8slan_deviceplugin::run(config, preparer, client, lans_rx, shutdown_signal()).await;
+    reconciler.abort();
+    lan_watch.abort();
+    result.context("device plugin stopped")?;
+    info!("k8slan agent stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot watch SIGTERM; stopping on SIGINT only");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,186 @@
+"""Smoke tests: the e2e cluster is a working multi-node Kubernetes with Multus.
+
+Proof for CI that e2e/ works; run by `make e2e-smoke` (which then tears the cluster
+down and checks that nothing is left, see e2e/check-clean.sh).
+"""
+import base64
+import json
+import os
+import subprocess
+import sys
+
+from helpers import E2E_DIR, HELM, NODES, WORKERS, box_pod, run, wait_for
+
+KUBERNETES_VERSION = os.environ.get("KUBERNETES_VERSION", "v1.34.4")
+KUBERNETES_SERVICE_IP = "198.19.0.1"
+PY_VENV = os.environ.get("PY_VENV", "/var/cache/k8slan/venv")
+
+
+def test_all_nodes_ready(kubectl):
+    nodes = {n["metadata"]["name"]: n for n in kubectl.json("get", "nodes")["items"]}
+    assert sorted(nodes) == sorted(NODES)
+    for name, node in nodes.items():
+        ready = [c for c in node["status"]["conditions"] if c["type"] == "Ready"]
+        assert ready and ready[0]["status"] == "True", f"{name} not Ready: {ready}"
+        assert node["status"]["nodeInfo"]["kubeletVersion"] == KUBERNETES_VERSION
+    taints = nodes["control-plane"]["spec"].get("taints", [])
+    assert any(t["key"] == "node-role.kubernetes.io/control-plane" for t in taints)
+    client = json.loads(kubectl("version", "-o", "json"))
+    assert client["clientVersion"]["gitVersion"] == KUBERNETES_VERSION
+    assert client["serverVersion"]["gitVersion"] == KUBERNETES_VERSION
+
+
+def test_pods_on_workers_reach_each_other_and_the_api(kubectl, namespace):
+    # hostAliases stands in for cluster DNS, which this cluster does not run.
+    alias = [{"ip": KUBERNETES_SERVICE_IP, "hostnames": ["kubernetes.default.svc"]}]
+    pods = {w: f"box-{w}" for w in WORKERS}
+    kubectl.apply([box_pod(name, node=w, hostAliases=alias) for w, name in pods.items()], namespace)
+    ips = {}
+    for w, name in pods.items():
+        pod = kubectl.wait_pod_running(namespace, name)
+        assert pod["spec"]["nodeName"] == w
+        ips[w] = pod["status"]["podIP"]
+    assert ips["worker1"] != ips["worker2"]
+
+    # Pod to pod across nodes, both directions.
+    kubectl.exec(namespace, pods["worker1"], "ping", "-c", "3", "-W", "2", ips["worker2"])
+    kubectl.exec(namespace, pods["worker2"], "ping", "-c", "3", "-W", "2", ips["worker1"])
+
+    # Pod to the API server through the kubernetes service (kube-proxy, iptables mode).
+    out = kubectl.exec(namespace, pods["worker1"], "wget", "-qO-", "--no-check-certificate",
+                       "https://kubernetes.default.svc/healthz")
+    assert out.strip() == "ok"
+    out = kubectl.exec(namespace, pods["worker2"], "wget", "-qO-", "--no-check-certificate",
+                       f"https://{KUBERNETES_SERVICE_IP}/healthz")
+    assert out.strip() == "ok"
+
+
+def test_control_plane_netns_reaches_service_ips(kubectl, namespace, node_exec):
+    """The API server calls admission webhooks through service IPs from its netns."""
+    kubectl.apply(box_pod("web", node="worker2",
+                              command=["sh", "-c", "echo hello-from-web > /tmp/index.html && httpd -f -p 8080 -h /tmp"]),
+                  namespace)
+    kubectl.apply({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+                   "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]}},
+                  namespace)
+    kubectl.wait_pod_running(namespace, "web")
+    cluster_ip = kubectl.json("-n", namespace, "get", "service", "web")["spec"]["clusterIP"]
+    assert cluster_ip.startswith("198.19.")
+    out = wait_for(lambda: node_exec("control-plane", "curl", "-sS", "-m", "3",
+                                     f"http://{cluster_ip}/index.html", check=False),
+                   60, what=f"service {cluster_ip} from the control-plane netns")
+    assert "hello-from-web" in out
+
+
+def test_apiserver_calls_validating_webhook(kubectl, namespace, tmp_path):
+    """A validating admission webhook served by a pod, called through its service."""
+    host = f"webhook.{namespace}.svc"
+    crt, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+         "-subj", f"/CN={host}", "-addext", f"subjectAltName=DNS:{host}", "-days", "1",
+         "-keyout", key, "-out", crt])
+    kubectl("-n", namespace, "create", "secret", "tls", "webhook-tls", f"--cert={crt}", f"--key={key}")
+    pod = box_pod("webhook", node="worker1", command=["e2e-webhook", "-listen", ":8443"])
+    pod["spec"]["containers"][0]["volumeMounts"] = [{"name": "tls", "mountPath": "/tls"}]
+    pod["spec"]["volumes"] = [{"name": "tls", "secret": {"secretName": "webhook-tls"}}]
+    kubectl.apply(pod, namespace)
+    kubectl.apply({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "webhook"},
+                   "spec": {"selector": {"app": "webhook"}, "ports": [{"port": 443, "targetPort": 8443}]}},
+                  namespace)
+    kubectl.wait_pod_running(namespace, "webhook")
+    config = {
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": namespace},
+        "webhooks": [{
+            "name": "deny.e2e.k8slan.io",
+            "clientConfig": {"service": {"namespace": namespace, "name": "webhook", "path": "/validate"},
+                             "caBundle": base64.b64encode(crt.read_bytes()).decode()},
+            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
+                       "resources": ["configmaps"]}],
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+            "sideEffects": "None", "admissionReviewVersions": ["v1"],
+            "failurePolicy": "Fail", "timeoutSeconds": 5,
+        }],
+    }
+    kubectl.apply(config)
+    try:
+        labelled = {"apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": "denied", "labels": {"e2e-deny": "true"}}, "data": {"a": "b"}}
+
+        def labelled_denied():
+            # Until the webhook configuration is active, creation is admitted (dry run).
+            proc = subprocess.run([str(E2E_DIR / "kubectl"), "-n", namespace, "create", "-f", "-",
+                                   "--dry-run=server"], input=json.dumps(labelled),
+                                  capture_output=True, text=True, timeout=30)
+            return proc.returncode != 0 and "denied by e2e-webhook: denied" in proc.stderr
+        wait_for(labelled_denied, 60, what="the webhook to deny a labelled ConfigMap")
+        kubectl("-n", namespace, "create", "configmap", "allowed", "--from-literal=a=b")
+        assert "allowed=true" in kubectl("-n", namespace, "logs", "webhook")
+    finally:
+        kubectl("delete", "validatingwebhookconfiguration", namespace, "--ignore-not-found", check=False)
+
+
+def test_multus_adds_nad_interface(kubectl, namespace):
+    nad_config = {"cniVersion": "0.4.0", "name": "e2e-bridge", "type": "bridge", "bridge": "e2enad0",
+                  "ipam": {"type": "host-local", "subnet": "198.18.200.0/24"}}
+    kubectl.apply({"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
+                   "metadata": {"name": "e2e-bridge"}, "spec": {"config": json.dumps(nad_config)}}, namespace)
+    kubectl.apply(box_pod("multi", node="worker1",
+                              annotations={"k8s.v1.cni.cncf.io/networks": "e2e-bridge"}), namespace)
+    pod = kubectl.wait_pod_running(namespace, "multi")
+    addr = kubectl.exec(namespace, "multi", "ip", "-4", "-o", "addr", "show", "dev", "net1")
+    assert "198.18.200." in addr, addr
+    status = json.loads(pod["metadata"]["annotations"]["k8s.v1.cni.cncf.io/network-status"])
+    assert [s.get("interface") for s in status] == ["eth0", "net1"], status
+
+
+def test_helm_works(kubectl):
+    out = run([HELM, "version", "--short"])
+    assert out.startswith("v3."), out
+    run([HELM, "list", "--all-namespaces"])  # talks to the cluster with the admin kubeconfig
+
+
+def test_device_plugin_resource_is_advertised(kubectl, namespace):
+    resource, node = "e2e.k8slan.io/fake", "worker1"
+    plugin = subprocess.Popen(
+        [str(E2E_DIR / "node-exec"), node, f"{PY_VENV}/bin/python",
+         str(E2E_DIR / "deviceplugin" / "fake_device_plugin.py"), "--resource", resource, "--devices", "2"],
+        stdout=sys.stderr, stderr=sys.stderr)
+    try:
+        wait_for(lambda: kubectl.json("get", "node", node)["status"].get("capacity", {}).get(resource) == "2",
+                 60, what=f"{resource} capacity on {node}")
+        assert resource in kubectl("describe", "node", node)
+        kubectl.apply(box_pod("consumer", resources={"limits": {resource: "1"}}), namespace)
+        pod = kubectl.wait_pod_running(namespace, "consumer")
+        assert pod["spec"]["nodeName"] == node
+        env = kubectl.exec(namespace, "consumer", "sh", "-c", "echo $FAKE_DEVICE_IDS")
+        assert env.strip().startswith("fake-"), env
+    finally:
+        plugin.terminate()
+        plugin.wait(timeout=20)
+
+
+def test_daemonset_host_paths_are_per_node(kubectl, namespace, node_exec):
+    """hostPath volumes resolve in the node's private tree; Bidirectional mounts propagate."""
+    base = f"/run/k8slan/{namespace}"
+    script = (f"mkdir -p /host{base} && echo $NODE > /host{base}/owner && touch /host{base}/netns && "
+              f"mount --bind /proc/self/ns/net /host{base}/netns && sleep 3600")
+    pod = box_pod("agent", command=["sh", "-c", script], hostNetwork=True)["spec"]
+    container = pod["containers"][0]
+    container["securityContext"] = {"privileged": True}
+    container["env"] = [{"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}]
+    container["volumeMounts"] = [{"name": "run", "mountPath": "/host/run/k8slan", "mountPropagation": "Bidirectional"}]
+    pod["volumes"] = [{"name": "run", "hostPath": {"path": "/run/k8slan", "type": "DirectoryOrCreate"}}]
+    kubectl.apply({"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "agent"},
+                   "spec": {"selector": {"matchLabels": {"app": "agent"}},
+                            "template": {"metadata": {"labels": {"app": "agent"}}, "spec": pod}}}, namespace)
+    try:
+        for node in WORKERS:
+            wait_for(lambda: node_exec(node, "findmnt", "-n", "-o", "FSTYPE", f"{base}/netns", check=False).strip() == "nsfs",
+                     90, what=f"the agent's netns bind mount on {node}")
+            assert node_exec(node, "cat", f"{base}/owner").strip() == node
+        assert not os.path.exists(base), "a node's /run/k8slan leaked to the host"
+    finally:
+        kubectl("-n", namespace, "delete", "daemonset", "agent", "--wait=true", check=False)
+        for node in WORKERS:
+            node_exec(node, "sh", "-c", f"umount {base}/netns; rm -rf {base}", check=False)
