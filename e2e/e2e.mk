@@ -22,3 +22,10 @@ e2e-smoke: ## e2e: cluster-up, pytest smoke tests, cluster-down, leftover check
 
 e2e-clean-check: ## e2e: fail if anything of the e2e cluster is left on this machine
 	@$(E2E_DIR)/check-clean.sh
+
+.PHONY: test-cluster k8slan-install
+test-cluster: ## cluster tier: up, install k8slan (Helm), k8slan scenario tests + smoke, down, leftover check
+	@$(E2E_DIR)/run-cluster-tests.sh
+
+k8slan-install: ## e2e: build the k8slan image and helm upgrade --install it into the running cluster
+	@$(E2E_DIR)/install-k8slan.sh

@@ -33,3 +33,48 @@ def node_exec():
     def _exec(node, *cmd, check=True, timeout=60):
         return run([NODE_EXEC, node, *cmd], check=check, timeout=timeout)
     return _exec
+
+
+@pytest.fixture(scope="session")
+def k8slan(kubectl):
+    """k8slan installed by e2e/install-k8slan.sh (Helm release k8slan in k8slan-system)."""
+    from helpers import HELM, K8SLAN_NAMESPACE, K8SLAN_RELEASE
+    status = run([HELM, "status", K8SLAN_RELEASE, "-n", K8SLAN_NAMESPACE, "-o", "json"], check=False)
+    assert status, "k8slan is not installed: run e2e/install-k8slan.sh (make test-cluster does)"
+    return kubectl
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """When a k8slan test fails, save what explains it at once (a later test may uninstall
+    k8slan): agent and controller logs, the test namespace's events and pods, the LANs, Leases.
+    Directory: $K8SLAN_ARTIFACTS (default /var/lib/k8slan-e2e/logs/k8slan)/<test>/."""
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.when != "call" or not rep.failed or "k8slan" not in item.nodeid:
+        return
+    import os
+    from pathlib import Path
+
+    from helpers import K8SLAN_NAMESPACE, KUBECTL
+    base = Path(os.environ.get("K8SLAN_ARTIFACTS", "/var/lib/k8slan-e2e/logs/k8slan"))
+    out = base / item.name
+    out.mkdir(parents=True, exist_ok=True)
+
+    def save(name, *args):
+        text = run([KUBECTL, *args], check=False, timeout=60)
+        (out / name).write_text(text)
+
+    ns = item.funcargs.get("namespace")
+    if ns:
+        save("events.txt", "-n", ns, "get", "events", "--sort-by=.lastTimestamp")
+        save("pods.txt", "-n", ns, "get", "pods", "-o", "wide")
+        save("describe-pods.txt", "-n", ns, "describe", "pods")
+        save("lans.yaml", "-n", ns, "get", "lans", "-o", "yaml")
+    save("system-pods.txt", "-n", K8SLAN_NAMESPACE, "get", "pods", "-o", "wide")
+    save("leases.yaml", "-n", K8SLAN_NAMESPACE, "get", "leases", "-o", "yaml")
+    pods = run([KUBECTL, "-n", K8SLAN_NAMESPACE, "get", "pods", "-o", "name"], check=False).split()
+    for pod in pods:
+        save(f"{pod.removeprefix('pod/')}.log", "-n", K8SLAN_NAMESPACE, "logs", pod, "--all-containers",
+             "--prefix", "--tail=400")
+    print(f"\nlogs of the failure saved in {out}")

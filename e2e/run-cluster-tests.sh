@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# `make test-cluster`: the cluster tier. Builds what is missing (cached), brings the e2e cluster
+# up (reused when running), installs k8slan with Helm (e2e/install-k8slan.sh), runs the k8slan
+# scenario tests and then the e2e smoke tests, and tears everything down with the leftover check.
+# On failure, logs are collected under $E2E_LOGS/k8slan (kept by cluster-down): the agent and
+# controller logs and the events of each failed test (tests/conftest.py), all events, and the
+# kubelet/containerd/multus logs of every node (their last lines are printed too).
+# KEEP_CLUSTER=1 leaves the cluster running; extra arguments go to pytest (e.g. -k members).
+set -euo pipefail
+source "$(dirname "$0")/lib/common.sh"
+start=$SECONDS
+ARTIFACTS=$E2E_LOGS/k8slan
+
+collect_logs() {
+  mkdir -p "$ARTIFACTS"
+  local k=$E2E_DIR/kubectl node f
+  "$k" get events -A --sort-by=.lastTimestamp >"$ARTIFACTS/events.txt" 2>&1 || true
+  "$k" get pods -A -o wide >"$ARTIFACTS/pods.txt" 2>&1 || true
+  "$k" get lans -A -o yaml >"$ARTIFACTS/lans.yaml" 2>&1 || true
+  "$k" -n k8slan-system get leases -o yaml >"$ARTIFACTS/leases.yaml" 2>&1 || true
+  for pod in $("$k" -n k8slan-system get pods -o name 2>/dev/null); do
+    "$k" -n k8slan-system logs "$pod" --all-containers --prefix >"$ARTIFACTS/${pod#pod/}.log" 2>&1 || true
+  done
+  for node in "${NODES[@]}"; do
+    for f in kubelet containerd multus; do
+      [[ -s $(node_logs "$node")/$f.log ]] || continue
+      printf '\n===== %s %s (last 30 lines; full: %s) =====\n' "$node" "$f" "$(node_logs "$node")/$f.log" >&2
+      tail -n 30 "$(node_logs "$node")/$f.log" >&2
+    done
+  done
+  log "logs collected in $ARTIFACTS (and $E2E_LOGS/<node>/)"
+}
+
+"$E2E_DIR/build.sh" all
+"$E2E_DIR/cluster-up.sh" >/dev/null
+rc=0
+"$E2E_DIR/install-k8slan.sh" >/dev/null || rc=$?
+if ((rc == 0)); then
+  env K8SLAN_ARTIFACTS="$ARTIFACTS" TESTBOX_IMAGE="$TESTBOX_IMAGE" KUBERNETES_VERSION="$KUBERNETES_VERSION" \
+    PY_VENV="$PY_VENV" "$PY_VENV/bin/pytest" -p no:cacheprovider -v -s \
+    "$E2E_DIR"/tests/test_k8slan_*.py "$E2E_DIR/tests/test_smoke.py" "$@" || rc=$?
+fi
+((rc == 0)) || collect_logs
+if [[ ${KEEP_CLUSTER:-0} == 1 ]]; then
+  log "KEEP_CLUSTER=1: cluster left running"
+else
+  "$E2E_DIR/cluster-down.sh" || rc=1      # includes check-clean.sh
+fi
+if ((rc == 0)); then log "test-cluster: PASSED in $((SECONDS - start))s"; else log "test-cluster: FAILED"; fi
+exit "$rc"
