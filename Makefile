@@ -78,7 +78,7 @@ bench-datapath: ## datapath benchmark: spoke-up latency over 1,000 spokes, pod-t
 	$(CARGO) bench -p k8slan-netagent --bench datapath
 
 .PHONY: test
-test: deps lint check-generated test-unit test-privileged fuzz-cni ## every test tier (the command CI runs)
+test: deps lint check-generated test-unit test-privileged fuzz-cni test-cluster ## every test tier (the command CI runs)
 
 .PHONY: demo
 demo: ## main job: local multi-node cluster, k8slan installed, a demo LAN working

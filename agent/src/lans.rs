@@ -14,6 +14,8 @@ use k8slan_netagent::{Datapath, Kernel, LanView};
 use tokio::sync::watch;
 use tracing::{debug, info, instrument, warn};
 
+use crate::metrics::Metrics;
+
 /// One thing to change on this node.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
@@ -68,12 +70,13 @@ pub async fn reconcile_loop<K: Kernel + 'static>(
     node: String,
     mut lans: watch::Receiver<Option<LanSnapshot>>,
     resync: Duration,
+    metrics: Arc<Metrics>,
 ) {
     loop {
         let snapshot = lans.borrow_and_update().clone();
         // Never act before the first complete list: an empty cache is not "every LAN deleted".
         if let Some(snapshot) = snapshot {
-            reconcile(dp.clone(), node.clone(), snapshot).await;
+            reconcile(dp.clone(), node.clone(), snapshot, metrics.clone()).await;
         }
         tokio::select! {
             changed = lans.changed() => if changed.is_err() { return },
@@ -83,7 +86,12 @@ pub async fn reconcile_loop<K: Kernel + 'static>(
 }
 
 #[instrument(skip_all, fields(node = %node, lans = snapshot.len()))]
-async fn reconcile<K: Kernel + 'static>(dp: Arc<Datapath<K>>, node: String, snapshot: LanSnapshot) {
+async fn reconcile<K: Kernel + 'static>(
+    dp: Arc<Datapath<K>>,
+    node: String,
+    snapshot: LanSnapshot,
+    metrics: Arc<Metrics>,
+) {
     let result = tokio::task::spawn_blocking(move || {
         let present = match dp.show() {
             Ok(p) => p,
@@ -92,8 +100,12 @@ async fn reconcile<K: Kernel + 'static>(dp: Arc<Datapath<K>>, node: String, snap
                 return;
             }
         };
+        metrics
+            .lan_namespaces
+            .set(i64::try_from(present.len()).unwrap_or(i64::MAX));
         for action in plan(&snapshot, &present) {
-            apply(&dp, &node, action);
+            let (name, result) = apply(&dp, &node, action);
+            metrics.action(name, result);
         }
     })
     .await;
@@ -102,20 +114,42 @@ async fn reconcile<K: Kernel + 'static>(dp: Arc<Datapath<K>>, node: String, snap
     }
 }
 
-fn apply<K: Kernel>(dp: &Datapath<K>, node: &str, action: Action) {
+/// Carries out one action; returns its metric name and result (`ok`, `changed`, `error`).
+fn apply<K: Kernel>(dp: &Datapath<K>, node: &str, action: Action) -> (&'static str, &'static str) {
     match action {
         Action::Refresh { lan, spec } => match dp.lan_up(&spec, node) {
-            Ok(state) if state.changes.is_empty() => debug!(%lan, "LAN in line with its spec"),
-            Ok(state) => info!(%lan, changes = ?state.changes, "LAN brought in line with its spec"),
-            Err(e) => warn!(%lan, error = %e, "cannot bring the LAN in line with its spec"),
+            Ok(state) if state.changes.is_empty() => {
+                debug!(%lan, "LAN in line with its spec");
+                ("refresh", "ok")
+            }
+            Ok(state) => {
+                info!(%lan, changes = ?state.changes, "LAN brought in line with its spec");
+                ("refresh", "changed")
+            }
+            Err(e) => {
+                warn!(%lan, error = %e, "cannot bring the LAN in line with its spec");
+                ("refresh", "error")
+            }
         },
         Action::RemoveSpoke { lan, spec, spoke } => match dp.spoke_down(&spec, &spoke) {
-            Ok(removed) => info!(%lan, %spoke, ?removed, "removed a spoke that left the LAN"),
-            Err(e) => warn!(%lan, %spoke, error = %e, "cannot remove a spoke that left the LAN"),
+            Ok(removed) => {
+                info!(%lan, %spoke, ?removed, "removed a spoke that left the LAN");
+                ("remove_spoke", "changed")
+            }
+            Err(e) => {
+                warn!(%lan, %spoke, error = %e, "cannot remove a spoke that left the LAN");
+                ("remove_spoke", "error")
+            }
         },
         Action::RemoveOrphan { ns } => match dp.remove_orphan(&ns) {
-            Ok(removed) => info!(%ns, ?removed, "removed the namespace of a LAN that is gone"),
-            Err(e) => warn!(%ns, error = %e, "cannot remove the namespace of a LAN that is gone"),
+            Ok(removed) => {
+                info!(%ns, ?removed, "removed the namespace of a LAN that is gone");
+                ("remove_orphan", "changed")
+            }
+            Err(e) => {
+                warn!(%ns, error = %e, "cannot remove the namespace of a LAN that is gone");
+                ("remove_orphan", "error")
+            }
         },
     }
 }

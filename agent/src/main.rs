@@ -6,6 +6,7 @@ mod datapath_cli;
 mod install_cni;
 mod lans;
 mod manifest;
+mod metrics;
 mod preparer;
 mod run;
 

@@ -1,25 +1,48 @@
 //! The device plugin's [`SpokePreparer`] implemented with the node datapath.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use async_trait::async_trait;
+use k8slan_api::SpokeKind;
 use k8slan_deviceplugin::{PrepareError, PreparedSpoke, SpokePreparer, SpokeRequest, TapDevice};
 use k8slan_netagent::{Datapath, Kernel};
+
+use crate::metrics::{Metrics, PrepareLabels};
 
 /// Prepares spokes through [`Datapath`]; every call runs on the blocking pool because the
 /// datapath moves threads between network namespaces.
 pub struct DatapathPreparer<K> {
     dp: Arc<Datapath<K>>,
     node: String,
+    metrics: Arc<Metrics>,
 }
 
 impl<K> DatapathPreparer<K> {
-    pub fn new(dp: Arc<Datapath<K>>, node: impl Into<String>) -> Self {
+    pub fn new(dp: Arc<Datapath<K>>, node: impl Into<String>, metrics: Arc<Metrics>) -> Self {
         Self {
             dp,
             node: node.into(),
+            metrics,
         }
     }
+}
+
+fn labels<T>(kind: SpokeKind, result: &Result<T, PrepareError>) -> PrepareLabels {
+    PrepareLabels {
+        kind: kind.as_str(),
+        result: if result.is_ok() { "ok" } else { "error" },
+    }
+}
+
+/// Runs a blocking datapath call off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, PrepareError> + Send + 'static,
+) -> Result<T, PrepareError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(PrepareError::new)
+        .and_then(|r| r)
 }
 
 #[async_trait]
@@ -27,13 +50,20 @@ impl<K: Kernel + 'static> SpokePreparer for DatapathPreparer<K> {
     async fn prepare(&self, req: SpokeRequest<'_>) -> Result<PreparedSpoke, PrepareError> {
         let (dp, node) = (self.dp.clone(), self.node.clone());
         let (spec, spoke, kind) = (req.spec.clone(), req.spoke.to_owned(), req.kind);
-        let attached = tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        let result = blocking(move || {
             dp.spoke_up(&spec, &node, &spoke, kind)
                 .map_err(PrepareError::new)
         })
-        .await
-        .map_err(PrepareError::new)?
-        .map_err(PrepareError::new)?;
+        .await;
+        self.metrics
+            .prepare_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .prepares
+            .get_or_create(&labels(kind, &result))
+            .inc();
+        let attached = result?;
         Ok(match attached.mac {
             Some(mac) => PreparedSpoke {
                 host_ifname: mac.macvtap,
@@ -52,11 +82,12 @@ impl<K: Kernel + 'static> SpokePreparer for DatapathPreparer<K> {
     async fn release(&self, req: SpokeRequest<'_>) -> Result<(), PrepareError> {
         let dp = self.dp.clone();
         let (spec, spoke) = (req.spec.clone(), req.spoke.to_owned());
-        tokio::task::spawn_blocking(move || {
-            dp.spoke_down(&spec, &spoke).map_err(PrepareError::new)
-        })
-        .await
-        .map_err(PrepareError::new)??;
-        Ok(())
+        let result =
+            blocking(move || dp.spoke_down(&spec, &spoke).map_err(PrepareError::new)).await;
+        self.metrics
+            .releases
+            .get_or_create(&labels(req.kind, &result))
+            .inc();
+        result.map(|_| ())
     }
 }

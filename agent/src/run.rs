@@ -22,6 +22,7 @@ use tracing::{info, warn};
 
 use crate::datapath_cli::Dirs;
 use crate::lans;
+use crate::metrics::{self, Metrics};
 use crate::preparer::DatapathPreparer;
 
 #[derive(Debug, Args)]
@@ -56,10 +57,15 @@ fn humantime_secs(s: &str) -> Result<Duration, String> {
 struct Probe {
     /// Set once the first complete list of LANs has arrived.
     ready: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
 }
 
 async fn healthz() -> &'static str {
     "ok"
+}
+
+async fn metrics_text(State(p): State<Probe>) -> String {
+    metrics::encode(&p.metrics.registry())
 }
 
 async fn readyz(State(p): State<Probe>) -> (StatusCode, &'static str) {
@@ -94,6 +100,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
 
     let probe = Probe::default();
     let ready = probe.ready.clone();
+    let metrics = probe.metrics.clone();
     let mut first_list = lans_rx.clone();
     tokio::spawn(async move {
         if first_list.wait_for(Option::is_some).await.is_ok() {
@@ -106,6 +113,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let router = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
         .with_state(probe);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, router).await {
@@ -118,10 +126,11 @@ pub async fn run(args: RunArgs) -> Result<()> {
         args.node_name.clone(),
         lans_rx.clone(),
         args.resync,
+        metrics.clone(),
     ));
 
     let config = AgentConfig::new(&args.node_name, &args.kubelet_dir, &args.namespace);
-    let preparer = Arc::new(DatapathPreparer::new(dp, &args.node_name));
+    let preparer = Arc::new(DatapathPreparer::new(dp, &args.node_name, metrics));
     info!(node = %args.node_name, kubelet_dir = %args.kubelet_dir.display(), "k8slan agent starting");
     let result =
         k8slan_deviceplugin::run(config, preparer, client, lans_rx, shutdown_signal()).await;

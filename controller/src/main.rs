@@ -187,6 +187,16 @@ async fn mark_ready(client: Client, lans: Store<LAN>, ready: Arc<AtomicBool>) {
     tracing::info!("LAN cache filled; ready");
 }
 
+/// The Secret of the self-signed material, owned by the webhook configuration.
+fn secret_store(args: &Args, client: &Client) -> SecretStore {
+    SecretStore::new(
+        client.clone(),
+        &args.namespace,
+        &args.tls_secret,
+        &args.webhook_config_name,
+    )
+}
+
 /// Loads (certManager) or ensures and publishes (selfSigned) the first serving certificate.
 async fn first_certificate(args: &Args, client: &Client) -> Result<Arc<LiveCert>> {
     let key = match args.cert_mode {
@@ -195,12 +205,7 @@ async fn first_certificate(args: &Args, client: &Client) -> Result<Arc<LiveCert>
             cert::certified_key(&crt, &key, &args.cert_dir.display().to_string())?
         }
         CertMode::SelfSigned => {
-            let store = SecretStore::new(
-                client.clone(),
-                &args.namespace,
-                &args.tls_secret,
-                &args.webhook_config_name,
-            );
+            let store = secret_store(args, client);
             let names = cert::dns_names(&args.service_name, &args.namespace);
             let m = store.ensure(&names, Timestamp::now()).await?;
             publish_ca(client, &args.webhook_config_name, &m.ca_bundle).await;
@@ -225,12 +230,7 @@ async fn publish_ca(client: &Client, config: &str, bundle: &str) {
 
 /// Renews (selfSigned) or reloads (certManager) the serving certificate periodically.
 async fn keep_certificate(args: Args, client: Client, live: Arc<LiveCert>, metrics: Arc<Metrics>) {
-    let store = SecretStore::new(
-        client.clone(),
-        &args.namespace,
-        &args.tls_secret,
-        &args.webhook_config_name,
-    );
+    let store = secret_store(&args, &client);
     let names = cert::dns_names(&args.service_name, &args.namespace);
     let mut last: Option<(String, String)> = None;
     let mut tick = tokio::time::interval(Duration::from_secs(args.cert_check_seconds.max(10)));
@@ -273,12 +273,7 @@ async fn keep_ca_bundle(args: Args, client: Client) {
     let api: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
     let cfg =
         watcher::Config::default().fields(&format!("metadata.name={}", args.webhook_config_name));
-    let store = SecretStore::new(
-        client.clone(),
-        &args.namespace,
-        &args.tls_secret,
-        &args.webhook_config_name,
-    );
+    let store = secret_store(&args, &client);
     let names = cert::dns_names(&args.service_name, &args.namespace);
     let mut changes = watcher(api, cfg)
         .default_backoff()

@@ -67,6 +67,12 @@ fn main() {
 
 /// The plugin process: serves until stdin says `quit`; `go` feeds the LAN, `rss` reports memory.
 async fn plugin_role() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let root = PathBuf::from(std::env::var(ROOT).expect("root"));
     let claims = MemoryClaims::new();
     let (lans_tx, lans_rx) = watch::channel(None);

@@ -13,7 +13,7 @@ use futures::StreamExt;
 use inotify::{EventMask, Inotify, WatchMask};
 use k8slan_api::naming::{parse_resource_name, resource_name};
 use k8slan_api::{LanSpec, SpokeKind};
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tonic::Status;
 use tracing::{Instrument, debug, info, info_span, instrument, warn};
 
@@ -379,6 +379,7 @@ pub async fn serve(
         wake: Notify::new(),
     });
     let (holdings_tx, mut holdings_rx) = watch::channel(None);
+    let (probe_tx, mut probe_rx) = mpsc::unbounded_channel();
     let poller = tokio::spawn(
         podresources::poll(
             PodResources::new(&config.pod_resources_socket),
@@ -397,6 +398,8 @@ pub async fn serve(
         publishing: None,
         adopted: false,
         kubelet_socket: None,
+        probe_tx,
+        probing: false,
     };
     let Sources {
         mut lans,
@@ -429,6 +432,7 @@ pub async fn serve(
                 Err(_) => { holdings_open = false; false }
             },
             _ = runner.core.wake.notified() => true,
+            Some(probed) = probe_rx.recv() => { runner.probed(probed); true }
             _ = tick.tick() => { runner.tick(); true }
             ev = dir_events.next(), if dir_open => {
                 match ev {
@@ -467,6 +471,8 @@ struct Runner {
     adopted: bool,
     /// Identity (device, inode) of `kubelet.sock` when last seen.
     kubelet_socket: Option<(u64, u64)>,
+    probe_tx: mpsc::UnboundedSender<BTreeMap<String, bool>>,
+    probing: bool,
 }
 
 impl Runner {
@@ -557,19 +563,38 @@ impl Runner {
         }
     }
 
-    fn probe_underlays(&self) {
+    /// Probes the underlay devices the LANs need, on the blocking pool (a `HostLinks` may ask
+    /// the kernel and take its time); the result comes back through `probes`. One probe at a
+    /// time.
+    fn probe_underlays(&mut self) {
+        if self.probing {
+            return;
+        }
         let lans = self.core.lock().lans.clone();
         let Some(lans) = lans else { return };
         let needed = inventory::underlays_needed(&self.core.node, lans.values());
         let links = self.core.backends.links.clone();
-        let probed: BTreeMap<String, bool> = needed
-            .into_iter()
-            .map(|d| {
-                let present = links.exists(&d);
-                (d, present)
-            })
-            .collect();
-        self.core.lock().underlays = probed;
+        let known = self.core.lock().underlays.clone();
+        let tx = self.probe_tx.clone();
+        self.probing = true;
+        tokio::task::spawn_blocking(move || {
+            let probed: BTreeMap<String, bool> = needed
+                .into_iter()
+                .filter_map(|d| match links.exists(&d) {
+                    Ok(present) => Some((d, present)),
+                    Err(e) => {
+                        warn!(underlay = %d, error = %e, "cannot tell whether the underlay exists; keeping the last answer");
+                        known.get(&d).map(|&present| (d, present))
+                    }
+                })
+                .collect();
+            let _ = tx.send(probed);
+        });
+    }
+
+    fn probed(&mut self, underlays: BTreeMap<String, bool>) {
+        self.probing = false;
+        self.core.lock().underlays = underlays;
     }
 
     /// Applies the last pod-resources listing: releases members that are gone and records the
@@ -725,7 +750,7 @@ impl Runner {
     /// Recomputes the inventory and brings endpoints, device lists and the report in line.
     fn reconcile(&mut self) {
         let inputs = {
-            let mut st = self.core.lock();
+            let st = self.core.lock();
             if st.lans.is_none() {
                 return; // the LANs are not listed yet: advertise nothing, withdraw nothing
             }
@@ -734,9 +759,11 @@ impl Runner {
                     .into_iter()
                     .any(|d| !st.underlays.contains_key(&d));
                 if missing {
+                    // A LAN names an underlay not probed yet: wait for the probe rather than
+                    // report it missing for a moment.
                     drop(st);
                     self.probe_underlays();
-                    st = self.core.lock();
+                    return;
                 }
             }
             // Compute outside the lock so that Allocate never waits for it: Allocate re-checks

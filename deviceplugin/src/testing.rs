@@ -528,22 +528,36 @@ impl ReportSink for MemoryReports {
 
 /// A host namespace whose interfaces the test decides.
 #[derive(Default)]
-pub struct FakeLinks(Mutex<BTreeSet<String>>);
+pub struct FakeLinks {
+    names: Mutex<BTreeSet<String>>,
+    broken: std::sync::atomic::AtomicBool,
+}
 
 impl FakeLinks {
     pub fn with(names: &[&str]) -> Arc<Self> {
-        Arc::new(FakeLinks(Mutex::new(
-            names.iter().map(|s| s.to_string()).collect(),
-        )))
+        Arc::new(FakeLinks {
+            names: Mutex::new(names.iter().map(|s| s.to_string()).collect()),
+            broken: Default::default(),
+        })
     }
     pub fn add(&self, name: &str) {
-        self.0.lock().unwrap().insert(name.into());
+        self.names.lock().unwrap().insert(name.into());
+    }
+    pub fn remove(&self, name: &str) {
+        self.names.lock().unwrap().remove(name);
+    }
+    /// Makes every lookup fail (or work again).
+    pub fn set_broken(&self, broken: bool) {
+        self.broken.store(broken, Ordering::SeqCst);
     }
 }
 
 impl HostLinks for FakeLinks {
-    fn exists(&self, ifname: &str) -> bool {
-        self.0.lock().unwrap().contains(ifname)
+    fn exists(&self, ifname: &str) -> std::io::Result<bool> {
+        if self.broken.load(Ordering::SeqCst) {
+            return Err(std::io::Error::other("netlink: injected failure"));
+        }
+        Ok(self.names.lock().unwrap().contains(ifname))
     }
 }
 

@@ -4,9 +4,12 @@ use std::path::PathBuf;
 
 use k8slan_api::validate;
 
-/// Answers "does this interface exist in the host namespace?".
+/// Answers "does this interface exist in the host namespace?". Called on the blocking pool,
+/// so an implementation may ask the kernel.
 pub trait HostLinks: Send + Sync + 'static {
-    fn exists(&self, ifname: &str) -> bool;
+    /// `Ok(false)` only when the interface is known to be absent; an error (the lookup itself
+    /// failed) keeps the previous answer, so that a hiccup never withdraws a LAN's resources.
+    fn exists(&self, ifname: &str) -> std::io::Result<bool>;
 }
 
 /// Looks interfaces up in sysfs (`<dir>/<ifname>`, default `/sys/class/net`).
@@ -31,9 +34,12 @@ impl Default for SysfsLinks {
 }
 
 impl HostLinks for SysfsLinks {
-    fn exists(&self, ifname: &str) -> bool {
+    fn exists(&self, ifname: &str) -> std::io::Result<bool> {
         // A name that is no interface name (e.g. "..") must never reach the path.
-        validate::interface_name("underlay", ifname).is_ok() && self.dir.join(ifname).exists()
+        if validate::interface_name("underlay", ifname).is_err() {
+            return Ok(false);
+        }
+        self.dir.join(ifname).try_exists()
     }
 }
 
@@ -48,10 +54,10 @@ mod tests {
         std::fs::create_dir(dir.path().join("sub")).unwrap();
         let links = SysfsLinks::new(dir.path().join("sub"));
         // "../eth1" exists as a path but is no interface name.
-        assert!(!links.exists("../eth1"));
+        assert!(!links.exists("../eth1").unwrap());
         let links = SysfsLinks::new(dir.path());
-        assert!(links.exists("eth1"));
-        assert!(!links.exists("eth2"));
-        assert!(!links.exists(".."));
+        assert!(links.exists("eth1").unwrap());
+        assert!(!links.exists("eth2").unwrap());
+        assert!(!links.exists("..").unwrap());
     }
 }

@@ -622,3 +622,34 @@ async fn a_plugin_socket_deleted_by_hand_is_served_and_registered_again() {
     assert_eq!(n.kubelet.resource(MAC_S1).unwrap().registrations, 1);
     n.kubelet.allocate(VETH_S1, &["s1"]).await.unwrap();
 }
+
+#[tokio::test]
+async fn failing_underlay_lookups_withdraw_nothing_but_a_vanished_underlay_does() {
+    let tmp = TempDir::new().unwrap();
+    let n = node("node-a", &tmp);
+    n.set_lans(&[lan("default", "lan1", "lan1", &["s1"], "eth1")]);
+    assert!(n.kubelet.wait_updates(VETH_S1, 1, WAIT).await.is_some());
+    n.links.set_broken(true);
+    // Several probe ticks (100 ms) with failing lookups: nothing changes.
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(n.kubelet.resource(VETH_S1).unwrap().updates.len(), 1);
+    assert!(n.dir.join("k8slan-veth-s1.sock").exists());
+    n.links.set_broken(false);
+    // The underlay really goes away: capacity drops to 0 and the node reports why.
+    n.links.remove("eth1");
+    let last = n.kubelet.wait_updates(VETH_S1, 2, WAIT).await.unwrap();
+    assert!(last.is_empty());
+    let deadline = Instant::now() + WAIT;
+    while n
+        .reports
+        .last()
+        .is_none_or(|r| r.lans["default/lan1"].state != NodeState::NoUnderlay)
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        n.reports.last().unwrap().lans["default/lan1"].state,
+        NodeState::NoUnderlay
+    );
+}

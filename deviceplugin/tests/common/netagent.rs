@@ -57,7 +57,11 @@ impl SpokePreparer for NetagentPreparer {
 pub struct KernelLinks(pub Arc<Datapath<RtnlKernel>>);
 
 impl HostLinks for KernelLinks {
-    fn exists(&self, ifname: &str) -> bool {
-        matches!(self.0.kernel().link(&Ns::Host, ifname), Ok(Some(_)))
+    fn exists(&self, ifname: &str) -> std::io::Result<bool> {
+        self.0
+            .kernel()
+            .link(&Ns::Host, ifname)
+            .map(|l| l.is_some())
+            .map_err(std::io::Error::other)
     }
 }
