@@ -29,6 +29,7 @@ step "applying the demo LAN (e2e/demo/lan.yaml)"
 # Both spokes must be advertised on their workers before the pods are scheduled.
 for w in "${WORKERS[@]}"; do
   spoke=srl${w#worker}
+  # shellcheck disable=SC2016  # expanded by the inner bash
   wait_for 60 "macvtap.k8slan.io/k8slan-veth-$spoke on $w" bash -c \
     '[[ $("$0" get node "$1" -o jsonpath="{.status.capacity.macvtap\.k8slan\.io/k8slan-veth-$2}") == 1 ]]' \
     "$KUBECTL" "$w" "$spoke" || die "the LAN's spokes are not advertised on $w"
@@ -41,8 +42,8 @@ step "starting two member pods, srl1 on worker1 and srl2 on worker2 (e2e/demo/po
 step "the LAN and its members"
 "$KUBECTL" -n "$NS" get lan -o wide
 "$KUBECTL" -n "$NS" get pods -o wide
-"$KUBECTL" -n "$NS" exec srl1 -- ip -br addr show dev e1-1
-"$KUBECTL" -n "$NS" exec srl2 -- ip -br addr show dev e1-1
+"$KUBECTL" -n "$NS" exec srl1 -- ip -o -4 addr show dev e1-1
+"$KUBECTL" -n "$NS" exec srl2 -- ip -o -4 addr show dev e1-1
 
 step "srl1 (worker1) pings srl2 (worker2) over the LAN"
 "$KUBECTL" -n "$NS" exec srl1 -- ping -c 5 -W 3 198.18.222.2
@@ -61,14 +62,14 @@ Use the cluster:
   kubectl -n $NS get network-attachment-definitions
   kubectl describe node worker1 | grep macvtap.k8slan.io
   kubectl -n $NS exec -it srl1 -- sh         # ping 198.18.222.2, ip link show e1-1
-  e2e/node-exec worker1 nsenter --net=/run/k8slan/netns/$NS ip -br link   # the LAN namespace
-  e2e/helm -n k8slan-system status k8slan
+  $REPO/e2e/node-exec worker1 nsenter --net=/run/k8slan/netns/$NS ip -br link   # the LAN namespace
+  $REPO/e2e/helm -n k8slan-system status k8slan
 
 Add a member: add a spoke to the LAN (kubectl -n $NS edit lan demo-lan), then create a pod with
   annotation k8s.v1.cni.cncf.io/networks: k8slan-veth-<spoke>@e1-1
   and resources.limits: {macvtap.k8slan.io/k8slan-veth-<spoke>: 1}
 
 Tear down:
-  kubectl delete -f e2e/demo/pods.yaml -f e2e/demo/lan.yaml   # just the demo
-  make cluster-down                                           # everything (checks nothing is left)
+  kubectl delete -f $REPO/e2e/demo/pods.yaml -f $REPO/e2e/demo/lan.yaml   # just the demo
+  make -C $REPO cluster-down   # everything (checks nothing is left)
 EOF
