@@ -3,11 +3,14 @@
 The cluster must be up (make cluster-up); run with the venv built by e2e/build.sh:
   $K8SLAN_CACHE/venv/bin/pytest e2e/tests
 """
+import os
 import uuid
+from pathlib import Path
 
 import pytest
 
-from helpers import NODE_EXEC, Kubectl, run, wait_for
+from helpers import (HELM, K8SLAN_NAMESPACE, K8SLAN_RELEASE, KUBECTL, NODE_EXEC, Kubectl, run,
+                     wait_for)
 
 
 @pytest.fixture(scope="session")
@@ -38,7 +41,6 @@ def node_exec():
 @pytest.fixture(scope="session")
 def k8slan(kubectl):
     """k8slan installed by e2e/install-k8slan.sh (Helm release k8slan in k8slan-system)."""
-    from helpers import HELM, K8SLAN_NAMESPACE, K8SLAN_RELEASE
     status = run([HELM, "status", K8SLAN_RELEASE, "-n", K8SLAN_NAMESPACE, "-o", "json"], check=False)
     assert status, "k8slan is not installed: run e2e/install-k8slan.sh (make test-cluster does)"
     return kubectl
@@ -53,10 +55,6 @@ def pytest_runtest_makereport(item, call):
     rep = outcome.get_result()
     if rep.when != "call" or not rep.failed or "k8slan" not in item.nodeid:
         return
-    import os
-    from pathlib import Path
-
-    from helpers import K8SLAN_NAMESPACE, KUBECTL
     base = Path(os.environ.get("K8SLAN_ARTIFACTS", "/var/lib/k8slan-e2e/logs/k8slan"))
     out = base / item.name
     out.mkdir(parents=True, exist_ok=True)

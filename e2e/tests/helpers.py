@@ -2,8 +2,11 @@
 
 Retries exist only in wait_for: a check that fails after its wait fails.
 """
+import itertools
 import json
 import os
+import random
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -89,16 +92,15 @@ def box_pod(name, node=None, command=("sleep", "3600"), annotations=None, resour
 # --- k8slan ---------------------------------------------------------------------------------
 # Names the tests give to LANs must be unique cluster-wide (ns, vni, spokes): every test draws
 # them from unique_tag(), a random per-run suffix plus a counter.
-import itertools
-import random
-import re
-
 K8SLAN_NAMESPACE = "k8slan-system"
 K8SLAN_RELEASE = "k8slan"
 RESOURCE_DOMAIN = "macvtap.k8slan.io"
 LAN_NETNS_DIR = "/run/k8slan/netns"
 UNDERLAY = "eth1"
 LAN_IF = "e1-1"
+# The kubelets' logs (e2e/lib/common.sh: $K8SLAN_E2E_STATE/logs/<node>/kubelet.log).
+E2E_LOGS = Path(os.environ.get("K8SLAN_E2E_LOGS",
+                              Path(os.environ.get("K8SLAN_E2E_STATE", "/var/lib/k8slan-e2e")) / "logs"))
 _RUN_TAG = "".join(random.choice("abcdefghijkmnpqrstuvwxyz") for _ in range(3))
 _COUNTER = itertools.count(1)
 
@@ -259,8 +261,6 @@ def assert_stays_pending(kubectl, namespace, pod, resource, seconds=8):
         time.sleep(1)
     return cond
 
-
-E2E_LOGS = Path(os.environ.get("K8SLAN_E2E_LOGS", Path(os.environ.get("K8SLAN_E2E_STATE", "/var/lib/k8slan-e2e")) / "logs"))
 
 
 def kubelet_log_time(node, text, after):

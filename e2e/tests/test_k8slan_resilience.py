@@ -4,7 +4,7 @@ import time
 
 from helpers import (E2E_DIR, K8SLAN_NAMESPACE, KUBECTL, WORKERS, Lan, kubelet_log_time,
                      kubelet_registration_time, member_pod, node_has,
-                     node_resources, ping_stats, resource_name, run, wait_for, wait_pods_running)
+                     ping_stats, resource_name, run, wait_for, wait_pods_running)
 
 W1, W2 = WORKERS
 
