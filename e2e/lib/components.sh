@@ -238,6 +238,9 @@ imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 evictionHard: {memory.available: 50Mi, nodefs.available: 1%, nodefs.inodesFree: 1%, imagefs.available: 1%}
 maxPods: 40
+# Compute node status every second (posted only when it changes): new device-plugin resources
+# show in the node's capacity about a second after they register instead of up to 10 s later.
+nodeStatusUpdateFrequency: 1s
 kubeAPIQPS: 10
 kubeAPIBurst: 20
 containerLogMaxSize: 5Mi

@@ -24,8 +24,10 @@ def test_lan_gets_nads_and_capacity_on_every_worker(k8slan, namespace):
     `kubectl describe node` shows both resources of every spoke with capacity 1.
 
     The time from apply to the last resource in every worker's node status is printed; the
-    issue's goal is 2 s. The bound asserted is looser: the kubelet posts node status on its own
-    schedule (nodeStatusUpdateFrequency, 10 s by default)."""
+    issue's goal is 2 s. The bound asserted is looser (timing goals are figures, not timed
+    tests): after the agent registers (well under a second), the resource reaches the node
+    status at the kubelet's next status sync (nodeStatusUpdateFrequency: 1 s in the e2e
+    kubelets, 10 s by default)."""
     kubectl = k8slan
     lan = Lan(roles=("srl", "vm"))
     wanted = [resource_name(kind, s) for s in lan.spokes.values() for kind in ("veth", "mac")]
