@@ -64,7 +64,7 @@ pub enum DatapathError {
 
 /// The datapath of one node over a [`Kernel`].
 ///
-/// Every method is blocking (it waits for netlink and for namespace threads); call it from a
+/// Every method is blocking (it waits for netlink and the filesystem); call it from a
 /// blocking context (`tokio::task::spawn_blocking` under tokio). Operations are serialised by
 /// an internal lock, so concurrent callers (two `Allocate`s for one LAN) are safe.
 #[derive(Debug)]
@@ -128,6 +128,11 @@ impl<K: Kernel> Datapath<K> {
             if link.port_group_fwd_mask != Some(PORT_GROUP_FWD_MASK) || change.master.is_some() {
                 change.port_group_fwd_mask = Some(PORT_GROUP_FWD_MASK);
             }
+        }
+        // Every link of a LAN is a wire end: IPv6 off, so that the node never sends its own
+        // frames (DAD, MLD, router solicitations) onto the LAN, and never answers one.
+        if link.ipv6 == Some(true) {
+            change.ipv6 = Some(false);
         }
         if !link.up {
             change.up = Some(true);

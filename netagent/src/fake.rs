@@ -53,6 +53,8 @@ struct State {
     next_ifindex: u32,
     calls: Vec<Call>,
     fail: Option<(String, String)>,
+    /// Our links that were up with IPv6 on at some point (they would have spoken onto the LAN).
+    spoke_ipv6: Vec<(Ns, String)>,
 }
 
 /// The recording fake kernel.
@@ -102,6 +104,12 @@ impl RecordingKernel {
     }
 
     /// Forget the recorded calls (state stays).
+    /// Links of ours that were up with IPv6 on after some call, in order: each would have sent
+    /// the node's own IPv6 frames (DAD, MLD, router solicitations) onto the LAN.
+    pub fn spoke_ipv6(&self) -> Vec<(Ns, String)> {
+        self.st().spoke_ipv6.clone()
+    }
+
     pub fn clear_calls(&self) {
         self.st().calls.clear();
     }
@@ -183,6 +191,7 @@ fn plain(name: &str, ifindex: u32, mtu: u32) -> Link {
         alias: None,
         master: None,
         port_group_fwd_mask: None,
+        ipv6: Some(true),
         kind: LinkKind::Other {
             kind: "device".into(),
         },
@@ -275,6 +284,9 @@ fn add(
         alias: Some(alias.into()),
         master: None,
         port_group_fwd_mask: None,
+        // As on the real kernel: host-namespace links get IPv6; LAN namespaces have it off by
+        // default.
+        ipv6: Some(*ns == Ns::Host),
         kind,
     });
     st.next_ifindex += 1;
@@ -510,9 +522,14 @@ impl Kernel for RecordingKernel {
         if let Some(a) = &change.alias {
             link.alias = Some(a.clone());
         }
+        if let Some(on) = change.ipv6 {
+            link.ipv6 = Some(on);
+        }
         if let Some(up) = change.up {
             link.up = up;
         }
+        let speaks = link.up && link.ipv6 == Some(true) && link.alias.is_some();
+        let who = (ns.clone(), link.name.clone());
         if let Some(mask) = change.port_group_fwd_mask {
             if link.master.is_none() {
                 return Err(KernelError::new(
@@ -524,6 +541,9 @@ impl Kernel for RecordingKernel {
                 .with_errno(libc::EOPNOTSUPP));
             }
             link.port_group_fwd_mask = Some(mask);
+        }
+        if speaks && !st.spoke_ipv6.contains(&who) {
+            st.spoke_ipv6.push(who);
         }
         Ok(())
     }

@@ -88,6 +88,9 @@ pub struct Link {
     /// Per-port group forward mask, when the link is a bridge port.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub port_group_fwd_mask: Option<u16>,
+    /// Whether IPv6 is enabled on the link (`None`: the kernel has no IPv6 for it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<bool>,
     pub kind: LinkKind,
 }
 
@@ -152,6 +155,8 @@ pub struct LinkChange {
     pub master: Option<String>,
     pub port_group_fwd_mask: Option<u16>,
     pub alias: Option<String>,
+    /// Turn IPv6 on or off for the link (applied before the link is brought up).
+    pub ipv6: Option<bool>,
 }
 
 impl LinkChange {

@@ -1,9 +1,9 @@
 //! The datapath of one node: LAN namespaces, bridges, VXLANs and spokes.
 //!
 //! [`Datapath`] holds the logic and talks to the kernel only through the small [`Kernel`]
-//! trait: [`RtnlKernel`] is the real one (rtnetlink and nix, one short-lived thread per call
-//! inside the target namespace), [`fake::RecordingKernel`] an in-memory one that records every
-//! call for the unit tier. See `docs/datapath.md`.
+//! trait: [`RtnlKernel`] is the real one (rtnetlink and nix, one kept netlink socket per
+//! namespace), [`fake::RecordingKernel`] an in-memory one that records every call for the unit
+//! tier. See `docs/datapath.md`.
 
 pub mod datapath;
 pub mod fake;

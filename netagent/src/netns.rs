@@ -1,14 +1,18 @@
 //! Persistent network namespaces and running code inside one.
 //!
 //! `setns(2)` moves only the calling thread, so everything that must happen inside a namespace
-//! runs on a dedicated, short-lived OS thread ([`in_netns`]) that enters the namespace, does its
-//! work (for example opens a netlink socket, which stays bound to that namespace) and exits.
-//! The caller's thread, and every other thread of the process, never changes namespace.
+//! runs on a dedicated OS thread: a short-lived one ([`in_netns`]) that enters the namespace,
+//! does its work (for example opens a netlink socket, which stays bound to that namespace) and
+//! exits, or a long-lived one ([`NsThread`]) for repeated sysfs and sysctl work in a namespace
+//! the process is not in. The caller's thread, and every other thread of the process, never
+//! changes namespace.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::{CloneFlags, setns, unshare};
@@ -228,37 +232,117 @@ pub fn list(dir: &Path) -> Result<Vec<String>, NetnsError> {
     Ok(names)
 }
 
-/// Run `f` on a fresh thread inside `ns` with a private mount namespace in which `/sys` is a
-/// fresh sysfs: `/sys/class/net` then shows the links of `ns` even when `ns` is not the namespace
-/// whose sysfs the process sees. Nothing is mounted outside that thread.
-pub fn with_sysfs_of<F, T>(ns: &File, f: F) -> Result<T, NetnsError>
-where
-    F: FnOnce() -> T + Send,
-    T: Send,
-{
-    in_netns(ns, || {
-        let sys = || -> Result<(), nix::Error> {
-            unshare(CloneFlags::CLONE_NEWNS)?;
-            mount(
-                None::<&str>,
-                "/",
-                None::<&str>,
-                MsFlags::MS_REC | MsFlags::MS_SLAVE,
-                None::<&str>,
-            )?;
-            mount(
-                Some("sysfs"),
-                "/sys",
-                Some("sysfs"),
-                MsFlags::empty(),
-                None::<&str>,
-            )
-        };
-        sys().map_err(|source| NetnsError::Sys {
-            what: "mount a private sysfs",
-            path: PathBuf::from("/sys"),
+/// A long-lived thread inside a network namespace, with a private mount namespace in which
+/// `/sys` is that namespace's sysfs: the place to read `/sys/class/net` and write
+/// `/proc/sys/net` sysctls of a namespace the process itself is not in, without a thread and a
+/// sysfs mount per call. Used when the node's host namespace is a namespace file (tests that
+/// simulate several nodes on one machine); the thread ends when this is dropped.
+#[derive(Debug)]
+pub struct NsThread {
+    jobs: Option<mpsc::Sender<Job>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+impl NsThread {
+    /// Start the thread inside `ns` (the file is only used during the start).
+    pub fn start(ns: &File) -> Result<Self, NetnsError> {
+        let ns = ns.try_clone().map_err(|source| NetnsError::Open {
+            path: PathBuf::from("(namespace handle)"),
             source,
         })?;
-        Ok(f())
-    })?
+        let (jobs, rx) = mpsc::channel::<Job>();
+        let (ready_tx, ready) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("k8slan-hostns".into())
+            .spawn(move || {
+                let entered = setns(ns.as_fd(), CloneFlags::CLONE_NEWNET)
+                    .map_err(NetnsError::Enter)
+                    .and_then(|()| private_sysfs());
+                drop(ns);
+                let ok = entered.is_ok();
+                let _ = ready_tx.send(entered);
+                if ok {
+                    while let Ok(job) = rx.recv() {
+                        job();
+                    }
+                }
+            })
+            .map_err(NetnsError::Thread)?;
+        ready.recv().map_err(|_| NetnsError::Panicked)??;
+        Ok(Self {
+            jobs: Some(jobs),
+            thread: Some(thread),
+        })
+    }
+
+    /// Run `f` on the thread and wait for its result.
+    pub fn run<F, T>(&self, f: F) -> Result<T, NetnsError>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let (tx, rx) = mpsc::channel();
+        let job: Job = Box::new(move || {
+            let _ = tx.send(f());
+        });
+        self.jobs
+            .as_ref()
+            .ok_or(NetnsError::Panicked)?
+            .send(job)
+            .map_err(|_| NetnsError::Panicked)?;
+        rx.recv().map_err(|_| NetnsError::Panicked)
+    }
+}
+
+impl Drop for NsThread {
+    fn drop(&mut self) {
+        self.jobs.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Give the calling thread a private mount namespace with a fresh sysfs at `/sys`, which then
+/// shows the links of the thread's network namespace.
+fn private_sysfs() -> Result<(), NetnsError> {
+    let sys = || -> Result<(), nix::Error> {
+        unshare(CloneFlags::CLONE_NEWNS)?;
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_SLAVE,
+            None::<&str>,
+        )?;
+        mount(
+            Some("sysfs"),
+            "/sys",
+            Some("sysfs"),
+            MsFlags::empty(),
+            None::<&str>,
+        )
+    };
+    sys().map_err(|source| NetnsError::Sys {
+        what: "mount a private sysfs",
+        path: PathBuf::from("/sys"),
+        source,
+    })
+}
+
+/// Set a per-link IPv6 sysctl (`/proc/sys/net/ipv6/conf/<link>/<knob>`) of the calling thread's
+/// namespace. A kernel without IPv6 has nothing to set.
+pub fn set_link_ipv6_sysctl(link: &str, knob: &str, value: &str) -> io::Result<()> {
+    if link.is_empty() || link.contains('/') || link == "." || link == ".." {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{link:?} is not a link name"),
+        ));
+    }
+    if !Path::new("/proc/sys/net/ipv6").exists() {
+        return Ok(());
+    }
+    fs::write(format!("/proc/sys/net/ipv6/conf/{link}/{knob}"), value)
 }

@@ -184,6 +184,33 @@ fn mac_spoke_gets_a_macvtap_and_a_tap_node() {
 }
 
 #[test]
+fn no_link_of_a_spoke_is_ever_up_with_ipv6() {
+    let (dp, _) = datapath();
+    let s = spec("knlvrf", 222, &["srl", "vm"]);
+    dp.spoke_up(&s, NODE, "srl", SpokeKind::Veth).unwrap();
+    dp.spoke_up(&s, NODE, "vm", SpokeKind::Mac).unwrap();
+    let k = dp.kernel();
+    // The host end and the macvtap wait in the host namespace, where links get IPv6: it is
+    // turned off in the same change that brings them up (the kernel applies it first).
+    assert_eq!(k.spoke_ipv6(), vec![]);
+    for name in ["srl", "vm", "mvt-vm"] {
+        let l = k.peek(&Ns::Host, name).unwrap();
+        assert_eq!((l.up, l.ipv6), (true, Some(false)), "{name}");
+    }
+    // Someone turns IPv6 back on (`sysctl net.ipv6.conf.all.disable_ipv6=0` does that to every
+    // link): the next spoke up turns it off again on that link only.
+    k.edit(&Ns::Host, "vm", |l| l.ipv6 = Some(true));
+    k.clear_calls();
+    dp.spoke_up(&s, NODE, "vm", SpokeKind::Mac).unwrap();
+    let m = k.mutations();
+    assert_eq!(touched(&m), vec!["vm"]);
+    assert!(
+        matches!(&m[0], Call::ChangeLink(_, _, c) if *c == LinkChange { ipv6: Some(false), ..Default::default() }),
+        "{m:?}"
+    );
+}
+
+#[test]
 fn drifted_vxlan_port_is_replaced_and_nothing_else_touched() {
     let (dp, _) = datapath();
     let s = spec("knlvrf", 222, &["srl", "vm"]);

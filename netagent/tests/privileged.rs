@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use k8slan_api::SpokeKind;
+use k8slan_api::naming::macvtap_name;
 use k8slan_netagent::{LanView, LinkKind};
 use k8slan_testkit::TestNs;
 use k8slan_testkit::frame::{
@@ -252,6 +253,61 @@ fn vm_tap_device_reaches_a_remote_pod_and_gets_the_reply() {
     n1.dp.lan_down(&spec).unwrap();
     n2.dp.lan_down(&spec).unwrap();
     assert!(!mac.tap_host_path.exists());
+}
+
+#[test]
+#[ignore = "privileged"]
+fn the_node_never_speaks_onto_the_lan() {
+    let ul = Underlay::new();
+    let n1 = Node::new(&ul, "node1", 1500);
+    let n2 = Node::new(&ul, "node2", 1500);
+    let (vm, waiting, b) = (spoke("vm"), spoke("w"), spoke("b"));
+    let spec = lan_spec(778, &[&vm, &waiting, &b]);
+    n2.dp
+        .spoke_up(&spec, &n2.name, &b, SpokeKind::Veth)
+        .unwrap();
+    // The listening pod speaks no IPv6 itself, so any IPv6 frame it sees comes from elsewhere.
+    let pod = pod_with(&n2, &b, "198.18.9.2/24");
+    pod.sh("sysctl -qw net.ipv6.conf.e1.disable_ipv6=1")
+        .unwrap();
+
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let heard = std::thread::scope(|s| {
+        let listener = s.spawn(|| {
+            pod.run(|| {
+                let sock = PacketSocket::open("e1").unwrap();
+                ready_tx.send(()).unwrap();
+                let ipv6 = Filter {
+                    ethertype: Some(0x86dd),
+                    src: None,
+                };
+                // Long enough for MLD reports and router solicitations of a fresh IPv6 link.
+                sock.recv(&ipv6, Duration::from_secs(4)).unwrap()
+            })
+            .unwrap()
+        });
+        ready_rx.recv().unwrap();
+        // Node 1 prepares a VM spoke (host end and macvtap up in its host namespace) and a pod
+        // spoke whose host end waits there for its pod.
+        n1.dp
+            .spoke_up(&spec, &n1.name, &vm, SpokeKind::Mac)
+            .unwrap();
+        n1.dp
+            .spoke_up(&spec, &n1.name, &waiting, SpokeKind::Veth)
+            .unwrap();
+        listener.join().unwrap()
+    });
+    assert_eq!(heard, None, "a frame of the node reached the LAN");
+    for name in [vm.clone(), macvtap_name(&vm), waiting.clone()] {
+        let off = n1.sh(&format!("cat /proc/sys/net/ipv6/conf/{name}/disable_ipv6"));
+        assert_eq!(
+            off.trim(),
+            "1",
+            "IPv6 is on for {name} in the host namespace"
+        );
+    }
+    n1.dp.lan_down(&spec).unwrap();
+    n2.dp.lan_down(&spec).unwrap();
 }
 
 #[test]
