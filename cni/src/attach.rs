@@ -150,6 +150,9 @@ fn bind(
     }
     if att.target.plugin == PluginKind::Macvtap {
         links.set_promisc(Side::Sandbox, &moved, true).map_err(io)?;
+        // The macvtap is the VM's wire: the VM behind the tap owns the addresses. The pod's own
+        // IPv6 on it would send MLD and neighbour frames with the VM's MAC onto the LAN.
+        links.set_ipv6(Side::Sandbox, &moved, false).map_err(io)?;
     }
     links.set_up(Side::Sandbox, &moved, true).map_err(io)?;
     let mut result = CniResult::default();
@@ -409,6 +412,8 @@ mod tests {
         pod: HashMap<String, (LinkState, Vec<IpNet>)>,
         fail: Option<&'static str>,
         next_index: u32,
+        /// Every operation, as "<op> <side> <link>", in order.
+        log: Vec<String>,
     }
 
     impl FakeKernel {
@@ -420,6 +425,7 @@ mod tests {
         }
         /// The injected failure happens once, on the first call of its operation.
         fn op(&mut self, op: &'static str, side: Side, link: &str) -> Result<(), LinkError> {
+            self.log.push(format!("{op} {side} {link}"));
             if self.fail == Some(op) {
                 self.fail = None;
                 Err(LinkError::new(op, side, link, Some(1), "injected failure"))
@@ -486,6 +492,10 @@ mod tests {
         }
         fn set_promisc(&mut self, side: Side, link: &LinkState, on: bool) -> Result<(), LinkError> {
             self.with("set promiscuous mode", side, link, |e| e.0.promisc = on)
+        }
+        fn set_ipv6(&mut self, side: Side, link: &LinkState, on: bool) -> Result<(), LinkError> {
+            let op = if on { "enable IPv6" } else { "disable IPv6" };
+            self.with(op, side, link, |_| ())
         }
         fn set_up(&mut self, side: Side, link: &LinkState, up: bool) -> Result<(), LinkError> {
             self.with(if up { "set up" } else { "set down" }, side, link, |e| {
@@ -664,6 +674,10 @@ mod tests {
         let mut k = kernel("macvtap", "mvt-vm");
         let r = add(&att, POD, &mut k, None).unwrap();
         assert!(k.pod["e1-1"].0.promisc);
+        // Its own IPv6 goes off before it comes up in the pod.
+        let at = |entry: &str| k.log.iter().position(|l| l.starts_with(entry));
+        let off = at("disable IPv6 pod namespace").expect("IPv6 left on for the macvtap");
+        assert!(off < at("set up pod namespace").unwrap(), "{:?}", k.log);
         let mut del_att = att.clone();
         del_att.prev_result = Some(r);
         del(&del_att, Some(POD), Some(&mut k), None).unwrap();

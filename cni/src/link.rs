@@ -109,6 +109,9 @@ pub trait LinkOps {
     fn set_mac(&mut self, side: Side, link: &LinkState, mac: MacAddr) -> Result<(), LinkError>;
     fn set_promisc(&mut self, side: Side, link: &LinkState, on: bool) -> Result<(), LinkError>;
     fn set_up(&mut self, side: Side, link: &LinkState, up: bool) -> Result<(), LinkError>;
+    /// Turns the link's own IPv6 on or off (`net.ipv6.conf.<link>.disable_ipv6` of its
+    /// namespace). A kernel without IPv6 has nothing to do.
+    fn set_ipv6(&mut self, side: Side, link: &LinkState, on: bool) -> Result<(), LinkError>;
     fn addresses(&mut self, side: Side, link: &LinkState) -> Result<Vec<IpNet>, LinkError>;
     fn add_address(&mut self, side: Side, link: &LinkState, addr: IpNet) -> Result<(), LinkError>;
     /// Adds a route to `dst` via `gw`, or on-link through `link` when `gw` is `None`.
@@ -323,6 +326,36 @@ impl LinkOps for Netlink {
                 .promiscuous(on)
                 .build(),
         )
+    }
+
+    fn set_ipv6(&mut self, side: Side, link: &LinkState, on: bool) -> Result<(), LinkError> {
+        const OP: &str = "set disable_ipv6";
+        let name = link.name.as_str();
+        if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+            return Err(LinkError::new(OP, side, name, None, "not a link name"));
+        }
+        let fd = self
+            .ns_fd(side)
+            .ok_or_else(|| LinkError::new(OP, side, name, None, "no pod namespace was opened"))?;
+        // Sysctls under /proc/sys/net are those of the opening thread's namespace: write from a
+        // short-lived thread inside it (this process's other threads stay where they are).
+        let knob = format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6");
+        let value = if on { "0" } else { "1" };
+        let written = std::thread::scope(|s| {
+            s.spawn(|| {
+                // SAFETY: the descriptor belongs to `self` and outlives this scoped thread.
+                let ns = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+                nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| format!("cannot enter the namespace: {e}"))?;
+                if !std::path::Path::new("/proc/sys/net/ipv6").exists() {
+                    return Ok(());
+                }
+                std::fs::write(&knob, value).map_err(|e| format!("{knob}: {e}"))
+            })
+            .join()
+            .unwrap_or_else(|_| Err("namespace thread panicked".into()))
+        });
+        written.map_err(|e| LinkError::new(OP, side, name, None, e))
     }
 
     fn set_up(&mut self, side: Side, link: &LinkState, up: bool) -> Result<(), LinkError> {

@@ -85,6 +85,22 @@ fn add_check_del_round_trip_in_every_version() {
         assert_eq!(l["mtu"], 1400);
         assert!(flags(&l).contains(&"UP".to_owned()), "{l}");
         assert!(flags(&l).contains(&"PROMISC".to_owned()), "{l}");
+        let ipv6_off = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &f.pod.name,
+                "cat",
+                "/proc/sys/net/ipv6/conf/net1/disable_ipv6",
+            ])
+            .output()
+            .unwrap();
+        let ipv6_off = String::from_utf8_lossy(&ipv6_off.stdout);
+        assert_eq!(
+            ipv6_off.trim(),
+            "1",
+            "{version}: the pod's own IPv6 is off on the VM's macvtap"
+        );
         assert!(!link_exists(&f.node.name, "mvt-vm1"));
         assert!(
             link_exists(&f.node.name, "vm1"),
