@@ -4,6 +4,10 @@
 //! own claims after an agent restart) as *unconfirmed*; the pod-resources `List` confirms it and
 //! names the pod; it leaves when a confirmed member disappears from `List`, or when an
 //! unconfirmed one has not shown up within a grace period (the pod never started).
+//!
+//! A kubelet that just (re)started lists only the pods it has synced so far, so its first
+//! listings can miss members that are alive: after a restart, releases are held for a while
+//! ([`Members::hold_releases`]) and a member that shows up again meanwhile simply stays.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -50,6 +54,8 @@ pub struct TwinHeld(pub Member);
 #[derive(Debug, Default, Clone)]
 pub struct Members {
     map: BTreeMap<String, Member>,
+    /// No member is released before this instant (the kubelet restarted).
+    hold_until: Option<Instant>,
 }
 
 impl Members {
@@ -115,6 +121,11 @@ impl Members {
         });
     }
 
+    /// Releases nothing before `until` (later holds extend earlier ones).
+    pub fn hold_releases(&mut self, until: Instant) {
+        self.hold_until = Some(self.hold_until.map_or(until, |t| t.max(until)));
+    }
+
     /// Applies a pod-resources listing taken at `now`; returns the members that are gone.
     pub fn observe(
         &mut self,
@@ -138,13 +149,16 @@ impl Members {
     }
 
     /// Removes members absent from `holdings`: confirmed ones at once, unconfirmed ones after
-    /// `grace`.
+    /// `grace`; none while releases are held.
     fn expire(
         &mut self,
         holdings: &Holdings,
         now: Instant,
         grace: Duration,
     ) -> Vec<(String, Member)> {
+        if self.hold_until.is_some_and(|t| now < t) {
+            return Vec::new();
+        }
         let gone: Vec<String> = self
             .map
             .iter()
@@ -196,6 +210,36 @@ mod tests {
         assert_eq!(gone.len(), 1);
         assert_eq!(gone[0].0, "s1");
         assert!(m.is_empty());
+    }
+
+    #[test]
+    fn nothing_is_released_while_held_and_a_member_listed_again_stays() {
+        let t0 = Instant::now();
+        let mut m = Members::default();
+        let h = Holdings::from([
+            ("a".into(), holding(SpokeKind::Veth, "ns/p1")),
+            ("b".into(), holding(SpokeKind::Mac, "ns/p2")),
+        ]);
+        assert!(m.observe(&h, t0, GRACE).is_empty());
+        // The kubelet restarts: its first listings miss both members.
+        m.hold_releases(t0 + GRACE);
+        assert!(
+            m.observe(&Holdings::new(), t0 + GRACE / 2, GRACE)
+                .is_empty()
+        );
+        assert_eq!(m.len(), 2);
+        // It has synced `a` again; `b`'s pod really went away meanwhile.
+        let only_a = Holdings::from([("a".into(), holding(SpokeKind::Veth, "ns/p1"))]);
+        assert!(
+            m.observe(&only_a, t0 + GRACE - Duration::from_secs(1), GRACE)
+                .is_empty()
+        );
+        let gone = m.observe(&only_a, t0 + GRACE, GRACE);
+        assert_eq!(
+            gone.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>(),
+            ["b"]
+        );
+        assert!(m.get("a").is_some_and(|x| x.confirmed));
     }
 
     #[test]

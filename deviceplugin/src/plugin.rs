@@ -41,7 +41,9 @@ pub struct PluginConfig {
     pub pod_resources_socket: PathBuf,
     /// How often pod-resources is polled (and underlays re-probed).
     pub poll_interval: Duration,
-    /// How long an allocation may stay unconfirmed by pod-resources before it is released.
+    /// How long an allocation may stay unconfirmed by pod-resources before it is released; also
+    /// how long after a kubelet restart (or a pod-resources outage) nothing is released, since
+    /// a restarted kubelet lists only the pods it has synced so far.
     pub release_grace: Duration,
 }
 
@@ -397,6 +399,7 @@ pub async fn serve(
         published: Arc::new(Mutex::new(None)),
         publishing: None,
         adopted: false,
+        listing_lost: false,
         kubelet_socket: None,
         probe_tx,
         probing: false,
@@ -469,6 +472,8 @@ struct Runner {
     published: Arc<Mutex<Option<NodeReport>>>,
     publishing: Option<tokio::task::JoinHandle<()>>,
     adopted: bool,
+    /// pod-resources stopped answering after it had answered (the kubelet may be restarting).
+    listing_lost: bool,
     /// Identity (device, inode) of `kubelet.sock` when last seen.
     kubelet_socket: Option<(u64, u64)>,
     probe_tx: mpsc::UnboundedSender<BTreeMap<String, bool>>,
@@ -491,7 +496,19 @@ impl Runner {
     }
 
     fn holdings_changed(&mut self, holdings: Option<Holdings>) {
-        self.core.lock().holdings = holdings;
+        {
+            let mut st = self.core.lock();
+            if st.holdings.is_none() && holdings.is_some() && self.listing_lost {
+                // pod-resources answers again after an outage: the kubelet may have restarted.
+                self.listing_lost = false;
+                st.members
+                    .hold_releases(Instant::now() + self.config.release_grace);
+            }
+            if st.holdings.is_some() && holdings.is_none() {
+                self.listing_lost = true;
+            }
+            st.holdings = holdings;
+        }
         self.expire_members();
     }
 
@@ -728,6 +745,11 @@ impl Runner {
 
     fn kubelet_restarted(&mut self) {
         self.kubelet_socket = self.current_kubelet_socket();
+        // Its first pod-resources listings can miss live members: release nothing for a while.
+        self.core
+            .lock()
+            .members
+            .hold_releases(Instant::now() + self.config.release_grace);
         let mut rebound = 0;
         let mut all = Vec::with_capacity(self.endpoints.len());
         for (resource, ep) in &mut self.endpoints {

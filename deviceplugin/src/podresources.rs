@@ -92,8 +92,8 @@ pub fn holdings_from(resp: &ListPodResourcesResponse) -> Holdings {
 }
 
 /// Polls `List` every `interval` and publishes the holdings when they change. Failures are
-/// logged when the state flips (not at every attempt) and publish nothing: releases are only
-/// ever learnt from a successful listing.
+/// logged when the state flips (not at every attempt) and publish `None`: releases are only
+/// ever learnt from a successful listing, and the plugin learns that the kubelet was away.
 pub async fn poll(
     mut client: PodResources,
     interval: Duration,
@@ -126,6 +126,7 @@ pub async fn poll(
                 if !failing {
                     warn!(error = %e, "cannot learn releases from the kubelet; will keep trying");
                     failing = true;
+                    tx.send_if_modified(|cur| cur.take().is_some());
                 }
             }
         }

@@ -285,6 +285,49 @@ async fn twins_are_exclusive_until_the_member_goes_away() {
 }
 
 #[tokio::test]
+async fn a_restarted_kubelet_that_lists_nothing_yet_releases_no_member() {
+    let tmp = TempDir::new().unwrap();
+    let mut n = node("node-a", &tmp);
+    n.set_lans(&[lan("default", "lan1", "lan1", &["s1"], "eth1")]);
+    assert!(n.kubelet.wait_updates(MAC_S1, 1, WAIT).await.is_some());
+    n.kubelet.allocate(VETH_S1, &["s1"]).await.unwrap();
+    n.pod_resources.set(&[("ns/pod1", VETH_S1, "s1")]);
+    let deadline = Instant::now() + WAIT;
+    while n.claims.get("s1").and_then(|c| c.pod).is_none() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(n.claims.get("s1").unwrap().pod.as_deref(), Some("ns/pod1"));
+    let released = |n: &TestNode| n.preparer.calls().iter().any(|c| c.op == "release");
+
+    // The kubelet restarts and, until it has synced its pods, lists none.
+    n.pod_resources.set(&[]);
+    n.kubelet.restart().unwrap();
+    assert!(
+        n.kubelet
+            .wait_until(WAIT, |m| m.len() == 2 && m.values().all(|r| r.streaming))
+            .await
+    );
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(
+        !released(&n),
+        "a live member was released: {:?}",
+        n.preparer.calls()
+    );
+    assert!(n.claims.get("s1").is_some(), "the claim was dropped");
+    assert_eq!(health(&n, MAC_S1).as_deref(), Some("Unhealthy"));
+
+    // It lists the member again: nothing changes, even after the hold.
+    n.pod_resources.set(&[("ns/pod1", VETH_S1, "s1")]);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(!released(&n), "{:?}", n.preparer.calls());
+
+    // The pod really goes away: released as usual.
+    n.pod_resources.set(&[]);
+    assert!(wait_health(&n, MAC_S1, "Healthy").await);
+    assert!(released(&n));
+}
+
+#[tokio::test]
 async fn allocation_never_confirmed_is_released_after_the_grace_period() {
     let tmp = TempDir::new().unwrap();
     let n = node("node-a", &tmp);
