@@ -103,6 +103,12 @@ fn bind(
     allocated: Option<&CniResult>,
 ) -> Result<CniResult, CniError> {
     let ifname = att.env.ifname.as_str();
+    let macvtap = att.target.plugin == PluginKind::Macvtap;
+    let tap_before = if macvtap {
+        links.tap_devnum(Side::Host, original).map_err(io)?
+    } else {
+        None
+    };
     links.move_to(Side::Host, original, ifname).map_err(|e| {
         if e.is_exists() {
             CniError::new(
@@ -140,6 +146,25 @@ fn bind(
                 k8slan_api::naming::container_tap_path(original.index)
             ),
         ));
+    }
+    if let Some(before) = tap_before {
+        // Moving gave the tap the lowest free minor number: re-point the node the device plugin
+        // handed the pod, before the runtime creates the container from it.
+        let after = links
+            .tap_devnum(Side::Sandbox, &moved)
+            .map_err(io)?
+            .ok_or_else(|| {
+                CniError::new(
+                    ErrorCode::IoFailure,
+                    format!("macvtap {ifname:?} has no tap device in the pod"),
+                )
+            })?;
+        if after != before {
+            let nodes = links
+                .repoint_tap_nodes(&att.dev_dir, before, after)
+                .map_err(io)?;
+            info!(%before, %after, ?nodes, "the tap device got another number in the pod; nodes re-pointed");
+        }
     }
     if let Some(mtu) = att.mtu {
         links.set_mtu(Side::Sandbox, &moved, mtu).map_err(io)?;
@@ -403,6 +428,7 @@ mod tests {
     use crate::config::{PluginKind, Request, parse_request};
     use crate::mac::MacAddr;
     use crate::result::IpNet;
+    use crate::tap::DevNum;
     use std::collections::HashMap;
 
     /// Two namespaces of links in memory; `fail` makes the named operation fail.
@@ -414,6 +440,9 @@ mod tests {
         next_index: u32,
         /// Every operation, as "<op> <side> <link>", in order.
         log: Vec<String>,
+        /// The minor a macvtap's tap gets in the pod (7 in the node's namespace).
+        minor_in_pod: u64,
+        repointed: Vec<(DevNum, DevNum)>,
     }
 
     impl FakeKernel {
@@ -497,6 +526,36 @@ mod tests {
             let op = if on { "enable IPv6" } else { "disable IPv6" };
             self.with(op, side, link, |_| ())
         }
+        fn tap_devnum(
+            &mut self,
+            side: Side,
+            link: &LinkState,
+        ) -> Result<Option<DevNum>, LinkError> {
+            self.op("read the tap device number", side, &link.name)?;
+            // As the kernel does: a macvtap's tap gets the lowest free minor when it enters a
+            // namespace; the test sets what that is.
+            Ok((link.kind.as_deref() == Some("macvtap")).then_some(DevNum {
+                major: 246,
+                minor: match side {
+                    Side::Host => 7,
+                    Side::Sandbox => self.minor_in_pod,
+                },
+            }))
+        }
+        fn repoint_tap_nodes(
+            &mut self,
+            dir: &std::path::Path,
+            old: DevNum,
+            new: DevNum,
+        ) -> Result<Vec<std::path::PathBuf>, LinkError> {
+            self.op(
+                "re-point the tap device nodes",
+                Side::Host,
+                &dir.display().to_string(),
+            )?;
+            self.repointed.push((old, new));
+            Ok(vec![dir.join("tap-vm")])
+        }
         fn set_up(&mut self, side: Side, link: &LinkState, up: bool) -> Result<(), LinkError> {
             self.with(if up { "set up" } else { "set down" }, side, link, |e| {
                 e.0.up = up
@@ -559,7 +618,10 @@ mod tests {
     const POD: &str = "/var/run/netns/pod";
 
     fn kernel(kind: &str, name: &str) -> FakeKernel {
-        let mut k = FakeKernel::default();
+        let mut k = FakeKernel {
+            minor_in_pod: 7,
+            ..Default::default()
+        };
         let l = LinkState {
             index: 7,
             name: name.into(),
@@ -674,6 +736,8 @@ mod tests {
         let mut k = kernel("macvtap", "mvt-vm");
         let r = add(&att, POD, &mut k, None).unwrap();
         assert!(k.pod["e1-1"].0.promisc);
+        // Its tap kept its number: no node is touched.
+        assert!(k.repointed.is_empty());
         // Its own IPv6 goes off before it comes up in the pod.
         let at = |entry: &str| k.log.iter().position(|l| l.starts_with(entry));
         let off = at("disable IPv6 pod namespace").expect("IPv6 left on for the macvtap");
@@ -686,6 +750,24 @@ mod tests {
         // Idempotent.
         del(&del_att, Some(POD), Some(&mut k), None).unwrap();
         del(&del_att, None, None, None).unwrap();
+    }
+
+    #[test]
+    fn macvtap_whose_tap_got_another_number_gets_its_node_repointed() {
+        let conf =
+            r#"{"cniVersion":"1.0.0","name":"k8slan-mac-vm","type":"macvtap","deviceID":"mvt-vm"}"#;
+        let att = attachment(PluginKind::Macvtap, conf);
+        let mut k = kernel("macvtap", "mvt-vm");
+        k.minor_in_pod = 2;
+        add(&att, POD, &mut k, None).unwrap();
+        let tap = |minor| DevNum { major: 246, minor };
+        assert_eq!(k.repointed, vec![(tap(7), tap(2))]);
+        // A failure to re-point fails the ADD and puts the macvtap back.
+        let mut k = kernel("macvtap", "mvt-vm");
+        k.minor_in_pod = 2;
+        k.fail = Some("re-point the tap device nodes");
+        assert!(add(&att, POD, &mut k, None).is_err());
+        assert!(k.host.contains_key("mvt-vm") && k.pod.is_empty());
     }
 
     #[test]

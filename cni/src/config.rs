@@ -75,6 +75,8 @@ struct NetConf {
     log_file: Option<String>,
     #[serde(default)]
     log_level: Option<String>,
+    #[serde(default)]
+    dev_dir: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -144,6 +146,10 @@ pub struct Attachment {
     pub prev_result: Option<CniResult>,
     /// The configuration exactly as received, handed to the IPAM plugin.
     pub raw_config: Vec<u8>,
+    /// The node agent's directory of VM spokes' tap device nodes (config `devDir`, default
+    /// `/run/k8slan/dev`): `macvtap` refreshes the node there when moving the macvtap into the
+    /// pod gave its tap device another number.
+    pub dev_dir: PathBuf,
 }
 
 /// A parsed invocation.
@@ -324,6 +330,17 @@ pub fn parse_request(
         return Err(invalid("prevResult is missing; CHECK compares the attachment with the result of the preceding ADD".into()));
     }
     log_settings_of(conf.log_file.as_deref(), conf.log_level.as_deref()).map_err(invalid)?;
+    let dev_dir = match conf.dev_dir.as_deref() {
+        None => PathBuf::from(naming::DEFAULT_DEV_DIR),
+        Some(d) if absolute_clean(d) => PathBuf::from(d),
+        Some(d) => {
+            return Err(invalid(format!(
+                "devDir {:?} must be an absolute path without '..' (the node agent's --dev-dir, default {})",
+                shown(d),
+                naming::DEFAULT_DEV_DIR
+            )));
+        }
+    };
     Ok(Request::Attachment(Box::new(Attachment {
         version,
         env,
@@ -334,7 +351,13 @@ pub fn parse_request(
         ipam,
         prev_result,
         raw_config: stdin.to_vec(),
+        dev_dir,
     })))
+}
+
+/// An absolute path without `..` components or control characters.
+fn absolute_clean(p: &str) -> bool {
+    p.starts_with('/') && !p.split('/').any(|c| c == "..") && !p.chars().any(|c| c.is_control())
 }
 
 /// Network names: a letter or digit, then letters, digits, `_`, `.`, `-` (CNI 1.0.0).
@@ -476,9 +499,7 @@ fn resolve_mac(
 
 fn log_settings_of(file: Option<&str>, level: Option<&str>) -> Result<LogSettings, String> {
     if let Some(f) = file
-        && (!f.starts_with('/')
-            || f.split('/').any(|c| c == "..")
-            || f.chars().any(|c| c.is_control()))
+        && !absolute_clean(f)
     {
         return Err(format!(
             "logFile {:?} must be an absolute path without '..'",
@@ -844,6 +865,20 @@ mod tests {
                 v,
                 vec![],
                 VETH.replace("}", ",\"logFile\":\"x.log\"}"),
+                7,
+            ),
+            (
+                "relative devDir",
+                m,
+                vec![],
+                MAC.replace("}", ",\"devDir\":\"run/k8slan/dev\"}"),
+                7,
+            ),
+            (
+                "devDir with ..",
+                m,
+                vec![],
+                MAC.replace("}", ",\"devDir\":\"/run/../etc\"}"),
                 7,
             ),
             (

@@ -19,6 +19,7 @@ pub mod mac;
 pub mod netns;
 pub mod plugin;
 pub mod result;
+pub mod tap;
 pub mod version;
 
 pub use config::{PluginKind, parse_request};

@@ -16,6 +16,7 @@ use tokio::runtime::Runtime;
 use crate::mac::MacAddr;
 use crate::netns::Netns;
 use crate::result::IpNet;
+use crate::tap::{self, DevNum};
 
 /// Which namespace an operation acts in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,6 +113,16 @@ pub trait LinkOps {
     /// Turns the link's own IPv6 on or off (`net.ipv6.conf.<link>.disable_ipv6` of its
     /// namespace). A kernel without IPv6 has nothing to do.
     fn set_ipv6(&mut self, side: Side, link: &LinkState, on: bool) -> Result<(), LinkError>;
+    /// The tap device number of a macvtap, as its namespace's sysfs shows it (`None`: no tap).
+    fn tap_devnum(&mut self, side: Side, link: &LinkState) -> Result<Option<DevNum>, LinkError>;
+    /// Re-points the tap device nodes in `dir` that carry `old` to `new` (see [`tap`]); returns
+    /// the nodes changed.
+    fn repoint_tap_nodes(
+        &mut self,
+        dir: &std::path::Path,
+        old: DevNum,
+        new: DevNum,
+    ) -> Result<Vec<std::path::PathBuf>, LinkError>;
     fn addresses(&mut self, side: Side, link: &LinkState) -> Result<Vec<IpNet>, LinkError>;
     fn add_address(&mut self, side: Side, link: &LinkState, addr: IpNet) -> Result<(), LinkError>;
     /// Adds a route to `dst` via `gw`, or on-link through `link` when `gw` is `None`.
@@ -356,6 +367,72 @@ impl LinkOps for Netlink {
             .unwrap_or_else(|_| Err("namespace thread panicked".into()))
         });
         written.map_err(|e| LinkError::new(OP, side, name, None, e))
+    }
+
+    fn repoint_tap_nodes(
+        &mut self,
+        dir: &std::path::Path,
+        old: DevNum,
+        new: DevNum,
+    ) -> Result<Vec<std::path::PathBuf>, LinkError> {
+        tap::repoint_nodes(dir, old, new).map_err(|e| {
+            LinkError::new(
+                "re-point the tap device nodes",
+                Side::Host,
+                &dir.display().to_string(),
+                e.raw_os_error(),
+                e.to_string(),
+            )
+        })
+    }
+
+    fn tap_devnum(&mut self, side: Side, link: &LinkState) -> Result<Option<DevNum>, LinkError> {
+        const OP: &str = "read the tap device number";
+        let err = |e: &dyn fmt::Display| LinkError::new(OP, side, &link.name, None, e.to_string());
+        match side {
+            // This process runs in the node's namespace and sees its sysfs.
+            Side::Host => tap::devnum_from_sysfs(&link.name, link.index).map_err(|e| err(&e)),
+            Side::Sandbox => {
+                let fd = self
+                    .ns_fd(side)
+                    .ok_or_else(|| err(&"no pod namespace was opened"))?;
+                // sysfs shows the links of the namespace it was mounted in: a short-lived
+                // thread joins the pod's namespace and mounts its own sysfs in a private mount
+                // namespace (nothing is mounted anywhere else).
+                let read = std::thread::scope(|s| {
+                    s.spawn(|| -> Result<Option<DevNum>, String> {
+                        use nix::mount::{MsFlags, mount};
+                        use nix::sched::{CloneFlags, setns, unshare};
+                        // SAFETY: the descriptor belongs to `self` and outlives this thread.
+                        let ns = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+                        setns(ns, CloneFlags::CLONE_NEWNET)
+                            .map_err(|e| format!("cannot enter the namespace: {e}"))?;
+                        unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_FS)
+                            .map_err(|e| format!("cannot get a private mount namespace: {e}"))?;
+                        mount(
+                            None::<&str>,
+                            "/",
+                            None::<&str>,
+                            MsFlags::MS_REC | MsFlags::MS_SLAVE,
+                            None::<&str>,
+                        )
+                        .map_err(|e| format!("cannot make mounts private: {e}"))?;
+                        mount(
+                            Some("sysfs"),
+                            "/sys",
+                            Some("sysfs"),
+                            MsFlags::empty(),
+                            None::<&str>,
+                        )
+                        .map_err(|e| format!("cannot mount the pod's sysfs: {e}"))?;
+                        tap::devnum_from_sysfs(&link.name, link.index).map_err(|e| e.to_string())
+                    })
+                    .join()
+                    .unwrap_or_else(|_| Err("namespace thread panicked".into()))
+                });
+                read.map_err(|e| err(&e))
+            }
+        }
     }
 
     fn set_up(&mut self, side: Side, link: &LinkState, up: bool) -> Result<(), LinkError> {

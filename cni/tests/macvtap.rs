@@ -53,6 +53,108 @@ fn flags(l: &Value) -> Vec<String> {
         .collect()
 }
 
+/// The tap device number of a macvtap, read inside namespace `ns`.
+fn tap_devnum(ns: &str, dev: &str) -> String {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "sh", "-c"])
+        .arg(format!("cat /sys/class/net/{dev}/macvtap/tap*/dev"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn node_devnum(path: &std::path::Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let rdev = std::fs::metadata(path).unwrap().rdev();
+    format!(
+        "{}:{}",
+        nix::sys::stat::major(rdev),
+        nix::sys::stat::minor(rdev)
+    )
+}
+
+#[test]
+#[ignore = "privileged"]
+fn the_tap_node_handed_to_the_pod_follows_the_macvtap_into_the_pod() {
+    // A macvtap made before ours and gone before the ADD leaves a lower minor free: moving ours
+    // into the pod re-registers its tap, which then takes that lower number.
+    let f = Fixture::new();
+    let early = Ns::new("early");
+    ip(&["-n", &f.node.name, "link", "del", "mvt-vm1"]);
+    ip(&[
+        "-n",
+        &early.name,
+        "link",
+        "add",
+        "l0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "l0p",
+    ]);
+    ip(&[
+        "-n",
+        &early.name,
+        "link",
+        "add",
+        "link",
+        "l0",
+        "name",
+        "m0",
+        "type",
+        "macvtap",
+    ]);
+    ip(&[
+        "-n",
+        &f.node.name,
+        "link",
+        "add",
+        "link",
+        "vm1",
+        "name",
+        "mvt-vm1",
+        "type",
+        "macvtap",
+        "mode",
+        "passthru",
+    ]);
+    let ours_before = tap_devnum(&f.node.name, "mvt-vm1");
+    ip(&["-n", &early.name, "link", "del", "m0"]);
+
+    // The node the device plugin made at Allocate, as the agent makes it.
+    let dev_dir = TempDir::new();
+    let node = dev_dir.path().join("tap-vm1");
+    let (ma, mi) = ours_before.split_once(':').unwrap();
+    nix::sys::stat::mknod(
+        &node,
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o660),
+        nix::sys::stat::makedev(ma.parse().unwrap(), mi.parse().unwrap()),
+    )
+    .unwrap();
+
+    let mut conf = config("1.0.0");
+    conf["devDir"] = json!(dev_dir.path());
+    let add = f.run("ADD", "", &conf.to_string());
+    assert!(add.success, "{add:?}");
+    let in_pod = tap_devnum(&f.pod.name, "net1");
+    eprintln!("tap {ours_before} on the node, {in_pod} in the pod");
+    assert_eq!(
+        node_devnum(&node),
+        in_pod,
+        "the node handed to the pod must open the macvtap's tap"
+    );
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&node)
+        .expect("the tap node opens");
+    f.run("DEL", "", &with_prev(&conf, &add.json()))
+        .assert_silent_success();
+}
+
 #[test]
 #[ignore = "privileged"]
 fn add_check_del_round_trip_in_every_version() {

@@ -73,6 +73,7 @@ pub struct Context {
     pub leases: Store<Lease>,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
+    pub cni: nad::CniSettings,
 }
 
 fn lan_ref(lan: &LAN) -> LanRef {
@@ -178,7 +179,7 @@ pub async fn reconcile(lan: Arc<LAN>, ctx: Arc<Context>) -> Result<Action, LanEr
                 source: Box::new(source),
             })?;
     let desired = match rejected {
-        None => nad::desired(&lan).map_err(|source| LanError::Nad {
+        None => nad::desired(&lan, &ctx.cni).map_err(|source| LanError::Nad {
             lan: me.clone(),
             source,
         })?,
@@ -346,6 +347,8 @@ pub struct Settings {
     pub lease_namespace: String,
     /// Name of this controller instance in events (the pod name).
     pub instance: Option<String>,
+    /// What the generated NADs tell the CNI plugins.
+    pub cni: nad::CniSettings,
 }
 
 /// The running controller's LAN cache, for the webhook.
@@ -419,6 +422,7 @@ pub fn start(client: Client, settings: Settings, metrics: Arc<Metrics>) -> Runni
         leases,
         recorder: Recorder::new(client.clone(), reporter),
         metrics: metrics.clone(),
+        cni: settings.cni.clone(),
     });
     let nad_cfg = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
     let task = controller

@@ -16,6 +16,7 @@ use k8slan_controller::cert::{self, LiveCert, SecretStore};
 use k8slan_controller::http::{self, ProbeState, WebhookState};
 use k8slan_controller::lan::{self, Settings};
 use k8slan_controller::metrics::Metrics;
+use k8slan_controller::nad;
 use kube::api::ListParams;
 use kube::runtime::reflector::Store;
 use kube::runtime::{WatchStreamExt, watcher};
@@ -82,6 +83,10 @@ struct Args {
     /// How often certificates are checked for renewal (self-signed) or reloaded (certManager).
     #[arg(long, env = "K8SLAN_CERT_CHECK_SECONDS", default_value_t = 3600)]
     cert_check_seconds: u64,
+    /// The node agents' `--dev-dir` (tap device nodes of VM spokes), written into the `macvtap`
+    /// NADs as `devDir`.
+    #[arg(long, env = "K8SLAN_DEV_DIR", default_value = k8slan_api::naming::DEFAULT_DEV_DIR)]
+    dev_dir: String,
     /// Log filter (tracing EnvFilter syntax, e.g. `info` or `k8slan_controller=debug`).
     #[arg(long, env = "K8SLAN_LOG_LEVEL", default_value = "info")]
     log_level: String,
@@ -105,6 +110,13 @@ fn init_logging(args: &Args) -> Result<()> {
 async fn main() -> Result<()> {
     let args = Args::parse();
     init_logging(&args)?;
+    anyhow::ensure!(
+        args.dev_dir.starts_with('/')
+            && !args.dev_dir.split('/').any(|c| c == "..")
+            && !args.dev_dir.chars().any(char::is_control),
+        "--dev-dir {:?} must be an absolute path without '..' (the node agents' --dev-dir, chart value agent.devDir)",
+        args.dev_dir
+    );
     let client = Client::try_default()
         .await
         .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
@@ -128,6 +140,9 @@ async fn main() -> Result<()> {
         Settings {
             lease_namespace: args.namespace.clone(),
             instance: args.pod_name.clone(),
+            cni: nad::CniSettings {
+                dev_dir: args.dev_dir.clone(),
+            },
         },
         metrics.clone(),
     );

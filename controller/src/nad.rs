@@ -38,21 +38,45 @@ pub enum NadError {
     Unidentified(String),
 }
 
+/// What the node agents are configured with that the CNI plugins must know too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CniSettings {
+    /// The agents' `--dev-dir` (tap device nodes of VM spokes): `macvtap` re-points the node
+    /// there when the tap's number changes as the macvtap enters the pod.
+    pub dev_dir: String,
+}
+
+impl Default for CniSettings {
+    fn default() -> Self {
+        CniSettings {
+            dev_dir: k8slan_api::naming::DEFAULT_DEV_DIR.into(),
+        }
+    }
+}
+
 /// The CNI configuration of one spoke's NAD (keys sorted, as serde_json writes them).
-pub fn cni_config(kind: SpokeKind, spoke: &str) -> String {
+pub fn cni_config(kind: SpokeKind, spoke: &str, settings: &CniSettings) -> String {
     let name = nad_name(kind, spoke);
     let mut cfg = serde_json::Map::new();
     cfg.insert("cniVersion".into(), CNI_VERSION.into());
     cfg.insert("name".into(), name.into());
     cfg.insert("type".into(), kind.cni_type().into());
-    if kind == SpokeKind::Veth {
-        cfg.insert("veth".into(), spoke.into());
+    match kind {
+        SpokeKind::Veth => {
+            cfg.insert("veth".into(), spoke.into());
+        }
+        SpokeKind::Mac => {
+            cfg.insert("devDir".into(), settings.dev_dir.clone().into());
+        }
     }
     serde_json::Value::Object(cfg).to_string()
 }
 
 /// Every NAD a LAN should own, in spoke order (veth then mac per spoke).
-pub fn desired(lan: &LAN) -> Result<Vec<NetworkAttachmentDefinition>, NadError> {
+pub fn desired(
+    lan: &LAN,
+    settings: &CniSettings,
+) -> Result<Vec<NetworkAttachmentDefinition>, NadError> {
     let namespace = lan.namespace();
     let owner = lan.controller_owner_ref(&());
     let (Some(namespace), Some(owner)) = (namespace, owner) else {
@@ -79,7 +103,7 @@ pub fn desired(lan: &LAN) -> Result<Vec<NetworkAttachmentDefinition>, NadError> 
                     ..ObjectMeta::default()
                 },
                 spec: NadSpec {
-                    config: cni_config(kind, spoke),
+                    config: cni_config(kind, spoke, settings),
                 },
             });
         }
@@ -192,9 +216,22 @@ mod tests {
     use crate::testutil::lan;
 
     #[test]
+    fn macvtap_nads_carry_the_agents_dev_dir() {
+        let custom = CniSettings {
+            dev_dir: "/var/lib/k8slan/dev".into(),
+        };
+        let cfg: serde_json::Value =
+            serde_json::from_str(&cni_config(SpokeKind::Mac, "vm", &custom)).unwrap();
+        assert_eq!(cfg["devDir"], "/var/lib/k8slan/dev");
+        let veth: serde_json::Value =
+            serde_json::from_str(&cni_config(SpokeKind::Veth, "vm", &custom)).unwrap();
+        assert!(veth.get("devDir").is_none());
+    }
+
+    #[test]
     fn two_nads_per_spoke_with_the_agreed_config() {
         let l = lan("default", "lan-a", "uid-a", &["srl", "vm"]);
-        let nads = desired(&l).unwrap();
+        let nads = desired(&l, &CniSettings::default()).unwrap();
         let names: Vec<_> = nads.iter().map(|n| n.name_any()).collect();
         assert_eq!(
             names,
@@ -211,7 +248,7 @@ mod tests {
         );
         assert_eq!(
             nads[3].spec.config,
-            r#"{"cniVersion":"1.0.0","name":"k8slan-mac-vm","type":"macvtap"}"#
+            r#"{"cniVersion":"1.0.0","devDir":"/run/k8slan/dev","name":"k8slan-mac-vm","type":"macvtap"}"#
         );
         let n = &nads[1];
         assert_eq!(n.namespace().as_deref(), Some("default"));
@@ -237,7 +274,7 @@ mod tests {
         let mut l = lan("default", "lan-a", "uid-a", &["srl"]);
         l.metadata.uid = None;
         assert!(
-            desired(&l)
+            desired(&l, &CniSettings::default())
                 .unwrap_err()
                 .to_string()
                 .contains("LAN lan-a has no")
@@ -247,7 +284,7 @@ mod tests {
     #[test]
     fn plan_applies_missing_and_changed_prunes_removed_and_reports_foreign() {
         let old = lan("default", "lan-a", "uid-a", &["keep", "gone", "taken"]);
-        let mut existing = desired(&old).unwrap();
+        let mut existing = desired(&old, &CniSettings::default()).unwrap();
         // Somebody changed one config by hand: it gets re-applied.
         existing[0].spec.config = "{}".into();
         // Somebody else's NAD holds one of our names.
@@ -257,11 +294,19 @@ mod tests {
             .unwrap();
         foreign.metadata.owner_references = None;
         // A NAD of another LAN in the same namespace is none of our business.
-        let other = desired(&lan("default", "lan-b", "uid-b", &["x"])).unwrap();
+        let other = desired(
+            &lan("default", "lan-b", "uid-b", &["x"]),
+            &CniSettings::default(),
+        )
+        .unwrap();
         existing.extend(other);
 
         let now = lan("default", "lan-a", "uid-a", &["keep", "taken", "new"]);
-        let p = plan("uid-a", desired(&now).unwrap(), &existing);
+        let p = plan(
+            "uid-a",
+            desired(&now, &CniSettings::default()).unwrap(),
+            &existing,
+        );
         let applied: Vec<_> = p.apply.iter().map(|n| n.name_any()).collect();
         assert_eq!(
             applied,
@@ -276,7 +321,7 @@ mod tests {
     #[test]
     fn plan_is_empty_when_everything_is_in_place() {
         let l = lan("default", "lan-a", "uid-a", &["a", "b"]);
-        let mut existing = desired(&l).unwrap();
+        let mut existing = desired(&l, &CniSettings::default()).unwrap();
         // Labels added by other tools do not cause re-applies.
         existing[0]
             .metadata
@@ -284,7 +329,11 @@ mod tests {
             .as_mut()
             .unwrap()
             .insert("team".into(), "x".into());
-        let p = plan("uid-a", desired(&l).unwrap(), &existing);
+        let p = plan(
+            "uid-a",
+            desired(&l, &CniSettings::default()).unwrap(),
+            &existing,
+        );
         assert!(
             p.apply.is_empty() && p.prune.is_empty() && p.conflicts.is_empty(),
             "{p:?}"
@@ -294,7 +343,7 @@ mod tests {
     #[test]
     fn a_rejected_lan_prunes_all_its_nads() {
         let l = lan("default", "lan-a", "uid-a", &["a"]);
-        let existing = desired(&l).unwrap();
+        let existing = desired(&l, &CniSettings::default()).unwrap();
         let p = plan("uid-a", Vec::new(), &existing);
         assert_eq!(p.prune, ["k8slan-veth-a", "k8slan-mac-a"]);
         assert!(p.apply.is_empty() && p.conflicts.is_empty());
@@ -303,9 +352,13 @@ mod tests {
     #[test]
     fn nads_of_a_recreated_lan_with_a_new_uid_are_conflicts_not_stolen() {
         let old = lan("default", "lan-a", "uid-old", &["a"]);
-        let existing = desired(&old).unwrap();
+        let existing = desired(&old, &CniSettings::default()).unwrap();
         let new = lan("default", "lan-a", "uid-new", &["a"]);
-        let p = plan("uid-new", desired(&new).unwrap(), &existing);
+        let p = plan(
+            "uid-new",
+            desired(&new, &CniSettings::default()).unwrap(),
+            &existing,
+        );
         assert_eq!(p.conflicts.len(), 2);
         assert_eq!(p.conflicts[0].owner, "LAN lan-a");
         assert!(p.prune.is_empty());

@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::*;
 use k8slan_api::SpokeKind;
 use k8slan_api::naming::macvtap_name;
-use k8slan_netagent::{LanView, LinkKind};
+use k8slan_netagent::{Kernel, LanView, LinkKind};
 use k8slan_testkit::TestNs;
 use k8slan_testkit::frame::{
     ETHERTYPE_LLDP, Filter, Frame, LLDP_DST, Mac, PacketSocket, TapDevice,
@@ -194,6 +194,25 @@ fn vm_tap_device_reaches_a_remote_pod_and_gets_the_reply() {
     ));
     vm_pod
         .sh(&format!("ip link set {} up", mac.macvtap))
+        .unwrap();
+    // Entering the pod's namespace gave the tap the lowest free minor number, which may differ
+    // (other tests free macvtaps meanwhile): the CNI plugin re-points the node; so does this.
+    let in_pod = vm_pod
+        .sh(&format!(
+            "cat /sys/class/net/{}/macvtap/tap*/dev",
+            mac.macvtap
+        ))
+        .unwrap();
+    let (ma, mi) = in_pod.trim().split_once(':').unwrap();
+    n1.dp
+        .kernel()
+        .make_tap_node(
+            &mac.tap_host_path,
+            k8slan_netagent::kernel::DevNum {
+                major: ma.parse().unwrap(),
+                minor: mi.parse().unwrap(),
+            },
+        )
         .unwrap();
     let remote = pod_with(&n2, &b, "198.18.8.2/24");
     let remote_mac: Mac = remote
