@@ -173,7 +173,10 @@ def test_spokes_added_and_removed_live(k8slan, namespace):
                          interval=0.2, what=f"{resource_name(kind, new)} on {node}")
         print(f"\nFIGURE added spoke: capacity on both workers after {time.monotonic() - start:.2f}s")
         for kind in ("veth", "mac"):
-            kubectl("-n", namespace, "get", "network-attachment-definitions", nad_name(kind, new))
+            # The controller writes NADs on its own schedule: capacity can come first.
+            wait_for(lambda: kubectl("-n", namespace, "get", "network-attachment-definitions",
+                                     nad_name(kind, new), "--ignore-not-found", "-o", "name").strip(),
+                     30, interval=0.2, what=f"NAD {nad_name(kind, new)}")
 
         start = time.monotonic()
         kubectl.apply(lan.manifest(), namespace)
