@@ -222,7 +222,20 @@ async fn kubelet_role() {
     let names = spokes();
     let resources = names.len() * 2;
 
-    let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
+    // `BENCH_WRAP="heaptrack -o /tmp/plugin"` runs the plugin under a profiler.
+    let exe = std::env::current_exe().unwrap();
+    let wrap: Vec<String> = std::env::var("BENCH_WRAP")
+        .map(|w| w.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default();
+    let mut cmd = match wrap.split_first() {
+        Some((prog, args)) => {
+            let mut c = tokio::process::Command::new(prog);
+            c.args(args).arg(&exe);
+            c
+        }
+        None => tokio::process::Command::new(&exe),
+    };
+    let mut child = cmd
         .env(ROLE, "plugin")
         .env(ROOT, &root)
         .stdin(Stdio::piped())
@@ -232,7 +245,17 @@ async fn kubelet_role() {
         .expect("plugin process");
     let mut to_plugin = child.stdin.take().unwrap();
     let mut from_plugin = BufReader::new(child.stdout.take().unwrap()).lines();
-    let ready = from_plugin.next_line().await.unwrap().unwrap();
+    // A wrapper may print its own lines first.
+    let ready = loop {
+        let line = from_plugin
+            .next_line()
+            .await
+            .unwrap()
+            .expect("plugin ready");
+        if line.starts_with("ready ") {
+            break line;
+        }
+    };
     let mut ask = async |cmd: &str| -> Option<String> {
         to_plugin
             .write_all(format!("{cmd}\n").as_bytes())
