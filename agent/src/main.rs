@@ -63,6 +63,7 @@ fn main() -> ExitCode {
     init_logging(&cli.log_level, cli.log_format);
     let result = match cli.command {
         Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(k8slan_deviceplugin::RUNTIME_WORKERS)
             .enable_all()
             .build()
             .map_err(anyhow::Error::from)

@@ -22,6 +22,7 @@ use crate::endpoint::{Allocator, Endpoint};
 use crate::inventory::{self, Failure, Health, Inputs, Inventory, device_id};
 use crate::lan::LanSnapshot;
 use crate::member::{Holdings, Member, Members, Reserved};
+use crate::memory::{self, Churn, Trimmer};
 use crate::podresources::{self, PodResources};
 use crate::proto::KUBELET_SOCKET;
 use crate::proto::v1beta1::{ContainerAllocateResponse, DeviceSpec};
@@ -154,6 +155,9 @@ struct Core {
     state: Mutex<State>,
     /// Wakes the main loop after an `Allocate` changed the members.
     wake: Notify,
+    /// Allocates, releases and pod recordings since start (heap churn), for returning freed
+    /// memory.
+    churn: Churn,
 }
 
 impl Core {
@@ -169,6 +173,7 @@ impl Core {
         spoke: &str,
         device_ids: &[String],
     ) -> Result<ContainerAllocateResponse, AllocateError> {
+        self.churn.record();
         let resource = resource_name(kind, spoke);
         let want = device_id(kind, spoke);
         if device_ids.len() != 1 || device_ids[0] != want {
@@ -379,6 +384,7 @@ pub async fn serve(
         backends,
         state: Mutex::new(State::default()),
         wake: Notify::new(),
+        churn: Churn::default(),
     });
     let (holdings_tx, mut holdings_rx) = watch::channel(None);
     let (probe_tx, mut probe_rx) = mpsc::unbounded_channel();
@@ -403,6 +409,7 @@ pub async fn serve(
         kubelet_socket: None,
         probe_tx,
         probing: false,
+        trimmer: Trimmer::default(),
     };
     let Sources {
         mut lans,
@@ -478,6 +485,7 @@ struct Runner {
     kubelet_socket: Option<(u64, u64)>,
     probe_tx: mpsc::UnboundedSender<BTreeMap<String, bool>>,
     probing: bool,
+    trimmer: Trimmer,
 }
 
 impl Runner {
@@ -517,6 +525,10 @@ impl Runner {
         self.release_orphan_claims();
         self.probe_underlays();
         self.check_sockets();
+        if self.trimmer.due(&self.core.churn) {
+            debug!("quiet after a burst; returning free heap memory to the kernel");
+            tokio::task::spawn_blocking(memory::return_free_memory);
+        }
     }
 
     /// Safety net behind inotify (lost events, a directory recreated under us): a new
@@ -651,6 +663,9 @@ impl Runner {
             releases.push((spoke, m, claim, lan));
         }
         drop(st);
+        if !record.is_empty() {
+            self.core.churn.record();
+        }
         for (spoke, kind, pod) in record {
             let claims = self.core.backends.claims.clone();
             tokio::spawn(async move {
@@ -672,6 +687,7 @@ impl Runner {
         lan: Option<crate::lan::LanView>,
     ) {
         info!(spoke, kind = %member.kind, pod = ?member.pod, "member gone; releasing the spoke");
+        self.core.churn.record();
         let core = self.core.clone();
         tokio::spawn(async move {
             if let Err(e) = core.backends.claims.release(&spoke, claim.as_ref()).await {

@@ -5,10 +5,11 @@ use std::marker::PhantomData;
 use tonic::codec::{BufferSettings, Codec};
 use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
 
-/// Initial encode/decode buffer of one call. Our messages are a few hundred bytes; tonic's
-/// default (8 KiB per call, one long-lived ListAndWatch call per resource) would cost a page of
-/// memory per resource. Buffers still grow for larger messages.
-const CALL_BUFFER: usize = 1024;
+/// Initial encode/decode buffer of one call. A ListAndWatch message (one device) is under 64
+/// bytes, an Allocate answer a few hundred; tonic's default (8 KiB per call, one long-lived
+/// ListAndWatch call per resource) would cost two pages of memory per resource, 1 KiB still
+/// 2 MB over 2,000 resources. Buffers grow for larger messages.
+const CALL_BUFFER: usize = 128;
 /// Streamed bytes after which an encoder yields (tonic's default).
 const YIELD_THRESHOLD: usize = 32 * 1024;
 
