@@ -296,6 +296,20 @@ impl Conversation<'_> {
             .collect())
     }
 
+    /// A request the kernel only acknowledges.
+    fn acked(
+        &mut self,
+        op: &'static str,
+        name: &str,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+    ) -> Result<(), KernelError> {
+        self.socket
+            .request(msg, NLM_F_ACK | flags)
+            .map(drop)
+            .map_err(|e| self.err(op, name, e))
+    }
+
     /// `RTM_NEWLINK` creating a link (fails if it exists).
     fn create(
         &mut self,
@@ -303,21 +317,13 @@ impl Conversation<'_> {
         name: &str,
         msg: LinkMessage,
     ) -> Result<(), KernelError> {
-        self.socket
-            .request(
-                RouteNetlinkMessage::NewLink(msg),
-                NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
-            )
-            .map(drop)
-            .map_err(|e| self.err(op, name, e))
+        let msg = RouteNetlinkMessage::NewLink(msg);
+        self.acked(op, name, msg, NLM_F_CREATE | NLM_F_EXCL)
     }
 
     /// `RTM_SETLINK`.
     fn set(&mut self, op: &'static str, name: &str, msg: LinkMessage) -> Result<(), KernelError> {
-        self.socket
-            .request(RouteNetlinkMessage::SetLink(msg), NLM_F_ACK)
-            .map(drop)
-            .map_err(|e| self.err(op, name, e))
+        self.acked(op, name, RouteNetlinkMessage::SetLink(msg), 0)
     }
 
     /// `RTM_NEWLINK` on an existing link (bridge port options need it).
@@ -327,10 +333,7 @@ impl Conversation<'_> {
         name: &str,
         msg: LinkMessage,
     ) -> Result<(), KernelError> {
-        self.socket
-            .request(RouteNetlinkMessage::NewLink(msg), NLM_F_ACK)
-            .map(drop)
-            .map_err(|e| self.err(op, name, e))
+        self.acked(op, name, RouteNetlinkMessage::NewLink(msg), 0)
     }
 
     /// `RTM_DELLINK`; a link already gone is fine.
