@@ -11,7 +11,7 @@ use k8slan_netagent::{Datapath, Kernel};
 use crate::metrics::{Metrics, PrepareLabels};
 
 /// Prepares spokes through [`Datapath`]; every call runs on the blocking pool because the
-/// datapath moves threads between network namespaces.
+/// datapath blocks on netlink and the filesystem.
 pub struct DatapathPreparer<K> {
     dp: Arc<Datapath<K>>,
     node: String,
