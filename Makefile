@@ -43,6 +43,7 @@ check-generated: helm ## fail when a generated artifact differs from what the co
 	$(CARGO) run -q -p k8slan-api --bin crdgen -- --check $(CRD_FILE)
 	./hack/render-manifest.sh --check
 	$(HELM) lint charts/k8slan
+	./hack/chart-guards.sh
 
 .PHONY: lint
 lint: ## rustfmt and clippy, warnings are errors
