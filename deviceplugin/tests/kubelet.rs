@@ -58,6 +58,14 @@ async fn wait_health(n: &TestNode, resource: &str, want: &str) -> bool {
         .await
 }
 
+/// Waits (up to `WAIT`) until `done` holds.
+async fn eventually(done: impl Fn() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !done() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn update_counts(n: &TestNode) -> Vec<(String, usize)> {
     n.kubelet
         .resources()
@@ -126,10 +134,7 @@ async fn spokes_added_and_removed_change_only_their_resources() {
             .wait_until(WAIT, |m| !m[VETH_S2].streaming && !m[MAC_S2].streaming)
             .await
     );
-    let deadline = Instant::now() + WAIT;
-    while n.dir.join("k8slan-veth-s2.sock").exists() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(|| !n.dir.join("k8slan-veth-s2.sock").exists()).await;
     assert!(!n.dir.join("k8slan-veth-s2.sock").exists());
     assert!(n.dir.join("k8slan-veth-s1.sock").exists());
     assert_eq!(n.kubelet.resource(VETH_S1).unwrap().updates.len(), 1);
@@ -256,10 +261,7 @@ async fn twins_are_exclusive_until_the_member_goes_away() {
 
     // The pod shows up in pod-resources, then goes away.
     n.pod_resources.set(&[("ns/pod1", VETH_S1, "s1")]);
-    let deadline = Instant::now() + WAIT;
-    while n.claims.get("s1").and_then(|c| c.pod).is_none() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(|| n.claims.get("s1").and_then(|c| c.pod).is_some()).await;
     assert_eq!(n.claims.get("s1").unwrap().pod.as_deref(), Some("ns/pod1"));
     let mac_updates = n.kubelet.resource(MAC_S1).unwrap().updates.len();
     tokio::time::sleep(QUIET).await;
@@ -271,10 +273,7 @@ async fn twins_are_exclusive_until_the_member_goes_away() {
 
     n.pod_resources.set(&[]);
     assert!(wait_health(&n, MAC_S1, "Healthy").await);
-    let deadline = Instant::now() + WAIT;
-    while n.claims.get("s1").is_some() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(|| n.claims.get("s1").is_none()).await;
     assert!(n.claims.get("s1").is_none(), "claim released");
     assert!(
         n.preparer
@@ -292,10 +291,7 @@ async fn a_restarted_kubelet_that_lists_nothing_yet_releases_no_member() {
     assert!(n.kubelet.wait_updates(MAC_S1, 1, WAIT).await.is_some());
     n.kubelet.allocate(VETH_S1, &["s1"]).await.unwrap();
     n.pod_resources.set(&[("ns/pod1", VETH_S1, "s1")]);
-    let deadline = Instant::now() + WAIT;
-    while n.claims.get("s1").and_then(|c| c.pod).is_none() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(|| n.claims.get("s1").and_then(|c| c.pod).is_some()).await;
     assert_eq!(n.claims.get("s1").unwrap().pod.as_deref(), Some("ns/pod1"));
     let released = |n: &TestNode| n.preparer.calls().iter().any(|c| c.op == "release");
 
@@ -374,10 +370,7 @@ async fn spoke_held_on_another_node_is_unhealthy_here() {
     assert_eq!(b.kubelet.resource(VETH_S2).unwrap().updates.len(), 1);
 
     // If node-b's kubelet tries anyway (stale view), the plugin names the holder.
-    let deadline = Instant::now() + WAIT;
-    while claims.get("s1").and_then(|c| c.pod).is_none() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(|| claims.get("s1").and_then(|c| c.pod).is_some()).await;
     let err = b.kubelet.allocate(VETH_S1, &["s1"]).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition);
     assert!(err.message().contains("node-a"), "{}", err.message());
@@ -434,15 +427,12 @@ async fn failed_preparation_is_reported_and_undone() {
         n.claims.get("s1").is_none(),
         "claim of a failed allocation dropped"
     );
-    let deadline = Instant::now() + WAIT;
-    while n
-        .reports
-        .last()
-        .is_none_or(|r| r.lans["default/lan1"].state != NodeState::Failed)
-        && Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(|| {
+        n.reports
+            .last()
+            .is_some_and(|r| r.lans["default/lan1"].state == NodeState::Failed)
+    })
+    .await;
     let r = n.reports.last().unwrap();
     assert_eq!(r.lans["default/lan1"].state, NodeState::Failed);
     assert!(r.lans["default/lan1"].message.contains("s1"));
@@ -458,10 +448,7 @@ async fn missing_underlay_serves_nothing_until_it_appears() {
     let tmp = TempDir::new().unwrap();
     let n = node("node-a", &tmp);
     n.set_lans(&[lan("default", "lan1", "lan1", &["s1"], "eth7")]);
-    let deadline = Instant::now() + WAIT;
-    while n.reports.last().is_none() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(|| n.reports.last().is_some()).await;
     let r = n.reports.last().unwrap();
     assert_eq!(r.lans["default/lan1"].state, NodeState::NoUnderlay);
     assert!(r.lans["default/lan1"].message.contains("eth7"));
@@ -605,10 +592,7 @@ async fn claim_of_this_node_without_member_is_dropped() {
         resource_version: None,
         uid: Some("uid-old".into()),
     });
-    let deadline = Instant::now() + WAIT;
-    while n.claims.get("s1").is_some() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(|| n.claims.get("s1").is_none()).await;
     assert!(n.claims.get("s1").is_none(), "orphan claim dropped");
     // A live member's claim stays.
     n.kubelet.allocate(VETH_S2, &["s2"]).await.unwrap();
@@ -682,15 +666,12 @@ async fn failing_underlay_lookups_withdraw_nothing_but_a_vanished_underlay_does(
     n.links.remove("eth1");
     let last = n.kubelet.wait_updates(VETH_S1, 2, WAIT).await.unwrap();
     assert!(last.is_empty());
-    let deadline = Instant::now() + WAIT;
-    while n
-        .reports
-        .last()
-        .is_none_or(|r| r.lans["default/lan1"].state != NodeState::NoUnderlay)
-        && Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(|| {
+        n.reports
+            .last()
+            .is_some_and(|r| r.lans["default/lan1"].state == NodeState::NoUnderlay)
+    })
+    .await;
     assert_eq!(
         n.reports.last().unwrap().lans["default/lan1"].state,
         NodeState::NoUnderlay
