@@ -219,6 +219,21 @@ fn all_namespaces(st: &State) -> Vec<Ns> {
 }
 
 /// Remove a link and whatever the kernel removes with it.
+/// Remove every link of `ns` that `which` selects (and whatever goes with each).
+fn remove_links(st: &mut State, ns: &Ns, which: impl Fn(&Link) -> bool) {
+    let names: Vec<String> = links_of(st, ns)
+        .map(|v| {
+            v.iter()
+                .filter(|l| which(l))
+                .map(|l| l.name.clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    for n in names {
+        remove_link(st, ns, &n);
+    }
+}
+
 fn remove_link(st: &mut State, ns: &Ns, name: &str) {
     let Some(links) = links_of_mut(st, ns) else {
         return;
@@ -332,14 +347,7 @@ impl Kernel for RecordingKernel {
             lan,
             &ns,
         )?;
-        let names: Vec<String> = st
-            .lans
-            .get(lan)
-            .map(|v| v.iter().map(|l| l.name.clone()).collect())
-            .unwrap_or_default();
-        for n in names {
-            remove_link(&mut st, &ns, &n);
-        }
+        remove_links(&mut st, &ns, |_| true);
         st.lans.remove(lan);
         Ok(())
     }
@@ -567,17 +575,7 @@ impl Kernel for RecordingKernel {
             lan,
             &ns,
         )?;
-        let names: Vec<String> = links_of(&st, &ns)
-            .map(|v| {
-                v.iter()
-                    .filter(|l| l.name != "lo")
-                    .map(|l| l.name.clone())
-                    .collect()
-            })
-            .unwrap_or_default();
-        for n in names {
-            remove_link(&mut st, &ns, &n);
-        }
+        remove_links(&mut st, &ns, |l| l.name != "lo");
         Ok(())
     }
 
