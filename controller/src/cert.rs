@@ -477,6 +477,22 @@ mod tests {
         SignedDuration::from_hours(24 * d)
     }
 
+    /// A TLS client's server-certificate verifier trusting the first CA of `bundle`.
+    fn verifier_trusting(bundle: &str) -> Arc<rustls::client::WebPkiServerVerifier> {
+        let ca = CertificateDer::pem_slice_iter(bundle.as_bytes())
+            .next()
+            .unwrap()
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca).unwrap();
+        rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::new(provider()),
+        )
+        .build()
+        .unwrap()
+    }
+
     #[test]
     fn fresh_material_is_a_usable_server_certificate_for_the_service() {
         let names = dns_names("k8slan-webhook", "k8slan-system");
@@ -488,18 +504,7 @@ mod tests {
         let key = certified_key(&m.cert, &m.key, "test").unwrap();
         assert_eq!(key.cert.len(), 1);
         // The serving certificate chains to the bundle and names the service.
-        let ca = CertificateDer::pem_slice_iter(m.ca_bundle.as_bytes())
-            .next()
-            .unwrap()
-            .unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(ca).unwrap();
-        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
-            Arc::new(roots),
-            Arc::new(provider()),
-        )
-        .build()
-        .unwrap();
+        let verifier = verifier_trusting(&m.ca_bundle);
         let host =
             rustls::pki_types::ServerName::try_from("k8slan-webhook.k8slan-system.svc").unwrap();
         let at = rustls::pki_types::UnixTime::since_unix_epoch(std::time::Duration::from_secs(
@@ -545,18 +550,7 @@ mod tests {
         assert_eq!(leaf.ca_bundle, m.ca_bundle);
         assert_ne!(leaf.cert, m.cert);
         // The renewed leaf still verifies against the unchanged bundle.
-        let ca = CertificateDer::pem_slice_iter(m.ca_bundle.as_bytes())
-            .next()
-            .unwrap()
-            .unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(ca).unwrap();
-        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
-            Arc::new(roots),
-            Arc::new(provider()),
-        )
-        .build()
-        .unwrap();
+        let verifier = verifier_trusting(&m.ca_bundle);
         let key = certified_key(&leaf.cert, &leaf.key, "leaf").unwrap();
         let at = rustls::pki_types::UnixTime::since_unix_epoch(std::time::Duration::from_secs(
             later.as_second() as u64 + 60,
