@@ -229,6 +229,27 @@ impl Netlink {
         }
     }
 
+    /// Runs `f` on a short-lived thread that joined `side`'s namespace (setns affects only the
+    /// calling thread, so this process's other threads stay in the node's namespace).
+    fn in_namespace<T: Send>(
+        &self,
+        side: Side,
+        f: impl FnOnce() -> Result<T, String> + Send,
+    ) -> Result<T, String> {
+        let fd = self.ns_fd(side).ok_or("no pod namespace was opened")?;
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // SAFETY: the descriptor belongs to `self` and outlives this scoped thread.
+                let ns = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+                nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| format!("cannot enter the namespace: {e}"))?;
+                f()
+            })
+            .join()
+            .unwrap_or_else(|_| Err("namespace thread panicked".into()))
+        })
+    }
+
     fn set(
         &mut self,
         op: &'static str,
@@ -345,28 +366,16 @@ impl LinkOps for Netlink {
         if name.is_empty() || name.contains('/') || name == "." || name == ".." {
             return Err(LinkError::new(OP, side, name, None, "not a link name"));
         }
-        let fd = self
-            .ns_fd(side)
-            .ok_or_else(|| LinkError::new(OP, side, name, None, "no pod namespace was opened"))?;
-        // Sysctls under /proc/sys/net are those of the opening thread's namespace: write from a
-        // short-lived thread inside it (this process's other threads stay where they are).
+        // Sysctls under /proc/sys/net are those of the opening thread's namespace.
         let knob = format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6");
         let value = if on { "0" } else { "1" };
-        let written = std::thread::scope(|s| {
-            s.spawn(|| {
-                // SAFETY: the descriptor belongs to `self` and outlives this scoped thread.
-                let ns = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-                nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
-                    .map_err(|e| format!("cannot enter the namespace: {e}"))?;
-                if !std::path::Path::new("/proc/sys/net/ipv6").exists() {
-                    return Ok(());
-                }
-                std::fs::write(&knob, value).map_err(|e| format!("{knob}: {e}"))
-            })
-            .join()
-            .unwrap_or_else(|_| Err("namespace thread panicked".into()))
-        });
-        written.map_err(|e| LinkError::new(OP, side, name, None, e))
+        self.in_namespace(side, || {
+            if !std::path::Path::new("/proc/sys/net/ipv6").exists() {
+                return Ok(());
+            }
+            std::fs::write(&knob, value).map_err(|e| format!("{knob}: {e}"))
+        })
+        .map_err(|e| LinkError::new(OP, side, name, None, e))
     }
 
     fn repoint_tap_nodes(
@@ -392,46 +401,15 @@ impl LinkOps for Netlink {
         match side {
             // This process runs in the node's namespace and sees its sysfs.
             Side::Host => tap::devnum_from_sysfs(&link.name, link.index).map_err(|e| err(&e)),
-            Side::Sandbox => {
-                let fd = self
-                    .ns_fd(side)
-                    .ok_or_else(|| err(&"no pod namespace was opened"))?;
-                // sysfs shows the links of the namespace it was mounted in: a short-lived
-                // thread joins the pod's namespace and mounts its own sysfs in a private mount
-                // namespace (nothing is mounted anywhere else).
-                let read = std::thread::scope(|s| {
-                    s.spawn(|| -> Result<Option<DevNum>, String> {
-                        use nix::mount::{MsFlags, mount};
-                        use nix::sched::{CloneFlags, setns, unshare};
-                        // SAFETY: the descriptor belongs to `self` and outlives this thread.
-                        let ns = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-                        setns(ns, CloneFlags::CLONE_NEWNET)
-                            .map_err(|e| format!("cannot enter the namespace: {e}"))?;
-                        unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_FS)
-                            .map_err(|e| format!("cannot get a private mount namespace: {e}"))?;
-                        mount(
-                            None::<&str>,
-                            "/",
-                            None::<&str>,
-                            MsFlags::MS_REC | MsFlags::MS_SLAVE,
-                            None::<&str>,
-                        )
-                        .map_err(|e| format!("cannot make mounts private: {e}"))?;
-                        mount(
-                            Some("sysfs"),
-                            "/sys",
-                            Some("sysfs"),
-                            MsFlags::empty(),
-                            None::<&str>,
-                        )
-                        .map_err(|e| format!("cannot mount the pod's sysfs: {e}"))?;
-                        tap::devnum_from_sysfs(&link.name, link.index).map_err(|e| e.to_string())
-                    })
-                    .join()
-                    .unwrap_or_else(|_| Err("namespace thread panicked".into()))
-                });
-                read.map_err(|e| err(&e))
-            }
+            // sysfs shows the links of the namespace it was mounted in: the thread in the pod's
+            // namespace mounts its own in a private mount namespace (nothing is mounted anywhere
+            // else).
+            Side::Sandbox => self
+                .in_namespace(side, || {
+                    tap::mount_private_sysfs()?;
+                    tap::devnum_from_sysfs(&link.name, link.index).map_err(|e| e.to_string())
+                })
+                .map_err(|e| err(&e)),
         }
     }
 

@@ -67,6 +67,31 @@ pub fn devnum_from_sysfs(name: &str, index: u32) -> io::Result<Option<DevNum>> {
     }
 }
 
+/// Gives the calling thread a private mount namespace with a fresh sysfs at `/sys`, which then
+/// shows the links of the thread's network namespace. Nothing is mounted outside the thread.
+pub fn mount_private_sysfs() -> Result<(), String> {
+    use nix::mount::{MsFlags, mount};
+    use nix::sched::{CloneFlags, unshare};
+    unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_FS)
+        .map_err(|e| format!("cannot get a private mount namespace: {e}"))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None::<&str>,
+    )
+    .map_err(|e| format!("cannot make mounts private: {e}"))?;
+    mount(
+        Some("sysfs"),
+        "/sys",
+        Some("sysfs"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|e| format!("cannot mount the namespace's sysfs: {e}"))
+}
+
 /// Re-points every character device node in `dir` that carries `old` to `new` (a fresh node
 /// renamed over the old one, so the path never misses). Returns the nodes changed; a missing
 /// directory has none.
