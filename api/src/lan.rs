@@ -124,6 +124,19 @@ pub struct LanSpec {
     /// Mode of the macvtap that a VM spoke gets on top of its host-side veth.
     #[serde(default)]
     pub macvtap_mode: MacvtapMode,
+
+    /// Kubernetes namespaces, besides the LAN's own, whose pods and VMs may hold its spokes.
+    /// Empty (the default): only the LAN's namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 64),
+        inner(
+            regex(pattern = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"),
+            length(max = 63)
+        )
+    )]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub allowed_namespaces: Vec<String>,
 }
 
 fn default_group() -> String {

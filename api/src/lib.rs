@@ -4,6 +4,7 @@
 pub mod lan;
 pub mod mtu;
 pub mod naming;
+pub mod prepared;
 pub mod report;
 pub mod validate;
 

@@ -266,6 +266,7 @@ mod tests {
             vxlan_dev_map: BTreeMap::from([("worker1".into(), "eth1".into())]),
             spokes: vec!["srl".into(), "vm".into()],
             macvtap_mode: Default::default(),
+            allowed_namespaces: Vec::new(),
         }
     }
 

@@ -16,6 +16,7 @@ pub fn spec(ns: &str, vni: u32, spokes: &[&str]) -> LanSpec {
         vxlan_dev_map: BTreeMap::new(),
         spokes: spokes.iter().map(|s| s.to_string()).collect(),
         macvtap_mode: Default::default(),
+        allowed_namespaces: Vec::new(),
     }
 }
 

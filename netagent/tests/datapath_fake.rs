@@ -23,6 +23,7 @@ fn spec(ns: &str, vni: u32, spokes: &[&str]) -> LanSpec {
         vxlan_dev_map: BTreeMap::from([("worker2".into(), "eth9".into())]),
         spokes: spokes.iter().map(|s| s.to_string()).collect(),
         macvtap_mode: MacvtapMode::Passthru,
+        allowed_namespaces: Vec::new(),
     }
 }
 

@@ -95,6 +95,7 @@ pub fn lan_spec(vni: u32, spokes: &[&str]) -> LanSpec {
         vxlan_dev_map: BTreeMap::new(),
         spokes: spokes.iter().map(|s| s.to_string()).collect(),
         macvtap_mode: MacvtapMode::Passthru,
+        allowed_namespaces: Vec::new(),
     }
 }
 
