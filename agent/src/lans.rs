@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use k8slan_api::LanSpec;
 use k8slan_deviceplugin::lan::LanSnapshot;
-use k8slan_netagent::{Datapath, Kernel, LanView};
+use k8slan_netagent::{Datapath, Kernel, NodeLan};
 use tokio::sync::watch;
 use tracing::{debug, info, instrument, warn};
 
@@ -32,7 +32,7 @@ pub enum Action {
 }
 
 /// What this node must do, given the served LANs and the LAN namespaces it has. Pure.
-pub fn plan(lans: &LanSnapshot, present: &[LanView]) -> Vec<Action> {
+pub fn plan(lans: &LanSnapshot, present: &[NodeLan]) -> Vec<Action> {
     let mut actions = Vec::new();
     for view in present {
         let owner = lans
@@ -159,7 +159,7 @@ mod tests {
     use super::*;
     use std::collections::BTreeMap;
 
-    use k8slan_deviceplugin::lan::LanView as ApiLan;
+    use k8slan_deviceplugin::lan::WatchedLan;
     use k8slan_netagent::SpokeView;
 
     fn spec(ns: &str, spokes: &[&str]) -> LanSpec {
@@ -177,7 +177,7 @@ mod tests {
                 .map(|(key, spec, accepted)| {
                     (
                         key.to_string(),
-                        ApiLan {
+                        WatchedLan {
                             key: key.to_string(),
                             generation: 1,
                             spec: spec.clone(),
@@ -189,8 +189,8 @@ mod tests {
         )
     }
 
-    fn present(ns: &str, spokes: &[&str]) -> LanView {
-        LanView {
+    fn present(ns: &str, spokes: &[&str]) -> NodeLan {
+        NodeLan {
             ns: ns.into(),
             bridges: vec![],
             vxlans: vec![],

@@ -18,6 +18,10 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_VXLAN_GROUP: &str = "ff02::14";
 /// Default VXLAN UDP port (IANA).
 pub const DEFAULT_VXLAN_PORT: u16 = 4789;
+/// Status condition: `False` when the LAN conflicts with an older one; agents then never program it.
+pub const CONDITION_ACCEPTED: &str = "Accepted";
+/// Status condition: every node that should program the LAN has done so.
+pub const CONDITION_READY: &str = "Ready";
 
 /// Interface-name pattern: 1–15 printable ASCII characters other than `/` and `:`.
 /// `.` and `..` are rejected by a CEL rule next to each use.

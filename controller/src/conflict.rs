@@ -14,7 +14,7 @@ use k8slan_api::report::LanRef;
 
 /// What the conflict rules need to know about a LAN.
 #[derive(Debug, Clone)]
-pub struct LanView<'a> {
+pub struct LanKeys<'a> {
     pub lan: LanRef,
     /// `metadata.creationTimestamp`; `None` for a LAN being created (it is the newest).
     pub created: Option<Timestamp>,
@@ -77,7 +77,7 @@ pub fn describe(conflicts: &[Conflict]) -> String {
 
 /// Which of two LANs wins a clash: the older one, then the smaller `namespace/name`.
 /// A LAN without a creation time (being created) is newer than every stored LAN.
-pub fn precedence(a: &LanView<'_>, b: &LanView<'_>) -> Ordering {
+pub fn precedence(a: &LanKeys<'_>, b: &LanKeys<'_>) -> Ordering {
     match (a.created, b.created) {
         (Some(x), Some(y)) => x.cmp(&y),
         (Some(_), None) => Ordering::Less,
@@ -99,7 +99,7 @@ fn keys(spec: &LanSpec) -> impl Iterator<Item = (Field, String)> + '_ {
 
 /// Every value `candidate` shares with one of `others` (the candidate itself, matched by
 /// `namespace/name`, is skipped). Sorted by field, value and other LAN.
-pub fn clashes(candidate: &LanView<'_>, others: &[LanView<'_>]) -> Vec<Conflict> {
+pub fn clashes(candidate: &LanKeys<'_>, others: &[LanKeys<'_>]) -> Vec<Conflict> {
     let mine: HashMap<(Field, String), ()> = keys(candidate.spec).map(|k| (k, ())).collect();
     let mut out: Vec<Conflict> = others
         .iter()
@@ -123,8 +123,8 @@ pub fn clashes(candidate: &LanView<'_>, others: &[LanView<'_>]) -> Vec<Conflict>
 /// Decides which LANs are accepted: oldest first, each one accepted unless it clashes with a LAN
 /// accepted before it. Returns, for every rejected LAN, the accepted LANs' values it clashes with.
 /// A LAN not in the map is accepted.
-pub fn acceptance(lans: &[LanView<'_>]) -> BTreeMap<LanRef, Vec<Conflict>> {
-    let mut order: Vec<&LanView<'_>> = lans.iter().collect();
+pub fn acceptance(lans: &[LanKeys<'_>]) -> BTreeMap<LanRef, Vec<Conflict>> {
+    let mut order: Vec<&LanKeys<'_>> = lans.iter().collect();
     order.sort_by(|a, b| precedence(a, b));
     let mut taken: HashMap<(Field, String), &LanRef> = HashMap::new();
     let mut rejected = BTreeMap::new();
@@ -156,8 +156,8 @@ mod tests {
     use super::*;
     use crate::testutil::spec;
 
-    fn view<'a>(ns: &str, name: &str, secs: Option<i64>, spec: &'a LanSpec) -> LanView<'a> {
-        LanView {
+    fn view<'a>(ns: &str, name: &str, secs: Option<i64>, spec: &'a LanSpec) -> LanKeys<'a> {
+        LanKeys {
             lan: LanRef::new(ns, name),
             created: secs.map(|s| Timestamp::from_second(s).unwrap()),
             spec,

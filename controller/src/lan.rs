@@ -27,7 +27,7 @@ use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::instrument;
 
-use crate::conflict::{self, LanView};
+use crate::conflict::{self, LanKeys};
 use crate::metrics::Metrics;
 use crate::nad::{self, NetworkAttachmentDefinition};
 use crate::status::{self, ACCEPTED, Inputs, READY, Rejection};
@@ -80,8 +80,8 @@ fn lan_ref(lan: &LAN) -> LanRef {
     LanRef::new(lan.namespace().unwrap_or_default(), lan.name_any())
 }
 
-fn view(lan: &LAN) -> LanView<'_> {
-    LanView {
+fn view(lan: &LAN) -> LanKeys<'_> {
+    LanKeys {
         lan: lan_ref(lan),
         created: lan.metadata.creation_timestamp.as_ref().map(|t| t.0),
         spec: &lan.spec,
@@ -91,7 +91,7 @@ fn view(lan: &LAN) -> LanView<'_> {
 /// Why `lan` is not accepted, judged against every LAN in the cache, and how many LANs of the
 /// cache are rejected for clashes.
 pub fn rejection(lan: &LAN, all: &[Arc<LAN>]) -> (Option<Rejection>, usize) {
-    let mut views: Vec<LanView<'_>> = all
+    let mut views: Vec<LanKeys<'_>> = all
         .iter()
         .filter(|l| l.metadata.deletion_timestamp.is_none())
         .map(|l| view(l))
@@ -393,7 +393,7 @@ pub fn start(client: Client, settings: Settings, metrics: Arc<Metrics>) -> Runni
     let lan_mapper = move |changed: LAN| {
         let me = lan_ref(&changed);
         let all = store_for_map.state();
-        let views: Vec<LanView<'_>> = all.iter().map(|l| view(l)).collect();
+        let views: Vec<LanKeys<'_>> = all.iter().map(|l| view(l)).collect();
         let clashing = conflict::clashes(&view(&changed), &views);
         let rejected = all.iter().filter(|l| {
             l.status

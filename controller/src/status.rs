@@ -18,9 +18,9 @@ use k8slan_api::report::{Claim, LanRef, NodeReport, NodeState};
 use k8slan_api::{LanStatus, NodeLanState, SpokeHolder};
 
 /// Condition type: no conflict with other LANs and a valid spec.
-pub const ACCEPTED: &str = "Accepted";
+pub use k8slan_api::lan::CONDITION_ACCEPTED as ACCEPTED;
 /// Condition type: every node taking part has programmed the current generation.
-pub const READY: &str = "Ready";
+pub use k8slan_api::lan::CONDITION_READY as READY;
 
 /// Why a LAN is not accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]

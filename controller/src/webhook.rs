@@ -17,7 +17,7 @@ use kube::ResourceExt;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 
-use crate::conflict::{self, LanView};
+use crate::conflict::{self, LanKeys};
 
 /// A request body that is not an AdmissionReview.
 #[derive(Debug, thiserror::Error)]
@@ -95,15 +95,15 @@ pub fn review(request: &AdmissionRequest<DynamicObject>, stored: &[Arc<LAN>]) ->
         ));
     }
 
-    let others: Vec<LanView<'_>> = stored
+    let others: Vec<LanKeys<'_>> = stored
         .iter()
-        .map(|l| LanView {
+        .map(|l| LanKeys {
             lan: LanRef::new(l.namespace().unwrap_or_default(), l.name_any()),
             created: l.metadata.creation_timestamp.as_ref().map(|t| t.0),
             spec: &l.spec,
         })
         .collect();
-    let view = LanView {
+    let view = LanKeys {
         lan: me.clone(),
         created: lan.metadata.creation_timestamp.as_ref().map(|t| t.0),
         spec: &lan.spec,
@@ -113,7 +113,7 @@ pub fn review(request: &AdmissionRequest<DynamicObject>, stored: &[Arc<LAN>]) ->
         .as_ref()
         .map(|o| {
             conflict::clashes(
-                &LanView {
+                &LanKeys {
                     lan: me.clone(),
                     created: view.created,
                     spec: &o.spec,

@@ -8,7 +8,7 @@ use k8slan_api::naming::{macvtap_name, resource_name};
 use k8slan_api::{SpokeKind, validate_spec};
 
 use crate::claim::Claim;
-use crate::lan::LanView;
+use crate::lan::WatchedLan;
 use crate::member::Members;
 use crate::proto::v1beta1::Device;
 use crate::proto::{HEALTHY, UNHEALTHY};
@@ -26,7 +26,7 @@ pub struct Failure {
 #[derive(Debug, Clone, Copy)]
 pub struct Inputs<'a> {
     pub node: &'a str,
-    pub lans: &'a BTreeMap<String, LanView>,
+    pub lans: &'a BTreeMap<String, WatchedLan>,
     /// Presence of each underlay device the LANs name for this node (absent = not present).
     pub underlays: &'a BTreeMap<String, bool>,
     pub members: &'a Members,
@@ -96,7 +96,7 @@ pub fn device_id(kind: SpokeKind, spoke: &str) -> String {
 /// The underlay devices whose presence [`compute`] needs.
 pub fn underlays_needed<'a>(
     node: &str,
-    lans: impl IntoIterator<Item = &'a LanView>,
+    lans: impl IntoIterator<Item = &'a WatchedLan>,
 ) -> BTreeSet<String> {
     lans.into_iter()
         .filter(|l| l.served())
@@ -213,8 +213,8 @@ mod tests {
         .unwrap()
     }
 
-    fn view(key: &str, spokes: &[&str], accepted: Option<bool>) -> LanView {
-        LanView {
+    fn view(key: &str, spokes: &[&str], accepted: Option<bool>) -> WatchedLan {
+        WatchedLan {
             key: key.into(),
             generation: 2,
             spec: spec(spokes),
@@ -223,7 +223,7 @@ mod tests {
     }
 
     struct World {
-        lans: BTreeMap<String, LanView>,
+        lans: BTreeMap<String, WatchedLan>,
         underlays: BTreeMap<String, bool>,
         members: Members,
         claims: BTreeMap<String, Claim>,
@@ -231,7 +231,7 @@ mod tests {
     }
 
     impl World {
-        fn new(lans: Vec<LanView>) -> Self {
+        fn new(lans: Vec<WatchedLan>) -> Self {
             World {
                 lans: lans.into_iter().map(|l| (l.key.clone(), l)).collect(),
                 underlays: BTreeMap::from([("eth1".into(), true), ("eth2".into(), false)]),

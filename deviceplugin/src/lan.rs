@@ -10,12 +10,11 @@ use kube::{Api, ResourceExt};
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
-/// Condition type the controller sets to `False` when a LAN conflicts with another one.
-pub const ACCEPTED_CONDITION: &str = "Accepted";
+pub use k8slan_api::lan::CONDITION_ACCEPTED as ACCEPTED_CONDITION;
 
 /// What the plugin needs of one LAN.
 #[derive(Debug, Clone, PartialEq)]
-pub struct LanView {
+pub struct WatchedLan {
     /// `<namespace>/<name>`.
     pub key: String,
     /// `metadata.generation` (0 when unknown).
@@ -25,7 +24,7 @@ pub struct LanView {
     pub accepted: Option<bool>,
 }
 
-impl LanView {
+impl WatchedLan {
     /// Whether the node should serve the LAN: anything but an explicit `Accepted=False`, so that
     /// nodes keep working while the controller is down or has not seen the LAN yet.
     pub fn served(&self) -> bool {
@@ -33,7 +32,7 @@ impl LanView {
     }
 }
 
-impl From<&LAN> for LanView {
+impl From<&LAN> for WatchedLan {
     fn from(lan: &LAN) -> Self {
         let accepted = lan.status.as_ref().and_then(|s| {
             s.conditions
@@ -45,7 +44,7 @@ impl From<&LAN> for LanView {
                     _ => None,
                 })
         });
-        LanView {
+        WatchedLan {
             key: lan_key(lan),
             generation: lan.metadata.generation.unwrap_or(0),
             spec: lan.spec.clone(),
@@ -60,14 +59,14 @@ pub fn lan_key(lan: &LAN) -> String {
 }
 
 /// Every LAN the cluster has, by key; `None` in a channel until the first full list arrived.
-pub type LanSnapshot = Arc<BTreeMap<String, LanView>>;
+pub type LanSnapshot = Arc<BTreeMap<String, WatchedLan>>;
 
 /// Builds a snapshot from LAN objects.
 pub fn snapshot<'a>(lans: impl IntoIterator<Item = &'a LAN>) -> LanSnapshot {
     Arc::new(
         lans.into_iter()
             .map(|l| {
-                let v = LanView::from(l);
+                let v = WatchedLan::from(l);
                 (v.key.clone(), v)
             })
             .collect(),

@@ -684,7 +684,7 @@ impl Runner {
         spoke: String,
         member: Member,
         claim: Option<Claim>,
-        lan: Option<crate::lan::LanView>,
+        lan: Option<crate::lan::WatchedLan>,
     ) {
         info!(spoke, kind = %member.kind, pod = ?member.pod, "member gone; releasing the spoke");
         self.core.churn.record();

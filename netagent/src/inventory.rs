@@ -14,7 +14,7 @@ use crate::lan::{bridge_params, spoke_of};
 
 /// One LAN namespace and everything of it on the node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct LanView {
+pub struct NodeLan {
     pub ns: String,
     pub bridges: Vec<Link>,
     pub vxlans: Vec<Link>,
@@ -52,7 +52,7 @@ pub struct Recovery {
 impl<K: Kernel> Datapath<K> {
     /// Every LAN namespace with its bridge, VXLAN and spokes, and the host-side spoke links.
     #[instrument(skip_all)]
-    pub fn show(&self) -> Result<Vec<LanView>, DatapathError> {
+    pub fn show(&self) -> Result<Vec<NodeLan>, DatapathError> {
         let _guard = self.serialise();
         let host = self.kernel.links(&Ns::Host).map_err(|e| kerr("*", e))?;
         let mut views = Vec::new();
@@ -64,7 +64,7 @@ impl<K: Kernel> Datapath<K> {
                 .kernel
                 .links(&Ns::Lan(ns.clone()))
                 .map_err(|e| kerr(&ns, e))?;
-            let mut view = LanView {
+            let mut view = NodeLan {
                 ns: ns.clone(),
                 bridges: Vec::new(),
                 vxlans: Vec::new(),

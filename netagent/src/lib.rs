@@ -15,7 +15,7 @@ pub mod netns;
 pub mod spoke;
 
 pub use datapath::{BRIDGE_GROUP_FWD_MASK, Datapath, DatapathError, PORT_GROUP_FWD_MASK};
-pub use inventory::{LanView, Recovery, SpokeView};
+pub use inventory::{NodeLan, Recovery, SpokeView};
 pub use kernel::{Kernel, KernelError, Link, LinkKind, Ns};
 pub use lan::LanState;
 pub use netlink::{HostNs, RtnlKernel};

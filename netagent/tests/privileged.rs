@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::*;
 use k8slan_api::SpokeKind;
 use k8slan_api::naming::macvtap_name;
-use k8slan_netagent::{Kernel, LanView, LinkKind};
+use k8slan_netagent::{Kernel, NodeLan, LinkKind};
 use k8slan_testkit::TestNs;
 use k8slan_testkit::frame::{
     ETHERTYPE_LLDP, Filter, Frame, LLDP_DST, Mac, PacketSocket, TapDevice,
@@ -53,7 +53,7 @@ fn frame_across(from: &TestNs, to: &TestNs, frame: &Frame) -> Option<Frame> {
     })
 }
 
-fn ifindexes(views: &[LanView]) -> Vec<(String, u32)> {
+fn ifindexes(views: &[NodeLan]) -> Vec<(String, u32)> {
     let mut v = Vec::new();
     for view in views {
         for l in view.bridges.iter().chain(&view.vxlans) {
