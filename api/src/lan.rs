@@ -60,8 +60,12 @@ pub const NETNS_PATTERN: &str = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$";
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
-    )
+    ),
+    validation = Rule::new("size(self.metadata.name) <= 63").message("a LAN name has at most 63 characters: its NetworkAttachmentDefinitions carry it as a label value")
 )]
+#[x_kube(validation = Rule::new("!has(self.defaultVxlanDev) || !(self.defaultVxlanDev in self.spokes)").message("a spoke must not be named like the underlay defaultVxlanDev: a spoke's host end is a link k8slan creates under the spoke's name").field_path(".spokes"))]
+#[x_kube(validation = Rule::new("!self.spokes.exists(s, s.startsWith('mvt-') || s.startsWith('mvh-'))").message("a spoke must not start with mvt- or mvh-: those are the names of the macvtaps k8slan makes for VM spokes").field_path(".spokes"))]
+#[x_kube(validation = Rule::new("!self.spokes.exists(s, s in ['lo', 'eth0', 'cni0', 'docker0', 'cbr0', 'tunl0', 'kube-ipvs0', 'kube-bridge', 'nodelocaldns'])").message("a spoke must not be named like a well-known node interface (lo, eth0, cni0, docker0, cbr0, tunl0, kube-ipvs0, kube-bridge, nodelocaldns): its host end is created under the spoke's name").field_path(".spokes"))]
 #[x_kube(validation = Rule::new("self.bridge != self.vxlan").message("bridge and vxlan must be different interface names").field_path(".vxlan"))]
 #[x_kube(validation = Rule::new("!self.spokes.exists(s, s == self.bridge || s == self.vxlan || s == 'lo')").message("a spoke must not be named like the bridge, the vxlan or lo: they share the LAN namespace").field_path(".spokes"))]
 #[x_kube(validation = Rule::new("has(self.defaultVxlanDev) || (has(self.vxlanDevMap) && size(self.vxlanDevMap) > 0)").message("set defaultVxlanDev, or vxlanDevMap for every node that should join the LAN").field_path(".defaultVxlanDev"))]
@@ -78,12 +82,12 @@ pub struct LanSpec {
 
     /// Name of the Linux bridge inside the LAN namespace.
     #[schemars(regex(pattern = r"^[!-.0-9;-~]{1,15}$"), length(min = 1, max = 15))]
-    #[x_kube(validation = Rule::new("self != '.' && self != '..'").message("bridge must not be '.' or '..'"))]
+    #[x_kube(validation = Rule::new("self != '.' && self != '..' && self != 'lo'").message("bridge must not be '.', '..' or lo (the LAN namespace's loopback)"))]
     pub bridge: String,
 
     /// Name of the VXLAN interface inside the LAN namespace.
     #[schemars(regex(pattern = r"^[!-.0-9;-~]{1,15}$"), length(min = 1, max = 15))]
-    #[x_kube(validation = Rule::new("self != '.' && self != '..'").message("vxlan must not be '.' or '..'"))]
+    #[x_kube(validation = Rule::new("self != '.' && self != '..' && self != 'lo'").message("vxlan must not be '.', '..' or lo (the LAN namespace's loopback)"))]
     pub vxlan: String,
 
     /// VXLAN network identifier, 1–16777215; unique across LANs.
@@ -91,9 +95,13 @@ pub struct LanSpec {
     pub vni: u32,
 
     /// IPv6 multicast group that carries the LAN's broadcast, unknown-unicast and multicast frames.
+    /// Its scope must reach the other nodes: not interface-local (`ffX1`) or reserved (`ffX0`, `ffXF`).
     #[serde(default = "default_group")]
-    #[schemars(regex(pattern = r"^[Ff][Ff][0-9A-Fa-f:]{1,37}$"), length(max = 39))]
-    #[x_kube(validation = Rule::new("isIP(self) && ip(self).family() == 6").message("vxlanGrp must be an IPv6 multicast address such as ff02::14"))]
+    #[schemars(
+        regex(pattern = r"^[Ff][Ff][0-9A-Fa-f][2-9A-Ea-e]:[0-9A-Fa-f:]{1,34}$"),
+        length(max = 39)
+    )]
+    #[x_kube(validation = Rule::new("isIP(self) && ip(self).family() == 6").message("vxlanGrp must be an IPv6 multicast address such as ff02::14 (first group written in full as ffXS, scope S not 0, 1 or f), in plain hex"))]
     pub vxlan_grp: String,
 
     /// UDP destination port of the VXLAN.
@@ -104,13 +112,14 @@ pub struct LanSpec {
     /// Underlay device (in the node's host namespace) for nodes not listed in `vxlanDevMap`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[!-.0-9;-~]{1,15}$"), length(min = 1, max = 15))]
-    #[x_kube(validation = Rule::new("self != '.' && self != '..'").message("defaultVxlanDev must not be '.' or '..'"))]
+    #[x_kube(validation = Rule::new("self != '.' && self != '..' && self != 'lo' && !self.startsWith('mvt-') && !self.startsWith('mvh-')").message("defaultVxlanDev must be the node's underlay interface: not '.', '..', lo, or a k8slan macvtap (mvt-*, mvh-*)"))]
     pub default_vxlan_dev: Option<String>,
 
     /// Underlay device per Kubernetes node name; overrides `defaultVxlanDev` on those nodes.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("maxProperties" = 1000, "additionalProperties" = {"type": "string", "maxLength": 15}))]
-    #[x_kube(validation = Rule::new("self.all(k, size(k) <= 253 && self[k].matches('^[!-.0-9;-~]{1,15}$') && self[k] != '.' && self[k] != '..')").message("vxlanDevMap maps node names to interface names of 1-15 characters without '/', ':' or whitespace"))]
+    #[x_kube(validation = Rule::new("self.all(k, size(k) <= 253 && k.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$'))").message("vxlanDevMap keys must be Kubernetes node names (lowercase DNS subdomains of at most 253 characters)"))]
+    #[x_kube(validation = Rule::new("self.all(k, self[k].matches('^[!-.0-9;-~]{1,15}$') && self[k] != '.' && self[k] != '..' && self[k] != 'lo' && !self[k].startsWith('mvt-') && !self[k].startsWith('mvh-'))").message("vxlanDevMap values must be underlay interface names of 1-15 characters without '/', ':' or whitespace, and not lo or a k8slan macvtap (mvt-*, mvh-*)"))]
     pub vxlan_dev_map: BTreeMap<String, String>,
 
     /// Spoke names: one attachment point each, for one pod (`k8slan-veth-<spoke>`) or one

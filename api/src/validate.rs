@@ -16,6 +16,30 @@ pub const MAX_SPOKES: usize = 4095;
 pub const MAX_IFNAME_LEN: usize = 15;
 /// Longest LAN namespace name.
 pub const MAX_NETNS_LEN: usize = 63;
+/// Longest LAN name: its NetworkAttachmentDefinitions carry it as the value of the label
+/// `lan.k8slan.io/lan`, and a label value has at most 63 characters.
+pub const MAX_LAN_NAME_LEN: usize = 63;
+/// Most namespaces `spec.allowedNamespaces` may list.
+pub const MAX_ALLOWED_NAMESPACES: usize = 64;
+/// Prefixes of the host-side names of VM spokes' macvtaps ([`crate::naming::macvtap_name`]):
+/// no spoke and no underlay may start with them, so a spoke can never be named like another
+/// spoke's macvtap (`mvt-x` against spoke `x`, in this LAN or any other).
+pub const MACVTAP_PREFIXES: [&str; 2] = ["mvt-", "mvh-"];
+/// Spoke names refused because they are well-known interfaces of a node (a spoke's host end is
+/// created in the node's namespace under the spoke's name). A convenience that catches the
+/// obvious mistakes early: the real defence is the agent, which never takes over a link it did
+/// not make (see docs/security.md).
+pub const RESERVED_SPOKE_NAMES: [&str; 9] = [
+    "lo",
+    "eth0",
+    "cni0",
+    "docker0",
+    "cbr0",
+    "tunl0",
+    "kube-ipvs0",
+    "kube-bridge",
+    "nodelocaldns",
+];
 
 /// One rule broken by one field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -125,23 +149,82 @@ pub fn vni(field: &str, vni: u32) -> Result<(), FieldError> {
     }
 }
 
-/// An IPv6 multicast group such as `ff02::14`.
+/// An IPv6 multicast group such as `ff02::14`, spelled as the CRD schema allows (the first group
+/// written with its four hex digits `ffXS`, then hex digits and colons only: no embedded IPv4, no
+/// zone), with a scope that can leave the node: not interface-local (`ffX1`) or reserved (`ffX0`,
+/// `ffXF`). Upper- and lower-case hex are the same address.
 pub fn multicast_group(field: &str, group: &str) -> Result<Ipv6Addr, FieldError> {
-    match group.parse::<Ipv6Addr>() {
-        Ok(addr) if addr.is_multicast() => Ok(addr),
-        Ok(_) => Err(FieldError::new(
+    let example =
+        "use an IPv6 multicast group such as ff02::14 (link-local) or ff05::100 (site-local)";
+    let bad = |why: &str| {
+        Err(FieldError::new(
             field,
-            format!(
-                "{group:?} is not a multicast address; use an IPv6 multicast group such as ff02::14"
-            ),
-        )),
-        Err(_) => Err(FieldError::new(
-            field,
-            format!(
-                "{group:?} is not an IPv6 address; use an IPv6 multicast group such as ff02::14"
-            ),
-        )),
+            format!("{group:?} {why}; {example}"),
+        ))
+    };
+    let addr = match group.parse::<Ipv6Addr>() {
+        Ok(a) => a,
+        Err(_) => return bad("is not an IPv6 address"),
+    };
+    if !addr.is_multicast() {
+        return bad("is not a multicast address");
     }
+    if !group_spelling_ok(group) {
+        return bad(
+            "must be written in plain hex with the first group in full (ffXS:...), without an embedded IPv4 address or a zone",
+        );
+    }
+    match addr.segments()[0] & 0xf {
+        0x1 => bad("has interface-local scope (ffX1), which never leaves the node"),
+        0x0 | 0xf => bad("has a reserved scope (ffX0 or ffXF)"),
+        _ => Ok(addr),
+    }
+}
+
+/// The spelling the CRD schema's pattern for `vxlanGrp` accepts.
+fn group_spelling_ok(group: &str) -> bool {
+    let b = group.as_bytes();
+    b.len() <= 39
+        && b.len() >= 6
+        && b[..2].eq_ignore_ascii_case(b"ff")
+        && b[2..4].iter().all(u8::is_ascii_hexdigit)
+        && b[4] == b':'
+        && b[5..].iter().all(|c| c.is_ascii_hexdigit() || *c == b':')
+}
+
+/// An underlay device (`defaultVxlanDev`, a `vxlanDevMap` value): an interface name that is not
+/// `lo` (it carries nothing to other nodes) and not named like a link k8slan makes itself (a VM
+/// spoke's macvtap). That it is no spoke of any LAN is checked with the spokes
+/// ([`validate_spec`] for the LAN's own, the webhook across LANs).
+pub fn underlay_name(field: &str, name: &str) -> Result<(), FieldError> {
+    interface_name(field, name)?;
+    if name == "lo" {
+        return Err(FieldError::new(
+            field,
+            "\"lo\" cannot carry the VXLAN to other nodes; name the node's underlay interface (e.g. eth1)",
+        ));
+    }
+    if let Some(p) = MACVTAP_PREFIXES.iter().find(|p| name.starts_with(*p)) {
+        return Err(FieldError::new(
+            field,
+            format!(
+                "{name:?} starts with {p:?}, the prefix of the macvtaps k8slan makes for VM spokes; name the node's underlay interface (e.g. eth1)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A bridge or VXLAN name: an interface name other than `lo`, which every LAN namespace has.
+pub fn lan_link_name(field: &str, name: &str) -> Result<(), FieldError> {
+    interface_name(field, name)?;
+    if name == "lo" {
+        return Err(FieldError::new(
+            field,
+            "\"lo\" is the loopback of the LAN namespace; pick another interface name",
+        ));
+    }
+    Ok(())
 }
 
 /// A UDP port, 1–65535.
@@ -156,17 +239,22 @@ pub fn port(field: &str, port: u16) -> Result<(), FieldError> {
     }
 }
 
+fn dns_label_ok(l: &str) -> bool {
+    !l.is_empty()
+        && l.len() <= 63
+        && l.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !l.starts_with('-')
+        && !l.ends_with('-')
+}
+
+fn dns_subdomain_ok(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 253 && name.split('.').all(dns_label_ok)
+}
+
 /// A Kubernetes node name (DNS-1123 subdomain), as used for `vxlanDevMap` keys.
 pub fn node_name(field: &str, name: &str) -> Result<(), FieldError> {
-    let label_ok = |l: &str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && l.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-    };
-    if !name.is_empty() && name.len() <= 253 && name.split('.').all(label_ok) {
+    if dns_subdomain_ok(name) {
         Ok(())
     } else {
         Err(FieldError::new(
@@ -178,74 +266,261 @@ pub fn node_name(field: &str, name: &str) -> Result<(), FieldError> {
     }
 }
 
+/// A Kubernetes namespace name (DNS-1123 label: at most 63 lowercase letters, digits or '-').
+pub fn namespace_name(field: &str, name: &str) -> Result<(), FieldError> {
+    if dns_label_ok(name) {
+        Ok(())
+    } else {
+        Err(FieldError::new(
+            field,
+            format!(
+                "{name:?} is not a namespace name (1-63 lowercase letters, digits or '-', starting and ending with a letter or digit)"
+            ),
+        ))
+    }
+}
+
+/// The name of an object that must be a DNS-1123 subdomain (Secrets, Services' DNS names,
+/// webhook configurations), e.g. for a controller flag that names one.
+pub fn object_name(field: &str, name: &str) -> Result<(), FieldError> {
+    if dns_subdomain_ok(name) {
+        Ok(())
+    } else {
+        Err(FieldError::new(
+            field,
+            format!(
+                "{name:?} is not an object name (lowercase DNS subdomain, at most 253 characters)"
+            ),
+        ))
+    }
+}
+
+/// A Service name (DNS-1035 label: starts with a letter).
+pub fn service_name(field: &str, name: &str) -> Result<(), FieldError> {
+    if dns_label_ok(name) && name.starts_with(|c: char| c.is_ascii_lowercase()) {
+        Ok(())
+    } else {
+        Err(FieldError::new(
+            field,
+            format!(
+                "{name:?} is not a Service name (1-63 lowercase letters, digits or '-', starting with a letter)"
+            ),
+        ))
+    }
+}
+
+/// An absolute directory on a node given to k8slan (e.g. the agents' `--dev-dir`): starts with
+/// `/`, has no `.` or `..` component and no control character, at most 4095 bytes.
+pub fn node_directory(field: &str, path: &str) -> Result<(), FieldError> {
+    let ok = path.starts_with('/')
+        && path.len() < 4096
+        && !path.split('/').any(|c| c == "." || c == "..")
+        && !path.chars().any(char::is_control);
+    if ok {
+        Ok(())
+    } else {
+        Err(FieldError::new(
+            field,
+            format!(
+                "{path:?} must be an absolute path without '.' or '..' components or control characters"
+            ),
+        ))
+    }
+}
+
+/// A LAN's `metadata.name`: a DNS subdomain of at most 63 characters, because its
+/// NetworkAttachmentDefinitions carry it as a label value.
+pub fn lan_name(field: &str, name: &str) -> Result<(), FieldError> {
+    if dns_subdomain_ok(name) && name.len() <= MAX_LAN_NAME_LEN {
+        Ok(())
+    } else {
+        Err(FieldError::new(
+            field,
+            format!(
+                "{name:?} is {} characters long; a LAN name is a lowercase DNS subdomain of at most {MAX_LAN_NAME_LEN} characters (its NADs carry it as a label value)",
+                name.len()
+            ),
+        ))
+    }
+}
+
+/// A spoke name that is also safe next to the node's own interfaces: [`spoke_name`], not one of
+/// [`RESERVED_SPOKE_NAMES`], and not starting with a macvtap prefix ([`MACVTAP_PREFIXES`]).
+pub fn spoke_name_on_node(field: &str, name: &str) -> Result<(), FieldError> {
+    spoke_name(field, name)?;
+    if RESERVED_SPOKE_NAMES.contains(&name) {
+        return Err(FieldError::new(
+            field,
+            format!(
+                "{name:?} is a well-known interface of a node (reserved: {}); a spoke's host end is created under the spoke's name, so rename the spoke",
+                RESERVED_SPOKE_NAMES.join(", ")
+            ),
+        ));
+    }
+    if let Some(p) = MACVTAP_PREFIXES.iter().find(|p| name.starts_with(*p)) {
+        return Err(FieldError::new(
+            field,
+            format!(
+                "{name:?} starts with {p:?}, the prefix of the macvtaps k8slan makes for VM spokes (spoke x has macvtap mvt-x); rename the spoke"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Broken rules collected in field order.
+#[derive(Default)]
+struct Errors(Vec<FieldError>);
+
+impl Errors {
+    fn check(&mut self, r: Result<(), FieldError>) {
+        if let Err(e) = r {
+            self.0.push(e);
+        }
+    }
+
+    fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.0.push(FieldError::new(field, message));
+    }
+
+    fn finish(self) -> Result<(), InvalidLan> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(InvalidLan(self.0))
+        }
+    }
+}
+
 /// Every rule of a LAN spec. Returns all broken rules, not just the first.
 pub fn validate_spec(spec: &LanSpec) -> Result<(), InvalidLan> {
-    let mut errors = Vec::new();
-    let mut check = |r: Result<(), FieldError>| {
-        if let Err(e) = r {
-            errors.push(e);
-        }
-    };
-    check(netns_name("spec.ns", &spec.ns));
-    check(interface_name("spec.bridge", &spec.bridge));
-    check(interface_name("spec.vxlan", &spec.vxlan));
+    let mut errors = Errors::default();
+    check_links(&mut errors, spec);
+    check_underlays(&mut errors, spec);
+    check_spokes(&mut errors, spec);
+    check_allowed_namespaces(&mut errors, &spec.allowed_namespaces);
+    errors.finish()
+}
+
+/// Every rule of a LAN: its name, [`validate_spec`], and the rules that need the LAN's own
+/// namespace (`spec.allowedNamespaces` must not repeat it). The webhook calls this.
+pub fn validate_lan(namespace: &str, name: &str, spec: &LanSpec) -> Result<(), InvalidLan> {
+    let mut errors = Errors::default();
+    errors.check(lan_name("metadata.name", name));
+    if let Err(InvalidLan(e)) = validate_spec(spec) {
+        errors.0.extend(e);
+    }
+    if let Some(i) = spec.allowed_namespaces.iter().position(|n| n == namespace) {
+        errors.add(
+            format!("spec.allowedNamespaces[{i}]"),
+            format!(
+                "{namespace:?} is the LAN's own namespace, whose pods may always use it; list only other namespaces"
+            ),
+        );
+    }
+    errors.finish()
+}
+
+fn check_links(errors: &mut Errors, spec: &LanSpec) {
+    errors.check(netns_name("spec.ns", &spec.ns));
+    errors.check(lan_link_name("spec.bridge", &spec.bridge));
+    errors.check(lan_link_name("spec.vxlan", &spec.vxlan));
     if spec.bridge == spec.vxlan {
-        check(Err(FieldError::new(
+        errors.add(
             "spec.vxlan",
             format!(
                 "{:?} is also the bridge name; bridge and vxlan must differ",
                 spec.vxlan
             ),
-        )));
+        );
     }
-    check(vni("spec.vni", spec.vni));
-    check(multicast_group("spec.vxlanGrp", &spec.vxlan_grp).map(|_| ()));
-    check(port("spec.vxlanPort", spec.vxlan_port));
+    errors.check(vni("spec.vni", spec.vni));
+    errors.check(multicast_group("spec.vxlanGrp", &spec.vxlan_grp).map(|_| ()));
+    errors.check(port("spec.vxlanPort", spec.vxlan_port));
+}
+
+fn check_underlays(errors: &mut Errors, spec: &LanSpec) {
     if let Some(dev) = &spec.default_vxlan_dev {
-        check(interface_name("spec.defaultVxlanDev", dev));
+        errors.check(underlay_name("spec.defaultVxlanDev", dev));
     }
     for (node, dev) in &spec.vxlan_dev_map {
-        check(node_name("spec.vxlanDevMap", node));
-        check(interface_name(&format!("spec.vxlanDevMap[{node}]"), dev));
+        errors.check(node_name("spec.vxlanDevMap", node));
+        errors.check(underlay_name(&format!("spec.vxlanDevMap[{node}]"), dev));
     }
     if spec.default_vxlan_dev.is_none() && spec.vxlan_dev_map.is_empty() {
-        check(Err(FieldError::new(
+        errors.add(
             "spec.defaultVxlanDev",
             "no underlay device: set defaultVxlanDev, or vxlanDevMap for every node that should join the LAN",
-        )));
+        );
     }
+}
+
+/// Every underlay device name a LAN uses on some node.
+pub fn underlays(spec: &LanSpec) -> BTreeSet<&str> {
+    spec.default_vxlan_dev
+        .iter()
+        .chain(spec.vxlan_dev_map.values())
+        .map(String::as_str)
+        .collect()
+}
+
+fn check_spokes(errors: &mut Errors, spec: &LanSpec) {
     if spec.spokes.is_empty() || spec.spokes.len() > MAX_SPOKES {
-        check(Err(FieldError::new(
+        errors.add(
             "spec.spokes",
             format!(
                 "has {} entries; a LAN needs between 1 and {MAX_SPOKES} spokes",
                 spec.spokes.len()
             ),
-        )));
+        );
     }
+    let devs = underlays(spec);
     let mut seen = BTreeSet::new();
     for (i, spoke) in spec.spokes.iter().enumerate() {
         let field = format!("spec.spokes[{i}]");
-        check(spoke_name(&field, spoke));
+        errors.check(spoke_name_on_node(&field, spoke));
         if !seen.insert(spoke.as_str()) {
-            check(Err(FieldError::new(
+            errors.add(
                 &field,
                 format!("{spoke:?} is listed twice; spoke names must be unique"),
-            )));
+            );
         }
-        if spoke == &spec.bridge || spoke == &spec.vxlan || spoke == "lo" {
-            check(Err(FieldError::new(
+        if spoke == &spec.bridge || spoke == &spec.vxlan {
+            errors.add(
                 &field,
                 format!(
-                    "{spoke:?} is also the name of the bridge, the vxlan or lo, which share the LAN namespace with the spoke ports; rename the spoke"
+                    "{spoke:?} is also the name of the bridge or the vxlan, which share the LAN namespace with the spoke ports; rename the spoke"
                 ),
-            )));
+            );
+        }
+        if devs.contains(spoke.as_str()) {
+            errors.add(
+                &field,
+                format!(
+                    "{spoke:?} is also an underlay device of this LAN (defaultVxlanDev or vxlanDevMap); a spoke's host end is a link k8slan creates under the spoke's name, so rename the spoke"
+                ),
+            );
         }
     }
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(InvalidLan(errors))
+}
+
+fn check_allowed_namespaces(errors: &mut Errors, allowed: &[String]) {
+    if allowed.len() > MAX_ALLOWED_NAMESPACES {
+        errors.add(
+            "spec.allowedNamespaces",
+            format!(
+                "has {} entries; list at most {MAX_ALLOWED_NAMESPACES} namespaces",
+                allowed.len()
+            ),
+        );
+    }
+    let mut seen = BTreeSet::new();
+    for (i, ns) in allowed.iter().enumerate() {
+        let field = format!("spec.allowedNamespaces[{i}]");
+        errors.check(namespace_name(&field, ns));
+        if !seen.insert(ns.as_str()) {
+            errors.add(&field, format!("{ns:?} is listed twice"));
+        }
     }
 }
 
@@ -419,5 +694,100 @@ mod tests {
             fields(&s),
             vec!["spec.vxlanDevMap", "spec.vxlanDevMap[Worker_1]"]
         );
+    }
+
+    #[test]
+    fn group_scopes_and_spellings() {
+        for good in [
+            "ff02::14",
+            "FF02::14",
+            "ff05::100",
+            "ff3e::1",
+            "ff0e::1",
+            "ff02:0:0:0:0:0:0:14",
+        ] {
+            assert!(multicast_group("g", good).is_ok(), "{good}");
+        }
+        for (bad, why) in [
+            ("ff01::1", "interface-local"),
+            ("FF11::1", "interface-local"),
+            ("ff00::1", "reserved"),
+            ("ff3f::1", "reserved"),
+            ("ff2::1", "not a multicast"),
+            ("::ffff:239.1.1.1", "not a multicast"),
+            ("ff02::0.0.0.20", "plain hex"),
+            ("ff02::1%eth0", "not an IPv6"),
+        ] {
+            let e = multicast_group("spec.vxlanGrp", bad).unwrap_err();
+            assert!(e.message.contains(why), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn underlays_links_and_spokes_next_to_node_interfaces() {
+        assert!(underlay_name("d", "eth1").is_ok());
+        for bad in ["lo", "mvt-x", "mvh-1234abcd", "a/b"] {
+            assert!(underlay_name("d", bad).is_err(), "{bad}");
+        }
+        assert!(lan_link_name("b", "lo").is_err());
+        assert!(lan_link_name("b", "br0").is_ok());
+        for bad in RESERVED_SPOKE_NAMES
+            .iter()
+            .copied()
+            .chain(["mvt-a", "mvh-x"])
+        {
+            assert!(spoke_name_on_node("s", bad).is_err(), "{bad}");
+        }
+        assert!(spoke_name_on_node("s", "mvtx").is_ok());
+        let mut s = spec();
+        s.spokes.push("eth1".into());
+        assert_eq!(fields(&s), vec!["spec.spokes[2]"]);
+    }
+
+    #[test]
+    fn lan_level_rules() {
+        let mut s = spec();
+        assert_eq!(validate_lan("team", &"n".repeat(63), &s), Ok(()));
+        s.allowed_namespaces = vec!["other".into(), "team".into(), "other".into(), "Bad".into()];
+        let InvalidLan(errs) = validate_lan("team", &"n".repeat(64), &s).unwrap_err();
+        let f: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            f,
+            [
+                "metadata.name",
+                "spec.allowedNamespaces[2]",
+                "spec.allowedNamespaces[3]",
+                "spec.allowedNamespaces[1]"
+            ]
+        );
+    }
+
+    #[test]
+    fn flag_values() {
+        assert!(node_directory("--dev-dir", "/run/k8slan/dev").is_ok());
+        for bad in ["run/x", "/a/../b", "/a/./b", "/a\nb", ""] {
+            assert!(node_directory("--dev-dir", bad).is_err(), "{bad}");
+        }
+        assert!(service_name("s", "k8slan-webhook").is_ok());
+        assert!(service_name("s", "1abc").is_err());
+        assert!(object_name("o", "a.b-c").is_ok());
+        assert!(object_name("o", "A").is_err());
+        assert!(namespace_name("n", "k8slan-system").is_ok());
+        assert!(namespace_name("n", "a.b").is_err());
+    }
+
+    #[test]
+    fn the_schema_carries_the_same_reserved_names_and_prefixes() {
+        use kube::CustomResourceExt;
+        let crd = serde_json::to_string(&crate::LAN::crd()).unwrap();
+        for name in RESERVED_SPOKE_NAMES {
+            assert!(
+                crd.contains(&format!("'{name}'")),
+                "{name} missing from the CRD's CEL"
+            );
+        }
+        for p in MACVTAP_PREFIXES {
+            assert!(crd.contains(&format!("startsWith('{p}')")), "{p}");
+        }
     }
 }
