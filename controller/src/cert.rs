@@ -1,7 +1,8 @@
 //! Serving certificates of the webhook.
 //!
 //! In `selfSigned` mode the controller keeps its own CA and serving certificate in a Secret of its
-//! namespace (keys `ca.crt` — the CA bundle, newest CA first —, `ca.key`, `tls.crt`, `tls.key`;
+//! namespace, which the chart creates empty (keys `ca.crt` — the CA bundle, newest CA first —,
+//! `ca.key`, `tls.crt`, `tls.key`;
 //! validity and names in annotations, so nothing needs to parse X.509). The CA lives
 //! [`CA_VALIDITY_DAYS`] and is replaced a year before it expires (the old CA stays in the bundle
 //! while it is valid, so the API server keeps trusting the old serving certificate until the new
@@ -19,7 +20,7 @@ use std::sync::{Arc, RwLock};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
@@ -66,6 +67,10 @@ pub enum CertError {
         name: String,
         source: Box<kube::Error>,
     },
+    #[error(
+        "Secret {namespace}/{name} does not exist: in selfSigned mode the chart creates it (empty) and the controller only fills it; reinstall the chart or create an empty Opaque Secret of that name"
+    )]
+    MissingSecret { namespace: String, name: String },
     #[error("{action} ValidatingWebhookConfiguration {name}: {source}")]
     Webhook {
         action: &'static str,
@@ -260,7 +265,9 @@ impl Material {
                 ])),
                 ..ObjectMeta::default()
             },
-            type_: Some("kubernetes.io/tls".into()),
+            // Opaque: the chart creates the Secret empty (a kubernetes.io/tls Secret cannot be
+            // empty), and a Secret's type never changes.
+            type_: Some("Opaque".into()),
             data: Some(data),
             ..Secret::default()
         }
@@ -323,44 +330,22 @@ impl ResolvesServerCert for LiveCert {
     }
 }
 
-/// The Secret holding the self-signed material.
+/// The Secret holding the self-signed material. The chart creates it empty and owns it (so
+/// `helm uninstall` deletes it); the controller only reads and replaces it, which its RBAC
+/// allows for this one Secret by name.
 pub struct SecretStore {
     api: Api<Secret>,
-    configs: Api<ValidatingWebhookConfiguration>,
     namespace: String,
     name: String,
-    owner_config: String,
 }
 
 impl SecretStore {
-    /// The Secret `namespace/name`, owned by the ValidatingWebhookConfiguration `owner_config`:
-    /// when `helm uninstall` deletes that configuration, the garbage collector deletes the
-    /// Secret too, so no certificate outlives the installation.
-    pub fn new(client: Client, namespace: &str, name: &str, owner_config: &str) -> Self {
+    /// The Secret `namespace/name`.
+    pub fn new(client: Client, namespace: &str, name: &str) -> Self {
         Self {
-            api: Api::namespaced(client.clone(), namespace),
-            configs: Api::all(client),
+            api: Api::namespaced(client, namespace),
             namespace: namespace.to_string(),
             name: name.to_string(),
-            owner_config: owner_config.to_string(),
-        }
-    }
-
-    /// The owner reference to the webhook configuration, if it exists yet.
-    async fn owner(&self) -> Option<OwnerReference> {
-        match self.configs.get_opt(&self.owner_config).await {
-            Ok(Some(cfg)) => Some(OwnerReference {
-                api_version: "admissionregistration.k8s.io/v1".into(),
-                kind: "ValidatingWebhookConfiguration".into(),
-                name: self.owner_config.clone(),
-                uid: cfg.metadata.uid?,
-                ..OwnerReference::default()
-            }),
-            Ok(None) => None,
-            Err(e) => {
-                tracing::warn!(config = %self.owner_config, error = %e, "cannot read the webhook configuration that owns the certificate Secret");
-                None
-            }
         }
     }
 
@@ -380,37 +365,36 @@ impl SecretStore {
             .api
             .get_opt(&self.name)
             .await
-            .map_err(|e| self.err("reading", e))?;
-        let current = existing.as_ref().and_then(Material::from_secret);
+            .map_err(|e| self.err("reading", e))?
+            .ok_or_else(|| CertError::MissingSecret {
+                namespace: self.namespace.clone(),
+                name: self.name.clone(),
+            })?;
+        let current = Material::from_secret(&existing);
         let what = renewal(current.as_ref(), names, now);
         if let (Renewal::Keep, Some(m)) = (what, &current) {
-            let owned = existing
-                .as_ref()
-                .and_then(|s| s.metadata.owner_references.as_ref())
-                .is_some_and(|o| !o.is_empty());
-            if !owned && let Some(owner) = self.owner().await {
-                let patch = serde_json::json!({"metadata": {"ownerReferences": [owner]}});
-                self.api
-                    .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await
-                    .map_err(|e| self.err("setting the owner of", e))?;
-            }
             return Ok(m.clone());
         }
         let fresh = issue(current.as_ref(), what, names, now)?;
         tracing::info!(secret = %self.name, renewal = ?what, not_after = %fresh.cert_not_after, "issuing webhook serving certificate");
         let mut secret = fresh.to_secret(&self.namespace, &self.name);
-        secret.metadata.owner_references = self.owner().await.map(|o| vec![o]);
-        let written = match existing {
-            None => self.api.create(&PostParams::default(), &secret).await,
-            Some(old) => {
-                secret.metadata.resource_version = old.metadata.resource_version;
-                self.api
-                    .replace(&self.name, &PostParams::default(), &secret)
-                    .await
-            }
-        };
-        match written {
+        // Keep what the chart (or an earlier version) put there: labels, owners, the type.
+        let mut labels = existing.metadata.labels.clone().unwrap_or_default();
+        labels.extend(secret.metadata.labels.take().unwrap_or_default());
+        secret.metadata.labels = Some(labels);
+        let mut annotations = existing.metadata.annotations.clone().unwrap_or_default();
+        annotations.extend(secret.metadata.annotations.take().unwrap_or_default());
+        secret.metadata.annotations = Some(annotations);
+        secret.metadata.owner_references = existing.metadata.owner_references.clone();
+        secret.metadata.resource_version = existing.metadata.resource_version.clone();
+        if existing.type_.is_some() {
+            secret.type_ = existing.type_.clone();
+        }
+        match self
+            .api
+            .replace(&self.name, &PostParams::default(), &secret)
+            .await
+        {
             Ok(_) => Ok(fresh),
             Err(kube::Error::Api(s)) if s.code == 409 => {
                 let winner = self
@@ -576,7 +560,7 @@ mod tests {
         let names = dns_names("svc", "ns");
         let m = issue(None, Renewal::All, &names, now()).unwrap();
         let s = m.to_secret("ns", "svc-tls");
-        assert_eq!(s.type_.as_deref(), Some("kubernetes.io/tls"));
+        assert_eq!(s.type_.as_deref(), Some("Opaque"));
         assert_eq!(Material::from_secret(&s), Some(m));
         let mut broken = s.clone();
         broken.data.as_mut().unwrap().remove("tls.key");

@@ -5,12 +5,13 @@
 //! accepted before it. Pure functions, shared by both.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
 use k8s_openapi::jiff::Timestamp;
 use k8slan_api::LanSpec;
 use k8slan_api::report::LanRef;
+use k8slan_api::validate::underlays;
 
 /// What the conflict rules need to know about a LAN.
 #[derive(Debug, Clone)]
@@ -151,6 +152,97 @@ pub fn acceptance(lans: &[LanKeys<'_>]) -> BTreeMap<LanRef, Vec<Conflict>> {
     rejected
 }
 
+/// A spoke of one LAN named like an underlay device of another: the spoke's host end would be
+/// created under the underlay's name on the nodes that use it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct UnderlayClash {
+    /// `true`: the candidate's spoke is the other LAN's underlay; `false`: the candidate's
+    /// underlay is the other LAN's spoke.
+    pub spoke_is_mine: bool,
+    pub name: String,
+    pub other: LanRef,
+}
+
+impl fmt::Display for UnderlayClash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.spoke_is_mine {
+            write!(
+                f,
+                "spec.spokes: spoke {:?} is an underlay device of LAN {}; rename the spoke",
+                self.name, self.other
+            )
+        } else {
+            write!(
+                f,
+                "spec.defaultVxlanDev/vxlanDevMap: underlay {:?} is a spoke of LAN {} (a link k8slan creates); name the node's underlay interface",
+                self.name, self.other
+            )
+        }
+    }
+}
+
+/// Every spoke of `candidate` that is an underlay of one of `others`, and every underlay of
+/// `candidate` that is a spoke of one of them (the candidate itself is skipped).
+pub fn underlay_clashes(candidate: &LanKeys<'_>, others: &[LanKeys<'_>]) -> Vec<UnderlayClash> {
+    let my_spokes: BTreeSet<&str> = candidate.spec.spokes.iter().map(String::as_str).collect();
+    let my_devs = underlays(candidate.spec);
+    let mut out = BTreeSet::new();
+    for o in others.iter().filter(|o| o.lan != candidate.lan) {
+        for dev in underlays(o.spec).intersection(&my_spokes) {
+            out.insert(UnderlayClash {
+                spoke_is_mine: true,
+                name: dev.to_string(),
+                other: o.lan.clone(),
+            });
+        }
+        for spoke in o
+            .spec
+            .spokes
+            .iter()
+            .filter(|s| my_devs.contains(s.as_str()))
+        {
+            out.insert(UnderlayClash {
+                spoke_is_mine: false,
+                name: spoke.clone(),
+                other: o.lan.clone(),
+            });
+        }
+    }
+    out.into_iter().collect()
+}
+
+/// The node that carries the most spokes when every LAN in `specs` is programmed wherever it
+/// has an underlay (its `vxlanDevMap` entry, else `defaultVxlanDev`): a description of that node
+/// (`node worker1`, or every node listed in no `vxlanDevMap`) and its spoke count. A node's agent
+/// advertises two extended resources per spoke in the Node object.
+pub fn busiest_node(specs: &[&LanSpec]) -> (String, usize) {
+    let load = |node: Option<&str>| -> usize {
+        specs
+            .iter()
+            .filter(|s| match node {
+                Some(n) => s.underlay_for(n).is_some(),
+                None => s.default_vxlan_dev.is_some(),
+            })
+            .map(|s| s.spokes.len())
+            .sum()
+    };
+    let named: BTreeSet<&str> = specs
+        .iter()
+        .flat_map(|s| s.vxlan_dev_map.keys().map(String::as_str))
+        .collect();
+    let mut busiest = (
+        "every node listed in no vxlanDevMap".to_string(),
+        load(None),
+    );
+    for node in named {
+        let n = load(Some(node));
+        if n > busiest.1 {
+            busiest = (format!("node {node}"), n);
+        }
+    }
+    busiest
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,5 +324,53 @@ mod tests {
         let b = spec("nb", 2, &["s3"]);
         let lans = [view("d", "a", Some(1), &a), view("e", "a", Some(1), &b)];
         assert!(acceptance(&lans).is_empty());
+    }
+
+    #[test]
+    fn spokes_and_underlays_of_other_lans_clash() {
+        let mut a = spec("na", 1, &["eth2", "s1"]);
+        a.vxlan_dev_map.insert("w1".into(), "ens5".into());
+        let b = spec("nb", 2, &["ens5", "s2"]);
+        let mut c = spec("nc", 3, &["s3"]);
+        c.default_vxlan_dev = Some("eth2".into());
+        let others = [view("d", "a", Some(1), &a), view("d", "c", Some(2), &c)];
+        let got = underlay_clashes(&view("d", "b", None, &b), &others);
+        assert_eq!(got.len(), 1);
+        assert!(
+            got[0]
+                .to_string()
+                .contains("spoke \"ens5\" is an underlay device of LAN d/a")
+        );
+        let got = underlay_clashes(&view("d", "c", None, &c), &others[..1]);
+        assert_eq!(got.len(), 1);
+        assert!(
+            got[0]
+                .to_string()
+                .contains("underlay \"eth2\" is a spoke of LAN d/a")
+        );
+        // eth1 (everybody's underlay) is nobody's spoke: no clash.
+        assert!(
+            underlay_clashes(&view("d", "x", None, &spec("nx", 9, &["s9"])), &others).is_empty()
+        );
+    }
+
+    #[test]
+    fn the_busiest_node_counts_every_lan_it_has_an_underlay_for() {
+        let everywhere = spec("n1", 1, &["a", "b", "c"]);
+        let mut only_w1 = spec("n2", 2, &["d", "e"]);
+        only_w1.default_vxlan_dev = None;
+        only_w1.vxlan_dev_map.insert("w1".into(), "eth2".into());
+        let mut w2_too = spec("n3", 3, &["f"]);
+        w2_too.vxlan_dev_map.insert("w2".into(), "eth3".into());
+        assert_eq!(
+            busiest_node(&[&everywhere]),
+            ("every node listed in no vxlanDevMap".into(), 3)
+        );
+        assert_eq!(
+            busiest_node(&[&everywhere, &only_w1, &w2_too]),
+            ("node w1".into(), 6)
+        );
+        assert_eq!(busiest_node(&[&only_w1]), ("node w1".into(), 2));
+        assert_eq!(busiest_node(&[]).1, 0);
     }
 }

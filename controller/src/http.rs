@@ -1,5 +1,6 @@
 //! The controller's two servers: plain HTTP for `/metrics`, `/healthz` and `/readyz`, and HTTPS
-//! for the webhook (`POST /validate-lan`), whose certificate can be swapped while it runs.
+//! for the webhooks (`POST /validate-lan`, `POST /validate-pod`), whose certificate can be
+//! swapped while it runs.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,10 +22,12 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::cert::{LiveCert, provider};
 use crate::metrics::{self, Metrics};
-use crate::webhook;
+use crate::{tenancy, webhook};
 
-/// Path the ValidatingWebhookConfiguration calls.
+/// Path the ValidatingWebhookConfiguration calls for LANs.
 pub const WEBHOOK_PATH: &str = "/validate-lan";
+/// Path the ValidatingWebhookConfiguration calls for pods that request spoke resources.
+pub const POD_WEBHOOK_PATH: &str = "/validate-pod";
 
 /// Why a server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -98,18 +101,33 @@ pub async fn serve_probes(addr: SocketAddr, state: ProbeState) -> Result<(), Ser
 pub struct WebhookState {
     pub lans: Store<LAN>,
     pub metrics: Arc<Metrics>,
+    pub limits: webhook::Limits,
 }
 
-/// `POST /validate-lan`.
+/// `POST /validate-lan`, `POST /validate-pod`.
 pub fn webhook_router(state: WebhookState) -> Router {
     Router::new()
         .route(WEBHOOK_PATH, post(validate))
+        .route(POD_WEBHOOK_PATH, post(validate_pod))
         .with_state(state)
 }
 
 async fn validate(State(s): State<WebhookState>, body: Bytes) -> Response {
     let stored = s.lans.state();
-    match webhook::handle(&body, &stored) {
+    respond(&s, "LAN", webhook::handle(&body, &stored, s.limits))
+}
+
+async fn validate_pod(State(s): State<WebhookState>, body: Bytes) -> Response {
+    let stored = s.lans.state();
+    respond(&s, "pod", tenancy::handle(&body, &stored))
+}
+
+fn respond(
+    s: &WebhookState,
+    what: &'static str,
+    verdict: Result<webhook::Verdict, webhook::WebhookError>,
+) -> Response {
+    match verdict {
         Ok(verdict) => {
             s.metrics
                 .admitted(if verdict.allowed { "allowed" } else { "denied" });
@@ -120,7 +138,7 @@ async fn validate(State(s): State<WebhookState>, body: Bytes) -> Response {
                     .as_ref()
                     .map(|r| r.result.message.clone())
                     .unwrap_or_default();
-                tracing::info!(reason = %msg, "denied a LAN");
+                tracing::info!(kind = what, reason = %msg, "denied an admission request");
             }
             axum::Json(verdict.review).into_response()
         }

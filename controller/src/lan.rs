@@ -351,9 +351,10 @@ pub struct Settings {
     pub cni: nad::CniSettings,
 }
 
-/// The running controller's LAN cache, for the webhook.
+/// The running controller's caches (LANs for the webhook, Leases for the claim sweeper).
 pub struct Running {
     pub lans: Store<LAN>,
+    pub leases: Store<Lease>,
     pub task: futures::future::BoxFuture<'static, ()>,
 }
 
@@ -419,7 +420,7 @@ pub fn start(client: Client, settings: Settings, metrics: Arc<Metrics>) -> Runni
     let ctx = Arc::new(Context {
         client: client.clone(),
         lans: lans.clone(),
-        leases,
+        leases: leases.clone(),
         recorder: Recorder::new(client.clone(), reporter),
         metrics: metrics.clone(),
         cni: settings.cni.clone(),
@@ -450,6 +451,7 @@ pub fn start(client: Client, settings: Settings, metrics: Arc<Metrics>) -> Runni
         });
     Running {
         lans,
+        leases,
         task: Box::pin(task),
     }
 }

@@ -16,8 +16,9 @@ use k8slan_controller::cert::{self, LiveCert, SecretStore};
 use k8slan_controller::http::{self, ProbeState, WebhookState};
 use k8slan_controller::lan::{self, Settings};
 use k8slan_controller::metrics::Metrics;
-use k8slan_controller::nad;
+use k8slan_controller::{claims, nad, webhook};
 use kube::api::ListParams;
+use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::Store;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
@@ -87,6 +88,16 @@ struct Args {
     /// NADs as `devDir`.
     #[arg(long, env = "K8SLAN_DEV_DIR", default_value = k8slan_api::naming::DEFAULT_DEV_DIR)]
     dev_dir: String,
+    /// Most spokes of all LANs one node may carry; the webhook refuses a LAN past it (every spoke
+    /// is two extended resources in the Node object).
+    #[arg(long, env = "K8SLAN_MAX_SPOKES_PER_NODE", default_value_t = webhook::DEFAULT_MAX_SPOKES_PER_NODE)]
+    max_spokes_per_node: usize,
+    /// How often every spoke claim is checked for a deleted node or a pod that is gone.
+    #[arg(long, env = "K8SLAN_CLAIM_CHECK_SECONDS", default_value_t = claims::DEFAULT_PERIOD.as_secs())]
+    claim_check_seconds: u64,
+    /// How long a claim may record no pod (or a pod of another identity) before it is released.
+    #[arg(long, env = "K8SLAN_CLAIM_GRACE_SECONDS", default_value_t = claims::DEFAULT_GRACE.as_secs())]
+    claim_grace_seconds: u64,
     /// Log filter (tracing EnvFilter syntax, e.g. `info` or `k8slan_controller=debug`).
     #[arg(long, env = "K8SLAN_LOG_LEVEL", default_value = "info")]
     log_level: String,
@@ -106,17 +117,34 @@ fn init_logging(args: &Args) -> Result<()> {
     Ok(())
 }
 
+/// Every flag that names an object or a path, checked by the rules in `k8slan_api::validate`.
+fn validate_args(args: &Args) -> Result<()> {
+    use k8slan_api::validate as v;
+    v::namespace_name("--namespace", &args.namespace)?;
+    if let Some(pod) = &args.pod_name {
+        v::object_name("--pod-name", pod)?;
+    }
+    v::object_name("--webhook-config-name", &args.webhook_config_name)?;
+    v::service_name("--service-name", &args.service_name)?;
+    v::object_name("--tls-secret", &args.tls_secret)?;
+    v::node_directory("--dev-dir", &args.dev_dir)
+        .context("--dev-dir is the node agents' --dev-dir (chart value agent.devDir)")?;
+    anyhow::ensure!(
+        args.max_spokes_per_node >= 1,
+        "--max-spokes-per-node must be at least 1 (chart value controller.maxSpokesPerNode)"
+    );
+    anyhow::ensure!(
+        args.claim_check_seconds >= 1 && args.claim_grace_seconds >= 1,
+        "--claim-check-seconds and --claim-grace-seconds must be at least 1"
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
     init_logging(&args)?;
-    anyhow::ensure!(
-        args.dev_dir.starts_with('/')
-            && !args.dev_dir.split('/').any(|c| c == "..")
-            && !args.dev_dir.chars().any(char::is_control),
-        "--dev-dir {:?} must be an absolute path without '..' (the node agents' --dev-dir, chart value agent.devDir)",
-        args.dev_dir
-    );
+    validate_args(&args)?;
     let client = Client::try_default()
         .await
         .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
@@ -154,8 +182,28 @@ async fn main() -> Result<()> {
         WebhookState {
             lans: running.lans.clone(),
             metrics: metrics.clone(),
+            limits: webhook::Limits {
+                max_spokes_per_node: args.max_spokes_per_node,
+            },
         },
     ));
+    tokio::spawn(claims::run(claims::Sweeper {
+        client: client.clone(),
+        leases: running.leases.clone(),
+        lans: running.lans.clone(),
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: lan::FIELD_MANAGER.into(),
+                instance: args.pod_name.clone(),
+            },
+        ),
+        settings: claims::Settings {
+            namespace: args.namespace.clone(),
+            period: Duration::from_secs(args.claim_check_seconds),
+            grace: Duration::from_secs(args.claim_grace_seconds),
+        },
+    }));
     tokio::spawn(keep_certificate(
         args.clone(),
         client.clone(),
@@ -202,14 +250,9 @@ async fn mark_ready(client: Client, lans: Store<LAN>, ready: Arc<AtomicBool>) {
     tracing::info!("LAN cache filled; ready");
 }
 
-/// The Secret of the self-signed material, owned by the webhook configuration.
+/// The Secret of the self-signed material (created by the chart).
 fn secret_store(args: &Args, client: &Client) -> SecretStore {
-    SecretStore::new(
-        client.clone(),
-        &args.namespace,
-        &args.tls_secret,
-        &args.webhook_config_name,
-    )
+    SecretStore::new(client.clone(), &args.namespace, &args.tls_secret)
 }
 
 /// Loads (certManager) or ensures and publishes (selfSigned) the first serving certificate.

@@ -2,22 +2,32 @@
 //! the verdict out. [`review`] is pure: it gets the LANs the controller's cache holds.
 //!
 //! It denies, naming the field and, for clashes, the other LAN (`namespace/name`):
-//! - a spec that breaks [`k8slan_api::validate_spec`];
+//! - a LAN that breaks [`k8slan_api::validate::validate_lan`] (its spec, its name, its
+//!   `allowedNamespaces` against its own namespace);
 //! - an update that changes `spec.ns` (the CRD has the same CEL rule; this gives the message even
 //!   where CEL is off);
-//! - a create whose `ns`, `vni` or a spoke is already used by another LAN, and an update that
-//!   introduces such a clash. Clashes the LAN already had before the update are allowed with a
-//!   warning, so that a LAN the controller rejected can still be fixed step by step.
+//! - a create whose `ns`, `vni` or a spoke is already used by another LAN, or whose spoke is
+//!   another LAN's underlay device (or the other way round), and an update that introduces such
+//!   a clash. Clashes the LAN already had before the update are allowed with a warning, so that a
+//!   LAN the controller rejected can still be fixed step by step;
+//! - a create or update after which some node could carry more spokes of all LANs than
+//!   [`Limits::max_spokes_per_node`] (unless the update does not make it worse).
+//!
+//! Pods are reviewed by [`crate::tenancy`], through the same [`answer`].
 
 use std::sync::Arc;
 
+use k8slan_api::LAN;
 use k8slan_api::report::LanRef;
-use k8slan_api::{LAN, validate_spec};
+use k8slan_api::validate::validate_lan;
 use kube::ResourceExt;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 
 use crate::conflict::{self, LanKeys};
+
+/// Default of [`Limits::max_spokes_per_node`] (see docs/controller.md for the arithmetic).
+pub const DEFAULT_MAX_SPOKES_PER_NODE: usize = 1000;
 
 /// A request body that is not an AdmissionReview.
 #[derive(Debug, thiserror::Error)]
@@ -35,16 +45,39 @@ pub struct Verdict {
     pub review: AdmissionReview<DynamicObject>,
 }
 
-/// Reads an AdmissionReview body and answers it.
-pub fn handle(body: &[u8], stored: &[Arc<LAN>]) -> Result<Verdict, WebhookError> {
+/// Cluster-wide bounds the webhook enforces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most spokes of all LANs one node may carry (chart value `controller.maxSpokesPerNode`).
+    pub max_spokes_per_node: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_spokes_per_node: DEFAULT_MAX_SPOKES_PER_NODE,
+        }
+    }
+}
+
+/// Reads an AdmissionReview body and answers it with `review`.
+pub fn answer(
+    body: &[u8],
+    review: impl FnOnce(&AdmissionRequest<DynamicObject>) -> AdmissionResponse,
+) -> Result<Verdict, WebhookError> {
     let incoming: AdmissionReview<DynamicObject> = serde_json::from_slice(body)?;
     let request: AdmissionRequest<DynamicObject> =
         incoming.try_into().map_err(|_| WebhookError::NoRequest)?;
-    let response = review(&request, stored);
+    let response = review(&request);
     Ok(Verdict {
         allowed: response.allowed,
         review: response.into_review(),
     })
+}
+
+/// Reads a LAN AdmissionReview body and answers it.
+pub fn handle(body: &[u8], stored: &[Arc<LAN>], limits: Limits) -> Result<Verdict, WebhookError> {
+    answer(body, |r| review(r, stored, limits))
 }
 
 fn as_lan(obj: &DynamicObject) -> Result<LAN, String> {
@@ -53,8 +86,20 @@ fn as_lan(obj: &DynamicObject) -> Result<LAN, String> {
         .map_err(|e| format!("the object is not a valid LAN: {e}"))
 }
 
+fn keys_of(l: &LAN) -> LanKeys<'_> {
+    LanKeys {
+        lan: LanRef::new(l.namespace().unwrap_or_default(), l.name_any()),
+        created: l.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        spec: &l.spec,
+    }
+}
+
 /// Answers one admission request for a LAN.
-pub fn review(request: &AdmissionRequest<DynamicObject>, stored: &[Arc<LAN>]) -> AdmissionResponse {
+pub fn review(
+    request: &AdmissionRequest<DynamicObject>,
+    stored: &[Arc<LAN>],
+    limits: Limits,
+) -> AdmissionResponse {
     let response = AdmissionResponse::from(request);
     if !matches!(request.operation, Operation::Create | Operation::Update) {
         return response;
@@ -76,7 +121,7 @@ pub fn review(request: &AdmissionRequest<DynamicObject>, stored: &[Arc<LAN>]) ->
         request.name.clone()
     };
     let me = LanRef::new(namespace, name);
-    if let Err(e) = validate_spec(&lan.spec) {
+    if let Err(e) = validate_lan(&me.namespace, &me.name, &lan.spec) {
         return response.deny(format!("LAN {me}: {e}"));
     }
     let old = match (&request.operation, &request.old_object) {
@@ -94,49 +139,95 @@ pub fn review(request: &AdmissionRequest<DynamicObject>, stored: &[Arc<LAN>]) ->
             old.spec.ns, lan.spec.ns
         ));
     }
-
     let others: Vec<LanKeys<'_>> = stored
         .iter()
-        .map(|l| LanKeys {
-            lan: LanRef::new(l.namespace().unwrap_or_default(), l.name_any()),
-            created: l.metadata.creation_timestamp.as_ref().map(|t| t.0),
-            spec: &l.spec,
-        })
+        .map(|l| keys_of(l))
+        .filter(|k| k.lan != me)
         .collect();
     let view = LanKeys {
         lan: me.clone(),
         created: lan.metadata.creation_timestamp.as_ref().map(|t| t.0),
         spec: &lan.spec,
     };
-    let now = conflict::clashes(&view, &others);
-    let before = old
-        .as_ref()
-        .map(|o| {
-            conflict::clashes(
-                &LanKeys {
-                    lan: me.clone(),
-                    created: view.created,
-                    spec: &o.spec,
-                },
-                &others,
-            )
-        })
+    let before = old.as_ref().map(|o| LanKeys {
+        spec: &o.spec,
+        ..view.clone()
+    });
+    match judge(&view, before.as_ref(), &others, limits) {
+        Ok(warnings) if warnings.is_empty() => response,
+        Ok(warnings) => {
+            let mut response = response;
+            response.warnings = Some(warnings);
+            response
+        }
+        Err(denial) => response.deny(denial),
+    }
+}
+
+/// The cross-LAN rules: denies what the change introduces, warns about what it keeps.
+fn judge(
+    view: &LanKeys<'_>,
+    before: Option<&LanKeys<'_>>,
+    others: &[LanKeys<'_>],
+    limits: Limits,
+) -> Result<Vec<String>, String> {
+    let me = &view.lan;
+    let mut warnings = Vec::new();
+    let now = conflict::clashes(view, others);
+    let was = before
+        .map(|b| conflict::clashes(b, others))
         .unwrap_or_default();
-    let (kept, new): (Vec<_>, Vec<_>) = now.into_iter().partition(|c| before.contains(c));
+    let (kept, new): (Vec<_>, Vec<_>) = now.into_iter().partition(|c| was.contains(c));
     if !new.is_empty() {
-        return response.deny(format!(
+        return Err(format!(
             "LAN {me} conflicts with another LAN (ns, vni and spoke names are unique across the cluster): {}",
             conflict::describe(&new)
         ));
     }
-    let mut response = response;
     if !kept.is_empty() {
-        response.warnings = Some(vec![format!(
+        warnings.push(format!(
             "LAN {me} still conflicts with another LAN and stays not accepted until that is fixed: {}",
             conflict::describe(&kept)
-        )]);
+        ));
     }
-    response
+    let now = conflict::underlay_clashes(view, others);
+    let was = before
+        .map(|b| conflict::underlay_clashes(b, others))
+        .unwrap_or_default();
+    let new: Vec<String> = now
+        .iter()
+        .filter(|c| !was.contains(c))
+        .map(ToString::to_string)
+        .collect();
+    if !new.is_empty() {
+        return Err(format!("LAN {me}: {}", new.join("; ")));
+    }
+    check_node_load(view, before, others, limits)?;
+    Ok(warnings)
+}
+
+fn check_node_load(
+    view: &LanKeys<'_>,
+    before: Option<&LanKeys<'_>>,
+    others: &[LanKeys<'_>],
+    limits: Limits,
+) -> Result<(), String> {
+    let with = |spec| {
+        let mut specs: Vec<_> = others.iter().map(|o| o.spec).collect();
+        specs.push(spec);
+        conflict::busiest_node(&specs)
+    };
+    let (node, load) = with(view.spec);
+    let limit = limits.max_spokes_per_node;
+    let worse = before.is_none_or(|b| load > with(b.spec).1);
+    if load > limit && worse {
+        return Err(format!(
+            "LAN {}: with its {} spokes, {node} could carry {load} spokes of all LANs, more than the limit of {limit} (chart value controller.maxSpokesPerNode, flag --max-spokes-per-node): every spoke is two extended resources in the Node object, which must stay far below etcd's object size limit; use fewer spokes, or vxlanDevMap to put the LAN on fewer nodes",
+            view.lan,
+            view.spec.spokes.len()
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -180,7 +271,11 @@ mod tests {
     }
 
     fn answer(body: &[u8], lans: &[Arc<LAN>]) -> Value {
-        serde_json::to_value(handle(body, lans).unwrap().review).unwrap()
+        answer_with(body, lans, Limits::default())
+    }
+
+    fn answer_with(body: &[u8], lans: &[Arc<LAN>], limits: Limits) -> Value {
+        serde_json::to_value(handle(body, lans, limits).unwrap().review).unwrap()
     }
 
     fn good_spec(ns: &str, vni: u32, spokes: &[&str]) -> Value {
@@ -301,7 +396,7 @@ mod tests {
         let old = lan_json("b", good_spec("nb", 1, &["s1"]));
         let out = answer(&request("DELETE", old.clone(), Some(old)), &[]);
         assert_eq!(out["response"]["allowed"], true);
-        let err = handle(b"{\"nope\":1", &[]).unwrap_err();
+        let err = handle(b"{\"nope\":1", &[], Limits::default()).unwrap_err();
         assert!(
             err.to_string()
                 .contains("not an admission.k8s.io/v1 AdmissionReview")
@@ -309,8 +404,92 @@ mod tests {
         let err = handle(
             br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#,
             &[],
+            Limits::default(),
         )
         .unwrap_err();
         assert!(matches!(err, WebhookError::NoRequest));
+    }
+
+    #[test]
+    fn lan_level_rules_and_underlays_of_other_lans_are_denied() {
+        let mut own = good_spec("nb", 5, &["s1"]);
+        own["allowedNamespaces"] = json!(["default"]);
+        let out = answer(&request("CREATE", lan_json("b", own), None), &[]);
+        let msg = out["response"]["status"]["message"].as_str().unwrap();
+        assert!(msg.contains("spec.allowedNamespaces[0]"), "{msg}");
+        let out = answer(
+            &request(
+                "CREATE",
+                lan_json(&"n".repeat(64), good_spec("nb", 5, &["s1"])),
+                None,
+            ),
+            &[],
+        );
+        let msg = out["response"]["status"]["message"].as_str().unwrap();
+        assert!(msg.contains("metadata.name"), "{msg}");
+
+        let mut a = stored("team", "a", "na", 1, &["s1"]);
+        Arc::get_mut(&mut a).unwrap().spec.default_vxlan_dev = Some("ens5".into());
+        let out = answer(
+            &request("CREATE", lan_json("b", good_spec("nb", 2, &["ens5"])), None),
+            &[a],
+        );
+        let msg = out["response"]["status"]["message"].as_str().unwrap();
+        assert!(
+            msg.contains("spoke \"ens5\" is an underlay device of LAN team/a"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn spokes_past_the_node_limit_are_denied_naming_the_limit() {
+        let limits = Limits {
+            max_spokes_per_node: 4,
+        };
+        let mut a = stored("default", "a", "na", 1, &["s1", "s2", "s3"]);
+        let only_w1 = Arc::get_mut(&mut a).unwrap();
+        only_w1.spec.default_vxlan_dev = None;
+        only_w1
+            .spec
+            .vxlan_dev_map
+            .insert("w1".into(), "eth1".into());
+        let lans = [a];
+        let out = answer_with(
+            &request(
+                "CREATE",
+                lan_json("b", good_spec("nb", 2, &["t1", "t2"])),
+                None,
+            ),
+            &lans,
+            limits,
+        );
+        assert_eq!(out["response"]["allowed"], false);
+        let msg = out["response"]["status"]["message"].as_str().unwrap();
+        assert!(
+            msg.contains("node w1 could carry 5 spokes of all LANs, more than the limit of 4"),
+            "{msg}"
+        );
+        assert!(msg.contains("controller.maxSpokesPerNode"), "{msg}");
+        // On other nodes only (vxlanDevMap instead of defaultVxlanDev): fine.
+        let mut elsewhere = good_spec("nb", 2, &["t1", "t2"]);
+        elsewhere.as_object_mut().unwrap().remove("defaultVxlanDev");
+        elsewhere["vxlanDevMap"] = json!({"w9": "eth1"});
+        let out = answer_with(
+            &request("CREATE", lan_json("b", elsewhere), None),
+            &lans,
+            limits,
+        );
+        assert_eq!(out["response"]["allowed"], true, "{out}");
+        // An update that adds no load to a cluster already past the limit is allowed.
+        let old = lan_json("a", good_spec("na", 1, &["s1", "s2", "s3", "s4", "s5"]));
+        let new = lan_json("a", good_spec("na", 1, &["s1", "s2", "s3", "s4", "s5"]));
+        let out = answer_with(
+            &request("UPDATE", new, Some(old)),
+            &lans,
+            Limits {
+                max_spokes_per_node: 2,
+            },
+        );
+        assert_eq!(out["response"]["allowed"], true, "{out}");
     }
 }
