@@ -118,7 +118,7 @@ pub struct LanSpec {
     /// Underlay device per Kubernetes node name; overrides `defaultVxlanDev` on those nodes.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("maxProperties" = 1000, "additionalProperties" = {"type": "string", "maxLength": 15}))]
-    #[x_kube(validation = Rule::new("self.all(k, size(k) <= 253 && k.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$'))").message("vxlanDevMap keys must be Kubernetes node names (lowercase DNS subdomains of at most 253 characters)"))]
+    #[x_kube(validation = Rule::new("self.all(k, size(k) <= 253 && k.matches('^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?([.][a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$'))").message("vxlanDevMap keys must be Kubernetes node names (lowercase DNS subdomains of at most 253 characters)"))]
     #[x_kube(validation = Rule::new("self.all(k, self[k].matches('^[!-.0-9;-~]{1,15}$') && self[k] != '.' && self[k] != '..' && self[k] != 'lo' && !self[k].startsWith('mvt-') && !self[k].startsWith('mvh-'))").message("vxlanDevMap values must be underlay interface names of 1-15 characters without '/', ':' or whitespace, and not lo or a k8slan macvtap (mvt-*, mvh-*)"))]
     pub vxlan_dev_map: BTreeMap<String, String>,
 
