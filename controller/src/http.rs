@@ -102,6 +102,9 @@ pub struct WebhookState {
     pub lans: Store<LAN>,
     pub metrics: Arc<Metrics>,
     pub limits: webhook::Limits,
+    /// Lists the LANs afresh before a pod is denied: a LAN created (or shared) a moment before
+    /// its pods may not have reached the cache yet.
+    pub client: kube::Client,
 }
 
 /// `POST /validate-lan`, `POST /validate-pod`.
@@ -119,7 +122,27 @@ async fn validate(State(s): State<WebhookState>, body: Bytes) -> Response {
 
 async fn validate_pod(State(s): State<WebhookState>, body: Bytes) -> Response {
     let stored = s.lans.state();
-    respond(&s, "pod", tenancy::handle(&body, &stored))
+    let verdict = match tenancy::handle(&body, &stored) {
+        Ok(v) if !v.allowed => match fresh_lans(&s.client).await {
+            Some(fresh) => tenancy::handle(&body, &fresh),
+            None => Ok(v),
+        },
+        other => other,
+    };
+    respond(&s, "pod", verdict)
+}
+
+/// Every LAN as the API server has it now; `None` (and the cached verdict stands) when it cannot
+/// be listed.
+async fn fresh_lans(client: &kube::Client) -> Option<Vec<Arc<LAN>>> {
+    let api: kube::Api<LAN> = kube::Api::all(client.clone());
+    match api.list(&kube::api::ListParams::default()).await {
+        Ok(list) => Some(list.items.into_iter().map(Arc::new).collect()),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list LANs afresh for a pod review; using the cache");
+            None
+        }
+    }
 }
 
 fn respond(

@@ -185,6 +185,7 @@ async fn main() -> Result<()> {
             limits: webhook::Limits {
                 max_spokes_per_node: args.max_spokes_per_node,
             },
+            client: client.clone(),
         },
     ));
     tokio::spawn(claims::run(claims::Sweeper {
