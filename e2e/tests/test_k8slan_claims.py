@@ -136,8 +136,9 @@ def stop_kubelet(node):
 def kill_agent(node):
     """SIGKILL the agent container on `node` (its kubelet is stopped, so nothing restarts it)."""
     sock = str(containerd_sock(node))
+    # One filter, comma-separated: containerd ORs separate filters.
     ids = run(["ctr", "-a", sock, "-n", "k8s.io", "containers", "ls", "-q",
-               'labels."io.kubernetes.container.name"==agent',
+               'labels."io.kubernetes.container.name"==agent,'
                f'labels."io.kubernetes.pod.namespace"=={K8SLAN_NAMESPACE}']).split()
     tasks = run(["ctr", "-a", sock, "-n", "k8s.io", "tasks", "ls"]).splitlines()[1:]
     pids = [int(t.split()[1]) for t in tasks if t.split()[0] in ids and t.split()[2] == "RUNNING"]
