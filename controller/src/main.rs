@@ -188,23 +188,7 @@ async fn main() -> Result<()> {
             client: client.clone(),
         },
     ));
-    tokio::spawn(claims::run(claims::Sweeper {
-        client: client.clone(),
-        leases: running.leases.clone(),
-        lans: running.lans.clone(),
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: lan::FIELD_MANAGER.into(),
-                instance: args.pod_name.clone(),
-            },
-        ),
-        settings: claims::Settings {
-            namespace: args.namespace.clone(),
-            period: Duration::from_secs(args.claim_check_seconds),
-            grace: Duration::from_secs(args.claim_grace_seconds),
-        },
-    }));
+    tokio::spawn(claims::run(claim_sweeper(&args, &client, &running)));
     tokio::spawn(keep_certificate(
         args.clone(),
         client.clone(),
@@ -224,6 +208,27 @@ async fn main() -> Result<()> {
         r = webhook => r.context("webhook server task")?.context("webhook server")?,
     }
     Ok(())
+}
+
+/// Releases the claims of deleted nodes and gone pods, from the controller's caches.
+fn claim_sweeper(args: &Args, client: &Client, running: &lan::Running) -> claims::Sweeper {
+    claims::Sweeper {
+        client: client.clone(),
+        leases: running.leases.clone(),
+        lans: running.lans.clone(),
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: lan::FIELD_MANAGER.into(),
+                instance: args.pod_name.clone(),
+            },
+        ),
+        settings: claims::Settings {
+            namespace: args.namespace.clone(),
+            period: Duration::from_secs(args.claim_check_seconds),
+            grace: Duration::from_secs(args.claim_grace_seconds),
+        },
+    }
 }
 
 /// Marks the controller ready once the LAN cache holds the cluster's LANs. The cache swaps in its
