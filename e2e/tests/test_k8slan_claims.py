@@ -161,13 +161,13 @@ def restore(kubectl, node):
     kubectl("label", "node", node, "node-role.kubernetes.io/worker=", "--overwrite")
     kubectl("wait", "--for=condition=Ready", f"node/{node}", "--timeout=120s", timeout=150)
 
-    def agent_ready():
-        pods = kubectl.json("-n", K8SLAN_NAMESPACE, "get", "pods", "-l",
-                            "app.kubernetes.io/component=agent")["items"]
-        return any(p["spec"].get("nodeName") == node and p["metadata"].get("deletionTimestamp") is None
-                   and any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))
-                   for p in pods)
-    wait_for(agent_ready, 180, interval=2, what=f"the agent on {node} Ready")
+    def one_agent_ready():
+        pods = [p for p in kubectl.json("-n", K8SLAN_NAMESPACE, "get", "pods", "-l",
+                                        "app.kubernetes.io/component=agent")["items"]
+                if p["spec"].get("nodeName") == node]
+        return len(pods) == 1 and pods[0]["metadata"].get("deletionTimestamp") is None and any(
+            c["type"] == "Ready" and c["status"] == "True" for c in pods[0]["status"].get("conditions", []))
+    wait_for(one_agent_ready, 180, interval=2, what=f"exactly one agent on {node}, Ready")
 
 
 def test_a_deleted_node_releases_its_claims(k8slan, namespace):
