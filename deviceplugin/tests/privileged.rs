@@ -45,8 +45,10 @@ async fn allocate_prepares_real_spokes_and_hands_out_the_tap_device() {
             node_name: "node-a".into(),
             device_plugin_dir: plugins.clone(),
             pod_resources_socket: pr_socket,
+            prepared_dir: dir.path().join("prepared"),
             poll_interval: Duration::from_millis(200),
             release_grace: Duration::from_secs(30),
+            claim_timeout: PluginConfig::DEFAULT_CLAIM_TIMEOUT,
         },
         Backends {
             preparer: Arc::new(NetagentPreparer {
@@ -56,6 +58,7 @@ async fn allocate_prepares_real_spokes_and_hands_out_the_tap_device() {
             claims: claims.clone(),
             reports: Arc::new(MemoryReports::default()),
             links: Arc::new(KernelLinks(dp.clone())),
+            pods: Arc::new(k8slan_deviceplugin::testing::MemoryPods::default()),
         },
         Sources {
             lans: lans_rx,
@@ -113,7 +116,7 @@ async fn allocate_prepares_real_spokes_and_hands_out_the_tap_device() {
     host.sh(&format!("ip link show {mac_id}")).unwrap();
 
     // The pod member is listed, then goes away: the spoke is released on the host side.
-    pod_resources.set(&[("ns/pod", &veth_res, &pod_spoke)]);
+    pod_resources.set(&[("default/pod", &veth_res, &pod_spoke)]);
     tokio::time::sleep(Duration::from_millis(600)).await;
     pod_resources.set(&[]);
     let deadline = Instant::now() + Duration::from_secs(10);
