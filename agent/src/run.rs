@@ -120,19 +120,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
             ready.store(true, Ordering::Relaxed);
         }
     });
-    let listener = tokio::net::TcpListener::bind(args.probe_addr)
-        .await
-        .with_context(|| format!("cannot listen on {} for probes", args.probe_addr))?;
-    let router = Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text))
-        .with_state(probe);
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router).await {
-            warn!(error = %e, "probe server stopped");
-        }
-    });
+    serve_probes(args.probe_addr, probe).await?;
 
     let records = PreparedDir::open(&args.prepared_dir).context("--prepared-dir")?;
     let node = Arc::new(lans::Node {
@@ -156,6 +144,24 @@ pub async fn run(args: RunArgs) -> Result<()> {
     lan_watch.abort();
     result.context("device plugin stopped")?;
     info!("k8slan agent stopped");
+    Ok(())
+}
+
+/// Serves `/healthz`, `/readyz` and `/metrics` on `addr` in the background.
+async fn serve_probes(addr: SocketAddr, probe: Probe) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for probes"))?;
+    let router = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .with_state(probe);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            warn!(error = %e, "probe server stopped");
+        }
+    });
     Ok(())
 }
 

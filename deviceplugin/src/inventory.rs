@@ -121,68 +121,83 @@ pub fn compute(i: Inputs<'_>) -> Inventory {
             message,
             generation: lan.generation,
         };
-        if let Err(e) = validate_spec(&lan.spec) {
-            inv.report
-                .lans
-                .insert(lan.key.clone(), report(NodeState::Failed, e.to_string()));
-            continue;
-        }
-        let Some(underlay) = lan.spec.underlay_for(i.node) else {
-            let msg = format!(
-                "no underlay device for node {}: the LAN has neither a vxlanDevMap entry for it nor a defaultVxlanDev",
-                i.node
-            );
-            inv.report
-                .lans
-                .insert(lan.key.clone(), report(NodeState::NoUnderlay, msg));
-            continue;
-        };
-        if !i.underlays.get(underlay).copied().unwrap_or(false) {
-            let msg = format!(
-                "underlay device {underlay} does not exist in the host network namespace of node {}",
-                i.node
-            );
-            inv.report
-                .lans
-                .insert(lan.key.clone(), report(NodeState::NoUnderlay, msg));
-            continue;
-        }
-        let mut clashes = Vec::new();
-        for spoke in &lan.spec.spokes {
-            if let Some(other) = taken.get(spoke.as_str()) {
-                clashes.push(format!("spoke {spoke} is already served for LAN {other}"));
-                continue;
+        let entry = match servable(&i, lan) {
+            Err((state, message)) => report(state, message),
+            Ok(underlay) => {
+                let clashes = advertise(&i, lan, underlay, &mut taken, &mut inv.resources);
+                let failure = i
+                    .failures
+                    .get(&lan.key)
+                    .filter(|f| f.generation == lan.generation);
+                if !clashes.is_empty() {
+                    report(NodeState::Failed, clashes.join("; "))
+                } else if let Some(f) = failure {
+                    report(NodeState::Failed, f.message.clone())
+                } else {
+                    report(NodeState::Ready, String::new())
+                }
             }
-            taken.insert(spoke, &lan.key);
-            for kind in SpokeKind::ALL {
-                let health = health(&i, spoke, kind);
-                inv.resources.insert(
-                    resource_name(kind, spoke),
-                    Advert {
-                        lan: lan.key.clone(),
-                        spoke: spoke.clone(),
-                        kind,
-                        device_id: device_id(kind, spoke),
-                        underlay: underlay.to_string(),
-                        health,
-                    },
-                );
-            }
-        }
-        let failure = i
-            .failures
-            .get(&lan.key)
-            .filter(|f| f.generation == lan.generation);
-        let entry = if !clashes.is_empty() {
-            report(NodeState::Failed, clashes.join("; "))
-        } else if let Some(f) = failure {
-            report(NodeState::Failed, f.message.clone())
-        } else {
-            report(NodeState::Ready, String::new())
         };
         inv.report.lans.insert(lan.key.clone(), entry);
     }
     inv
+}
+
+/// The underlay this node serves the LAN on, or the state and message of why it cannot.
+fn servable<'a>(i: &Inputs<'_>, lan: &'a WatchedLan) -> Result<&'a str, (NodeState, String)> {
+    validate_spec(&lan.spec).map_err(|e| (NodeState::Failed, e.to_string()))?;
+    let Some(underlay) = lan.spec.underlay_for(i.node) else {
+        return Err((
+            NodeState::NoUnderlay,
+            format!(
+                "no underlay device for node {}: the LAN has neither a vxlanDevMap entry for it nor a defaultVxlanDev",
+                i.node
+            ),
+        ));
+    };
+    if !i.underlays.get(underlay).copied().unwrap_or(false) {
+        return Err((
+            NodeState::NoUnderlay,
+            format!(
+                "underlay device {underlay} does not exist in the host network namespace of node {}",
+                i.node
+            ),
+        ));
+    }
+    Ok(underlay)
+}
+
+/// Adds both resources of every spoke of the LAN not `taken` by an earlier LAN; returns the
+/// clashes with earlier LANs.
+fn advertise<'a>(
+    i: &Inputs<'_>,
+    lan: &'a WatchedLan,
+    underlay: &str,
+    taken: &mut BTreeMap<&'a str, &'a str>,
+    resources: &mut BTreeMap<String, Advert>,
+) -> Vec<String> {
+    let mut clashes = Vec::new();
+    for spoke in &lan.spec.spokes {
+        if let Some(other) = taken.get(spoke.as_str()) {
+            clashes.push(format!("spoke {spoke} is already served for LAN {other}"));
+            continue;
+        }
+        taken.insert(spoke, &lan.key);
+        for kind in SpokeKind::ALL {
+            resources.insert(
+                resource_name(kind, spoke),
+                Advert {
+                    lan: lan.key.clone(),
+                    spoke: spoke.clone(),
+                    kind,
+                    device_id: device_id(kind, spoke),
+                    underlay: underlay.to_string(),
+                    health: health(i, spoke, kind),
+                },
+            );
+        }
+    }
+    clashes
 }
 
 fn health(i: &Inputs<'_>, spoke: &str, kind: SpokeKind) -> Health {

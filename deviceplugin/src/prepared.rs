@@ -172,7 +172,7 @@ impl PreparedDir {
     /// Reads the record of `spoke`, if any (`None` also for an invalid file).
     pub fn read(&self, spoke: &str) -> Result<Option<PreparedSpoke>, PreparedDirError> {
         let path = self.file(spoke)?;
-        Ok(read_record(&path).map(|(r, _)| r).flatten())
+        Ok(read_record(&path).and_then(|(r, _)| r))
     }
 
     /// Every `<spoke>.json` of the directory (temporary files and other names are skipped).

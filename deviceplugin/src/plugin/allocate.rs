@@ -58,7 +58,10 @@ pub enum AllocateError {
         pod: String,
     },
     #[error("cannot claim spoke {spoke}: {source}")]
-    Claim { spoke: String, source: ClaimError },
+    Claim {
+        spoke: String,
+        source: Box<ClaimError>,
+    },
     #[error(
         "cannot claim spoke {spoke}: the API server did not answer the write of claim Lease {lease} within {timeout:?} (--claim-timeout); Allocate fails at once rather than stall pod admission on this node"
     )]
@@ -258,7 +261,7 @@ impl Core {
                 })?
                 .map_err(|source| AllocateError::Claim {
                     spoke: spoke.into(),
-                    source,
+                    source: Box::new(source),
                 })?;
         match acquired {
             Acquired::Created => Ok(true),

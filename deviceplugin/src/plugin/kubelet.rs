@@ -55,8 +55,11 @@ fn classify(mask: EventMask, name: Option<&OsStr>) -> DirEvent {
 /// Events of the device-plugin directory. Once the stream fails or ends, [`DirEvents::next`]
 /// never resolves again (the periodic socket check carries on alone).
 pub(super) struct DirEvents {
-    stream: Option<BoxStream<'static, std::io::Result<(EventMask, Option<OsString>)>>>,
+    stream: Option<BoxStream<'static, std::io::Result<DirEventItem>>>,
 }
+
+/// One inotify event: its mask and the file name it concerns.
+type DirEventItem = (EventMask, Option<OsString>);
 
 impl DirEvents {
     /// Creates the directory if needed and watches it.
@@ -87,7 +90,7 @@ impl DirEvents {
         })
     }
 
-    pub async fn next(&mut self) -> Option<(EventMask, Option<OsString>)> {
+    pub async fn next(&mut self) -> Option<DirEventItem> {
         let Some(stream) = self.stream.as_mut() else {
             return std::future::pending().await;
         };
