@@ -13,6 +13,7 @@
 //! [`plan`] decides all of it under the lock, free of I/O; the tracker carries it out in
 //! background tasks.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -102,10 +103,31 @@ pub(crate) fn plan(st: &mut State, node: &str, now: Instant, grace: Duration) ->
         .iter()
         .filter_map(|(s, m)| Some((s.clone(), m.kind, m.pod.as_deref().and_then(PodRef::parse)?)))
         .collect();
+    // The served LAN of each spoke, once per look (not one scan of every LAN per member).
+    let lans = st.lans.clone();
+    let served = served_lans(lans.as_deref());
     for (spoke, kind, pod) in known {
-        judge_member(st, node, &spoke, kind, pod, &mut work);
+        if let Some(lan) = served.get(spoke.as_str()) {
+            judge_member(st, node, &spoke, kind, pod, lan, &mut work);
+        }
     }
     work
+}
+
+/// The served LAN of every spoke: the first served LAN, by key, that lists it (as the
+/// inventory serves it).
+fn served_lans(lans: Option<&BTreeMap<String, WatchedLan>>) -> BTreeMap<&str, &WatchedLan> {
+    let mut out = BTreeMap::new();
+    for lan in lans
+        .into_iter()
+        .flat_map(|l| l.values())
+        .filter(|l| l.served())
+    {
+        for spoke in &lan.spec.spokes {
+            out.entry(spoke.as_str()).or_insert(lan);
+        }
+    }
+    out
 }
 
 /// Denies a member of a namespace its LAN does not admit, or schedules its pod for the claim.
@@ -115,15 +137,13 @@ fn judge_member(
     spoke: &str,
     kind: SpokeKind,
     pod: PodRef,
+    lan: &WatchedLan,
     work: &mut Work,
 ) {
     let pod_s = pod.to_string();
     if st.denied.get(spoke).is_some_and(|d| d.pod == pod_s) {
         return;
     }
-    let Some(lan) = st.served_lan_of(spoke).cloned() else {
-        return;
-    };
     if !lan.admits(&pod.namespace) {
         st.denied.insert(
             spoke.to_string(),
@@ -138,7 +158,7 @@ fn judge_member(
             kind,
             claim: st.own_claim(spoke, node).cloned(),
             pod,
-            lan,
+            lan: lan.clone(),
         });
         return;
     }
@@ -374,8 +394,6 @@ async fn release_host_side(core: &Core, spoke: &str, kind: SpokeKind, lan: &Watc
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use k8slan_api::LanSpec;
     use k8slan_api::report::LanRef;
 
@@ -502,6 +520,24 @@ mod tests {
             .unwrap();
         assert!(orphan_claims(&st, NODE).is_empty());
         assert!(orphan_claims(&st, "node-b").is_empty());
+    }
+
+    #[test]
+    fn a_spoke_is_judged_by_the_first_served_lan_that_lists_it() {
+        let mut rejected = lan(&["intruder"]);
+        rejected.key = "a/rejected".into();
+        rejected.accepted = Some(false);
+        let mut late = lan(&["intruder"]);
+        late.key = "z/late".into();
+        let own = lan(&[]);
+        let lans: BTreeMap<String, WatchedLan> = [rejected, own, late]
+            .into_iter()
+            .map(|l| (l.key.clone(), l))
+            .collect();
+        let served = served_lans(Some(&lans));
+        assert_eq!(served["s1"].key, "lab/lan1");
+        assert!(!served["s1"].admits("intruder"));
+        assert!(served_lans(None).is_empty());
     }
 
     #[test]
