@@ -2,14 +2,16 @@
 //! resources. The device plugin creates a LAN's namespace on the first allocation; from then on
 //! this loop applies live changes (VNI, group, port, underlay), repairs drift, removes spokes
 //! that left the spec, and removes the namespaces of LANs that were deleted or are no longer
-//! accepted — within one watch event, without any finalizer.
+//! accepted — within one watch event, without any finalizer. It also removes the prepared-spoke
+//! records (what the CNI plugins may bind) of spokes this node no longer serves.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use k8slan_api::LanSpec;
 use k8slan_deviceplugin::lan::LanSnapshot;
+use k8slan_deviceplugin::prepared::{Listed, PreparedDir};
 use k8slan_netagent::{Datapath, Kernel, NodeLan};
 use tokio::sync::watch;
 use tracing::{debug, info, instrument, warn};
@@ -64,19 +66,45 @@ pub fn plan(lans: &LanSnapshot, present: &[NodeLan]) -> Vec<Action> {
     actions
 }
 
+/// The records of spokes this node does not serve: the record's LAN is gone or not served,
+/// no longer lists the spoke or now lives in another namespace, or the file is no valid record.
+/// Records written after `since` (when `lans` was taken) are left for the next round: an
+/// `Allocate` may have served a LAN newer than this snapshot. Pure.
+pub fn stale_records(lans: &LanSnapshot, listed: &[Listed], since: SystemTime) -> Vec<String> {
+    let served = |l: &Listed| {
+        let Some(r) = &l.record else { return false };
+        let key = format!("{}/{}", r.lan_namespace, r.lan_name);
+        lans.get(&key).is_some_and(|lan| {
+            lan.served() && lan.spec.ns == r.netns && lan.spec.spokes.contains(&r.spoke)
+        }) && r.spoke == l.spoke
+    };
+    listed
+        .iter()
+        .filter(|l| l.modified < since && !served(l))
+        .map(|l| l.spoke.clone())
+        .collect()
+}
+
+/// What the reconciler works on.
+pub struct Node<K> {
+    pub dp: Arc<Datapath<K>>,
+    pub name: String,
+    pub records: PreparedDir,
+    pub metrics: Arc<Metrics>,
+}
+
 /// Runs [`plan`] on every LAN change and every `resync` period until `lans` closes.
 pub async fn reconcile_loop<K: Kernel + 'static>(
-    dp: Arc<Datapath<K>>,
-    node: String,
+    node: Arc<Node<K>>,
     mut lans: watch::Receiver<Option<LanSnapshot>>,
     resync: Duration,
-    metrics: Arc<Metrics>,
 ) {
     loop {
         let snapshot = lans.borrow_and_update().clone();
+        let taken = SystemTime::now();
         // Never act before the first complete list: an empty cache is not "every LAN deleted".
         if let Some(snapshot) = snapshot {
-            reconcile(dp.clone(), node.clone(), snapshot, metrics.clone()).await;
+            reconcile(node.clone(), snapshot, taken).await;
         }
         tokio::select! {
             changed = lans.changed() => if changed.is_err() { return },
@@ -85,28 +113,28 @@ pub async fn reconcile_loop<K: Kernel + 'static>(
     }
 }
 
-#[instrument(skip_all, fields(node = %node, lans = snapshot.len()))]
+#[instrument(skip_all, fields(node = %node.name, lans = snapshot.len()))]
 async fn reconcile<K: Kernel + 'static>(
-    dp: Arc<Datapath<K>>,
-    node: String,
+    node: Arc<Node<K>>,
     snapshot: LanSnapshot,
-    metrics: Arc<Metrics>,
+    taken: SystemTime,
 ) {
     let result = tokio::task::spawn_blocking(move || {
-        let present = match dp.show() {
+        let present = match node.dp.show() {
             Ok(p) => p,
             Err(e) => {
                 warn!(error = %e, "cannot list the LAN namespaces of this node");
                 return;
             }
         };
-        metrics
+        node.metrics
             .lan_namespaces
             .set(i64::try_from(present.len()).unwrap_or(i64::MAX));
         for action in plan(&snapshot, &present) {
-            let (name, result) = apply(&dp, &node, action);
-            metrics.action(name, result);
+            let (name, result) = apply(&node, action);
+            node.metrics.action(name, result);
         }
+        remove_stale_records(&node, &snapshot, taken);
     })
     .await;
     if let Err(e) = result {
@@ -114,10 +142,34 @@ async fn reconcile<K: Kernel + 'static>(
     }
 }
 
+fn remove_stale_records<K>(node: &Node<K>, snapshot: &LanSnapshot, taken: SystemTime) {
+    let listed = match node.records.list() {
+        Ok(l) => l,
+        Err(e) => {
+            warn!(error = %e, "cannot list the prepared-spoke records");
+            return;
+        }
+    };
+    for spoke in stale_records(snapshot, &listed, taken) {
+        let result = match node.records.remove(&spoke) {
+            Ok(_) => {
+                info!(%spoke, "removed the record of a spoke this node does not serve");
+                "changed"
+            }
+            Err(e) => {
+                warn!(%spoke, error = %e, "cannot remove a stale prepared-spoke record");
+                "error"
+            }
+        };
+        node.metrics.action("remove_record", result);
+    }
+}
+
 /// Carries out one action; returns its metric name and result (`ok`, `changed`, `error`).
-fn apply<K: Kernel>(dp: &Datapath<K>, node: &str, action: Action) -> (&'static str, &'static str) {
+fn apply<K: Kernel>(node: &Node<K>, action: Action) -> (&'static str, &'static str) {
+    let dp = &node.dp;
     match action {
-        Action::Refresh { lan, spec } => match dp.lan_up(&spec, node) {
+        Action::Refresh { lan, spec } => match dp.lan_up(&spec, &node.name) {
             Ok(state) if state.changes.is_empty() => {
                 debug!(%lan, "LAN in line with its spec");
                 ("refresh", "ok")
@@ -133,6 +185,9 @@ fn apply<K: Kernel>(dp: &Datapath<K>, node: &str, action: Action) -> (&'static s
         },
         Action::RemoveSpoke { lan, spec, spoke } => match dp.spoke_down(&spec, &spoke) {
             Ok(removed) => {
+                if let Err(e) = node.records.remove(&spoke) {
+                    warn!(%lan, %spoke, error = %e, "cannot remove the record of a spoke that left the LAN");
+                }
                 info!(%lan, %spoke, ?removed, "removed a spoke that left the LAN");
                 ("remove_spoke", "changed")
             }
@@ -262,6 +317,52 @@ mod tests {
                 lan: "ns/c".into(),
                 spec: c
             }]
+        );
+    }
+
+    fn listed(spoke: &str, lan: &str, netns: &str, age: Duration) -> Listed {
+        let (ns, name) = lan.split_once('/').unwrap();
+        Listed {
+            spoke: spoke.into(),
+            record: Some(k8slan_api::prepared::PreparedSpoke {
+                lan_namespace: ns.into(),
+                lan_name: name.into(),
+                netns: netns.into(),
+                spoke: spoke.into(),
+                kind: k8slan_api::SpokeKind::Veth,
+                link: spoke.into(),
+                ifindex: 9,
+                allowed_namespaces: vec![],
+            }),
+            modified: SystemTime::now() - age,
+        }
+    }
+
+    #[test]
+    fn records_of_spokes_not_served_are_stale_but_fresh_ones_wait() {
+        let old = Duration::from_secs(60);
+        let snapshot = lans(&[
+            ("ns/a", spec("lan-a", &["srl", "vm"]), Some(true)),
+            ("ns/b", spec("lan-b", &["x"]), Some(false)),
+        ]);
+        let mut junk = listed("junk", "ns/a", "lan-a", old);
+        junk.record = None;
+        // Written after the snapshot was taken: an Allocate may serve a newer LAN.
+        let mut fresh = listed("new", "ns/new", "lan-n", old);
+        fresh.modified = SystemTime::now() + Duration::from_secs(5);
+        let all = [
+            listed("srl", "ns/a", "lan-a", old),     // served
+            listed("gone", "ns/a", "lan-a", old),    // left the LAN
+            listed("vm", "ns/a", "elsewhere", old),  // the LAN moved namespace
+            listed("x", "ns/b", "lan-b", old),       // LAN rejected
+            listed("y", "ns/deleted", "lan-y", old), // LAN deleted
+            fresh,
+            junk,
+        ];
+        let since = SystemTime::now();
+        assert_eq!(
+            stale_records(&snapshot, &all, since),
+            ["gone", "vm", "x", "y", "junk"]
         );
     }
 

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use k8slan_api::SpokeKind;
-use k8slan_deviceplugin::{PrepareError, PreparedSpoke, SpokePreparer, SpokeRequest, TapDevice};
+use k8slan_deviceplugin::{HostSide, PrepareError, SpokePreparer, SpokeRequest, TapDevice};
 use k8slan_netagent::{Datapath, Kernel};
 
 use crate::metrics::{Metrics, PrepareLabels};
@@ -47,7 +47,7 @@ async fn blocking<T: Send + 'static>(
 
 #[async_trait]
 impl<K: Kernel + 'static> SpokePreparer for DatapathPreparer<K> {
-    async fn prepare(&self, req: SpokeRequest<'_>) -> Result<PreparedSpoke, PrepareError> {
+    async fn prepare(&self, req: SpokeRequest<'_>) -> Result<HostSide, PrepareError> {
         let (dp, node) = (self.dp.clone(), self.node.clone());
         let (spec, spoke, kind) = (req.spec.clone(), req.spoke.to_owned(), req.kind);
         let started = Instant::now();
@@ -65,15 +65,17 @@ impl<K: Kernel + 'static> SpokePreparer for DatapathPreparer<K> {
             .inc();
         let attached = result?;
         Ok(match attached.mac {
-            Some(mac) => PreparedSpoke {
-                host_ifname: mac.macvtap,
+            Some(mac) => HostSide {
+                link: mac.macvtap,
+                ifindex: mac.macvtap_ifindex,
                 tap: Some(TapDevice {
                     host_path: mac.tap_host_path,
                     container_path: mac.tap_container_path,
                 }),
             },
-            None => PreparedSpoke {
-                host_ifname: attached.host_ifname,
+            None => HostSide {
+                link: attached.host_ifname,
+                ifindex: attached.host_ifindex,
                 tap: None,
             },
         })

@@ -14,6 +14,8 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use clap::Args;
 use k8slan_api::LAN;
+use k8slan_api::prepared::DEFAULT_PREPARED_DIR;
+use k8slan_deviceplugin::prepared::PreparedDir;
 use k8slan_deviceplugin::{AgentConfig, DEFAULT_KUBELET_DIR, DEFAULT_NAMESPACE};
 use k8slan_netagent::{Datapath, HostNs, RtnlKernel};
 use kube::Api;
@@ -41,6 +43,14 @@ pub struct RunArgs {
     /// How often every programmed LAN is checked against its spec (drift repair).
     #[arg(long, env = "K8SLAN_RESYNC", default_value = "30s", value_parser = humantime_secs)]
     pub resync: Duration,
+    /// Directory of the prepared-spoke records the CNI plugins read (root-owned, mode 0700;
+    /// created if missing, refused if it is a symlink or writable by others).
+    #[arg(long, env = "K8SLAN_PREPARED_DIR", default_value = DEFAULT_PREPARED_DIR)]
+    pub prepared_dir: PathBuf,
+    /// Longest wait for the API server when `Allocate` writes a claim: past it, `Allocate`
+    /// fails at once with a message rather than stall pod admission on the node.
+    #[arg(long, env = "K8SLAN_CLAIM_TIMEOUT", default_value = "5s", value_parser = humantime_secs)]
+    pub claim_timeout: Duration,
     /// Address of the probe and metrics server (`/healthz`, `/readyz`, `/metrics`).
     #[arg(long, env = "K8SLAN_PROBE_ADDR", default_value = "0.0.0.0:9810")]
     pub probe_addr: SocketAddr,
@@ -48,9 +58,12 @@ pub struct RunArgs {
 
 fn humantime_secs(s: &str) -> Result<Duration, String> {
     let secs = s.strip_suffix('s').unwrap_or(s);
-    secs.parse::<u64>()
-        .map(Duration::from_secs)
-        .map_err(|_| format!("{s:?} is not a number of seconds such as 30s"))
+    match secs.parse::<u64>() {
+        Ok(n) if n > 0 => Ok(Duration::from_secs(n)),
+        _ => Err(format!(
+            "{s:?} is not a positive number of seconds such as 30s"
+        )),
+    }
 }
 
 #[derive(Clone, Default)]
@@ -107,9 +120,38 @@ pub async fn run(args: RunArgs) -> Result<()> {
             ready.store(true, Ordering::Relaxed);
         }
     });
-    let listener = tokio::net::TcpListener::bind(args.probe_addr)
+    serve_probes(args.probe_addr, probe).await?;
+
+    let records = PreparedDir::open(&args.prepared_dir).context("--prepared-dir")?;
+    let node = Arc::new(lans::Node {
+        dp: dp.clone(),
+        name: args.node_name.clone(),
+        records,
+        metrics: metrics.clone(),
+    });
+    let reconciler = tokio::spawn(lans::reconcile_loop(node, lans_rx.clone(), args.resync));
+
+    let config = AgentConfig {
+        prepared_dir: args.prepared_dir.clone(),
+        claim_timeout: args.claim_timeout,
+        ..AgentConfig::new(&args.node_name, &args.kubelet_dir, &args.namespace)
+    };
+    let preparer = Arc::new(DatapathPreparer::new(dp, &args.node_name, metrics));
+    info!(node = %args.node_name, kubelet_dir = %args.kubelet_dir.display(), "k8slan agent starting");
+    let result =
+        k8slan_deviceplugin::run(config, preparer, client, lans_rx, shutdown_signal()).await;
+    reconciler.abort();
+    lan_watch.abort();
+    result.context("device plugin stopped")?;
+    info!("k8slan agent stopped");
+    Ok(())
+}
+
+/// Serves `/healthz`, `/readyz` and `/metrics` on `addr` in the background.
+async fn serve_probes(addr: SocketAddr, probe: Probe) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .with_context(|| format!("cannot listen on {} for probes", args.probe_addr))?;
+        .with_context(|| format!("cannot listen on {addr} for probes"))?;
     let router = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -120,24 +162,6 @@ pub async fn run(args: RunArgs) -> Result<()> {
             warn!(error = %e, "probe server stopped");
         }
     });
-
-    let reconciler = tokio::spawn(lans::reconcile_loop(
-        dp.clone(),
-        args.node_name.clone(),
-        lans_rx.clone(),
-        args.resync,
-        metrics.clone(),
-    ));
-
-    let config = AgentConfig::new(&args.node_name, &args.kubelet_dir, &args.namespace);
-    let preparer = Arc::new(DatapathPreparer::new(dp, &args.node_name, metrics));
-    info!(node = %args.node_name, kubelet_dir = %args.kubelet_dir.display(), "k8slan agent starting");
-    let result =
-        k8slan_deviceplugin::run(config, preparer, client, lans_rx, shutdown_signal()).await;
-    reconciler.abort();
-    lan_watch.abort();
-    result.context("device plugin stopped")?;
-    info!("k8slan agent stopped");
     Ok(())
 }
 

@@ -9,14 +9,17 @@
 //! - a *spoke claim* per held spoke, named [`claim_lease_name`](crate::naming::claim_lease_name),
 //!   labelled `k8slan.io/role=claim`, `holderIdentity` = node name, with the annotations
 //!   [`CLAIM_LAN_ANNOTATION`] (`<ns>/<name>`), [`CLAIM_KIND_ANNOTATION`] (`veth`|`mac`) and, once
-//!   known, [`CLAIM_POD_ANNOTATION`] (`<ns>/<name>`). [`Claim`] reads and writes them.
+//!   known, [`CLAIM_POD_ANNOTATION`] (`<ns>/<name>`) and [`CLAIM_POD_UID_ANNOTATION`] (the pod's
+//!   `metadata.uid`). [`Claim`] is the one reader and writer of them (and of the whole Lease).
 
 use std::collections::BTreeMap;
 use std::fmt;
 
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use serde::{Deserialize, Serialize};
 
-use crate::naming::SpokeKind;
+use crate::naming::{LEASE_ROLE_LABEL, MANAGED_BY, MANAGED_BY_LABEL, SpokeKind, claim_lease_name};
 
 /// Value of [`crate::naming::LEASE_ROLE_LABEL`] on node-report Leases.
 pub const ROLE_NODE_REPORT: &str = "node-report";
@@ -30,6 +33,9 @@ pub const CLAIM_LAN_ANNOTATION: &str = "k8slan.io/lan";
 pub const CLAIM_KIND_ANNOTATION: &str = "k8slan.io/kind";
 /// Claim annotation: the pod (`<namespace>/<name>`) holding the spoke, once known.
 pub const CLAIM_POD_ANNOTATION: &str = "k8slan.io/pod";
+/// Claim annotation: `metadata.uid` of the pod holding the spoke, once known (a pod deleted and
+/// created again under the same name has another UID).
+pub const CLAIM_POD_UID_ANNOTATION: &str = "k8slan.io/pod-uid";
 /// Prefix of a claim Lease's name, followed by the spoke (see [`crate::naming::claim_lease_name`]).
 pub const CLAIM_LEASE_PREFIX: &str = "spoke-";
 
@@ -144,9 +150,23 @@ pub struct Claim {
     pub kind: SpokeKind,
     /// `<namespace>/<name>` of the pod, once known.
     pub pod: Option<String>,
+    /// `metadata.uid` of that pod, once known.
+    pub pod_uid: Option<String>,
 }
 
 impl Claim {
+    /// A claim of `spoke` by `node`, its member not known yet.
+    pub fn new(spoke: &str, node: &str, lan: LanRef, kind: SpokeKind) -> Self {
+        Self {
+            spoke: spoke.to_string(),
+            node: node.to_string(),
+            lan,
+            kind,
+            pod: None,
+            pod_uid: None,
+        }
+    }
+
     /// Reads a claim from its Lease name, `holderIdentity` and annotations.
     pub fn from_lease(
         lease_name: &str,
@@ -176,28 +196,76 @@ impl Claim {
         let kind = kind_s
             .parse::<SpokeKind>()
             .map_err(|e| bad(format!("{CLAIM_KIND_ANNOTATION}: {e}")))?;
+        let text = |key: &str| annotations.get(key).filter(|p| !p.is_empty()).cloned();
         Ok(Self {
-            spoke: spoke.to_string(),
-            node: node.to_string(),
-            lan,
-            kind,
-            pod: annotations
-                .get(CLAIM_POD_ANNOTATION)
-                .filter(|p| !p.is_empty())
-                .cloned(),
+            pod: text(CLAIM_POD_ANNOTATION),
+            pod_uid: text(CLAIM_POD_UID_ANNOTATION),
+            ..Self::new(spoke, node, lan, kind)
         })
+    }
+
+    /// Reads a claim from a whole Lease object.
+    pub fn from_lease_object(lease: &Lease) -> Result<Self, ReportError> {
+        let empty = BTreeMap::new();
+        let holder = lease
+            .spec
+            .as_ref()
+            .and_then(|s| s.holder_identity.as_deref());
+        Self::from_lease(
+            lease.metadata.name.as_deref().unwrap_or_default(),
+            holder,
+            lease.metadata.annotations.as_ref().unwrap_or(&empty),
+        )
+    }
+
+    /// Every claim annotation with its value, `None` where the claim has none. The one place
+    /// that maps the fields to annotations: [`Claim::annotations`] and [`Claim::annotation_patch`]
+    /// are built from it.
+    fn entries(&self) -> [(&'static str, Option<String>); 4] {
+        [
+            (CLAIM_LAN_ANNOTATION, Some(self.lan.to_string())),
+            (CLAIM_KIND_ANNOTATION, Some(self.kind.to_string())),
+            (CLAIM_POD_ANNOTATION, self.pod.clone()),
+            (CLAIM_POD_UID_ANNOTATION, self.pod_uid.clone()),
+        ]
     }
 
     /// The annotations a claim Lease carries (the Lease name and holder are set separately).
     pub fn annotations(&self) -> BTreeMap<String, String> {
-        let mut a = BTreeMap::from([
-            (CLAIM_LAN_ANNOTATION.to_string(), self.lan.to_string()),
-            (CLAIM_KIND_ANNOTATION.to_string(), self.kind.to_string()),
-        ]);
-        if let Some(pod) = &self.pod {
-            a.insert(CLAIM_POD_ANNOTATION.to_string(), pod.clone());
+        self.entries()
+            .into_iter()
+            .filter_map(|(k, v)| Some((k.to_string(), v?)))
+            .collect()
+    }
+
+    /// The annotations as a JSON merge patch: every claim annotation, `null` for the absent ones
+    /// (so that a patch also drops a pod that is no longer the member).
+    pub fn annotation_patch(&self) -> serde_json::Map<String, serde_json::Value> {
+        self.entries()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.map_or(serde_json::Value::Null, Into::into)))
+            .collect()
+    }
+
+    /// The Lease recording this claim in `namespace`.
+    pub fn to_lease(&self, namespace: &str) -> Lease {
+        Lease {
+            metadata: ObjectMeta {
+                name: Some(claim_lease_name(&self.spoke)),
+                namespace: Some(namespace.to_string()),
+                labels: Some(BTreeMap::from([
+                    (LEASE_ROLE_LABEL.to_string(), ROLE_CLAIM.to_string()),
+                    (MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string()),
+                ])),
+                annotations: Some(self.annotations()),
+                ..Default::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: Some(self.node.clone()),
+                acquire_time: Some(MicroTime(k8s_openapi::jiff::Timestamp::now())),
+                ..Default::default()
+            }),
         }
-        a
     }
 }
 
@@ -257,9 +325,65 @@ mod tests {
         assert_eq!(c.annotations(), ann);
 
         ann.insert(CLAIM_POD_ANNOTATION.to_string(), "default/vm-1".into());
+        ann.insert(CLAIM_POD_UID_ANNOTATION.to_string(), "4f1c-uid".into());
         let c = Claim::from_lease("spoke-vm1", Some("worker2"), &ann).unwrap();
         assert_eq!(c.pod.as_deref(), Some("default/vm-1"));
+        assert_eq!(c.pod_uid.as_deref(), Some("4f1c-uid"));
         assert_eq!(c.annotations(), ann);
+    }
+
+    #[test]
+    fn a_claim_round_trips_through_its_lease_and_patches_drop_the_old_pod() {
+        let mut c = Claim::new(
+            "srl1",
+            "node-a",
+            LanRef::new("default", "lan1"),
+            SpokeKind::Mac,
+        );
+        c.pod = Some("default/vm1".into());
+        c.pod_uid = Some("u-1".into());
+        let lease = c.to_lease("k8slan-system");
+        assert_eq!(lease.metadata.name.as_deref(), Some("spoke-srl1"));
+        assert_eq!(
+            lease.metadata.labels.as_ref().unwrap()[LEASE_ROLE_LABEL],
+            ROLE_CLAIM
+        );
+        assert_eq!(Claim::from_lease_object(&lease).unwrap(), c);
+
+        let fresh = Claim::new(
+            "srl1",
+            "node-a",
+            LanRef::new("default", "lan1"),
+            SpokeKind::Veth,
+        );
+        let patch = fresh.annotation_patch();
+        assert_eq!(patch[CLAIM_KIND_ANNOTATION], "veth");
+        assert!(patch[CLAIM_POD_ANNOTATION].is_null());
+        assert!(patch[CLAIM_POD_UID_ANNOTATION].is_null());
+    }
+
+    #[test]
+    fn malformed_claim_leases_are_errors_not_panics() {
+        let mut lease = Lease::default();
+        assert!(Claim::from_lease_object(&lease).is_err());
+        lease.metadata.name = Some("spoke-".into());
+        assert!(Claim::from_lease_object(&lease).is_err());
+        lease.metadata.name = Some("spoke-a".into());
+        lease.spec = Some(LeaseSpec {
+            holder_identity: Some(String::new()),
+            ..Default::default()
+        });
+        assert!(Claim::from_lease_object(&lease).is_err());
+        for bad in ["", "/", "a/b/c", "a/"] {
+            let ann = BTreeMap::from([
+                (CLAIM_LAN_ANNOTATION.to_string(), bad.to_string()),
+                (CLAIM_KIND_ANNOTATION.to_string(), "veth".to_string()),
+            ]);
+            assert!(
+                Claim::from_lease("spoke-a", Some("n"), &ann).is_err(),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

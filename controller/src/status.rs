@@ -292,6 +292,7 @@ mod tests {
                 lan: lan.clone(),
                 kind: SpokeKind::Mac,
                 pod: Some("default/vm-1".into()),
+                pod_uid: None,
             },
             Claim {
                 spoke: "srl".into(),
@@ -299,6 +300,7 @@ mod tests {
                 lan: lan.clone(),
                 kind: SpokeKind::Veth,
                 pod: None,
+                pod_uid: None,
             },
             Claim {
                 spoke: "zz".into(),
@@ -306,6 +308,7 @@ mod tests {
                 lan: LanRef::new("default", "other"),
                 kind: SpokeKind::Veth,
                 pod: None,
+                pod_uid: None,
             },
         ];
         let s = aggregate(inputs(

@@ -27,7 +27,7 @@ use k8slan_deviceplugin::testing::{
     FakeLinks, FakePodResources, KubeletStandIn, MemoryClaims, MemoryReports, RecordingPreparer,
     lan,
 };
-use k8slan_deviceplugin::{PrepareError, PreparedSpoke, SpokePreparer, SpokeRequest};
+use k8slan_deviceplugin::{HostSide, PrepareError, SpokePreparer, SpokeRequest};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::watch;
 
@@ -83,9 +83,11 @@ async fn plugin_role() {
         node_name: "bench-node".into(),
         device_plugin_dir: root.join("device-plugins"),
         pod_resources_socket: root.join("pod-resources/kubelet.sock"),
+        prepared_dir: root.join("prepared"),
         poll_interval: PluginConfig::DEFAULT_POLL_INTERVAL,
         // The bench lists the members in pod-resources only once all are allocated.
         release_grace: Duration::from_secs(3600),
+        claim_timeout: PluginConfig::DEFAULT_CLAIM_TIMEOUT,
     };
     let real = std::env::var("DATAPATH").as_deref() == Ok("netagent");
     let timed = Arc::new(Timed::default());
@@ -111,6 +113,7 @@ async fn plugin_role() {
             })),
             claims: claims.clone(),
             reports: Arc::new(MemoryReports::default()),
+            pods: Arc::new(k8slan_deviceplugin::testing::MemoryPods::default()),
             links: Arc::new(netagent::KernelLinks(dp.clone())),
         },
         None => Backends {
@@ -119,6 +122,7 @@ async fn plugin_role() {
                 .wrapping(RecordingPreparer::quiet(&root.join("dev"))),
             claims: claims.clone(),
             reports: Arc::new(MemoryReports::default()),
+            pods: Arc::new(k8slan_deviceplugin::testing::MemoryPods::default()),
             links: FakeLinks::with(&["eth1"]),
         },
     };
@@ -199,7 +203,7 @@ impl Timed {
 
 #[async_trait::async_trait]
 impl SpokePreparer for Timed {
-    async fn prepare(&self, req: SpokeRequest<'_>) -> Result<PreparedSpoke, PrepareError> {
+    async fn prepare(&self, req: SpokeRequest<'_>) -> Result<HostSide, PrepareError> {
         let t = Instant::now();
         let r = self.inner.get().expect("wrapped").prepare(req).await;
         self.times.lock().unwrap().push(t.elapsed());

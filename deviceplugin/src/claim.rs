@@ -1,49 +1,41 @@
 //! Cluster-wide "one spoke, one member": a claim Lease per held spoke, created atomically by the
 //! node whose kubelet allocated it, deleted once the member is gone.
 //!
-//! Lease `spoke-<spoke>` (see `k8slan_api::naming::claim_lease_name`) in the agent's namespace,
+//! The Lease and its annotations are [`k8slan_api::report::Claim`]'s (the one encoder and
+//! decoder, shared with the controller): Lease `spoke-<spoke>` in the agent's namespace,
 //! labelled `k8slan.io/role=claim`, `spec.holderIdentity` = node name, annotations
-//! `k8slan.io/lan` (`<ns>/<name>`), `k8slan.io/kind` (`veth`|`mac`) and `k8slan.io/pod`
-//! (`<ns>/<name>`, once the kubelet reports the pod).
+//! `k8slan.io/lan`, `k8slan.io/kind` and, once the kubelet reports the member,
+//! `k8slan.io/pod` and `k8slan.io/pod-uid`. This module adds what the plugin needs on top: the
+//! Lease `uid` that guards a release ([`LeaseClaim`]) and the writes ([`ClaimStore`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use k8slan_api::SpokeKind;
-use k8slan_api::naming::{LEASE_ROLE_LABEL, MANAGED_BY, MANAGED_BY_LABEL, claim_lease_name};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8slan_api::naming::{LEASE_ROLE_LABEL, claim_lease_name};
+use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
-use kube::{Api, ResourceExt};
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
 pub use k8slan_api::report::{
-    CLAIM_KIND_ANNOTATION, CLAIM_LAN_ANNOTATION, CLAIM_POD_ANNOTATION, ROLE_CLAIM,
+    CLAIM_KIND_ANNOTATION, CLAIM_LAN_ANNOTATION, CLAIM_POD_ANNOTATION, CLAIM_POD_UID_ANNOTATION,
+    Claim, ROLE_CLAIM,
 };
 
-/// A spoke held by a member on some node, as observed: the fields of
-/// `k8slan_api::report::Claim` plus the Lease identity that guards a release.
+/// A claim as observed in its Lease: the claim, and the Lease `uid` that guards a release
+/// (it changes only when the Lease is deleted and created again, i.e. the spoke changed hands).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Claim {
-    pub spoke: String,
-    /// Node holding the spoke.
-    pub node: String,
-    /// `<namespace>/<name>` of the LAN.
-    pub lan: String,
-    pub kind: SpokeKind,
-    /// `<namespace>/<name>` of the member pod, once known.
-    pub pod: Option<String>,
-    /// Lease `resourceVersion` and `uid`, the preconditions of a release.
-    pub resource_version: Option<String>,
+pub struct LeaseClaim {
+    pub claim: Claim,
     pub uid: Option<String>,
 }
 
 /// Every claim of the cluster, by spoke; `None` in a channel until the first full list arrived.
-pub type ClaimSnapshot = Arc<BTreeMap<String, Claim>>;
+pub type ClaimSnapshot = Arc<BTreeMap<String, LeaseClaim>>;
 
 /// What [`ClaimStore::acquire`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,42 +82,22 @@ pub enum ClaimError {
 /// Writes claims. Snapshots come separately (a channel fed by [`watch_claims`] or a fake).
 #[async_trait]
 pub trait ClaimStore: Send + Sync + 'static {
-    /// Claims `spoke` for `node` unless another node holds it. Idempotent for the holder.
-    async fn acquire(
-        &self,
-        spoke: &str,
-        lan: &str,
-        kind: SpokeKind,
-        node: &str,
-    ) -> Result<Acquired, ClaimError>;
-    /// Records the member pod on this node's claim.
-    async fn set_pod(&self, spoke: &str, kind: SpokeKind, pod: &str) -> Result<(), ClaimError>;
+    /// Claims `want.spoke` for `want.node` unless another node holds it. Idempotent for the
+    /// holder; a holder's claim of another kind or LAN is rewritten (its old pod dropped).
+    async fn acquire(&self, want: &Claim) -> Result<Acquired, ClaimError>;
+    /// Writes the member (pod and pod UID) onto this node's claim: `claim` is the whole claim
+    /// as it should read now.
+    async fn record_member(&self, claim: &Claim) -> Result<(), ClaimError>;
     /// Drops this node's claim on `spoke`; `seen` (when given) is the claim as last observed,
     /// whose `uid` guards the delete. A missing claim is no error.
-    async fn release(&self, spoke: &str, seen: Option<&Claim>) -> Result<(), ClaimError>;
+    async fn release(&self, spoke: &str, seen: Option<&LeaseClaim>) -> Result<(), ClaimError>;
 }
 
-/// Reads a claim out of a Lease (with `k8slan_api::report::Claim::from_lease`); `None` for
-/// Leases that are no valid claim.
-pub fn claim_from_lease(lease: &Lease) -> Option<Claim> {
-    let empty = BTreeMap::new();
-    let holder = lease
-        .spec
-        .as_ref()
-        .and_then(|s| s.holder_identity.as_deref());
-    let parsed = k8slan_api::report::Claim::from_lease(
-        &lease.name_any(),
-        holder,
-        lease.metadata.annotations.as_ref().unwrap_or(&empty),
-    );
-    match parsed {
-        Ok(c) => Some(Claim {
-            spoke: c.spoke,
-            node: c.node,
-            lan: c.lan.to_string(),
-            kind: c.kind,
-            pod: c.pod,
-            resource_version: lease.metadata.resource_version.clone(),
+/// Reads a claim out of a Lease; `None` (logged at debug) for Leases that are no valid claim.
+pub fn claim_from_lease(lease: &Lease) -> Option<LeaseClaim> {
+    match Claim::from_lease_object(lease) {
+        Ok(claim) => Some(LeaseClaim {
+            claim,
             uid: lease.metadata.uid.clone(),
         }),
         Err(e) => {
@@ -135,35 +107,30 @@ pub fn claim_from_lease(lease: &Lease) -> Option<Claim> {
     }
 }
 
-/// Builds the Lease recording `claim`.
-pub fn lease_for_claim(claim: &Claim, namespace: &str) -> Lease {
-    let mut ann = BTreeMap::from([
-        (CLAIM_LAN_ANNOTATION.to_string(), claim.lan.clone()),
-        (
-            CLAIM_KIND_ANNOTATION.to_string(),
-            claim.kind.as_str().to_string(),
-        ),
-    ]);
-    if let Some(pod) = &claim.pod {
-        ann.insert(CLAIM_POD_ANNOTATION.to_string(), pod.clone());
+/// What a holder's claim Lease means for an acquire by `want.node`.
+fn judge(existing: &Lease, want: &Claim) -> Judged {
+    let holder = existing
+        .spec
+        .as_ref()
+        .and_then(|s| s.holder_identity.as_deref());
+    match Claim::from_lease_object(existing) {
+        Ok(c) if c.node != want.node => Judged::Elsewhere(c),
+        Ok(c) if c.kind == want.kind && c.lan == want.lan => Judged::Ours,
+        // Ours (or unreadable and ownerless): rewrite it with this allocation.
+        _ if holder == Some(want.node.as_str()) || holder.is_none() => Judged::Rewrite,
+        _ => Judged::Elsewhere(Claim::new(
+            &want.spoke,
+            holder.unwrap_or_default(),
+            want.lan.clone(),
+            want.kind,
+        )),
     }
-    Lease {
-        metadata: ObjectMeta {
-            name: Some(claim_lease_name(&claim.spoke)),
-            namespace: Some(namespace.to_string()),
-            labels: Some(BTreeMap::from([
-                (LEASE_ROLE_LABEL.to_string(), ROLE_CLAIM.to_string()),
-                (MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string()),
-            ])),
-            annotations: Some(ann),
-            ..Default::default()
-        },
-        spec: Some(LeaseSpec {
-            holder_identity: Some(claim.node.clone()),
-            acquire_time: Some(MicroTime(k8s_openapi::jiff::Timestamp::now())),
-            ..Default::default()
-        }),
-    }
+}
+
+enum Judged {
+    Ours,
+    Rewrite,
+    Elsewhere(Claim),
 }
 
 /// Claims kept as Leases in one namespace.
@@ -182,36 +149,43 @@ impl LeaseClaims {
     }
 }
 
+impl LeaseClaims {
+    /// Rewrites our own claim Lease (seen at `resource_version`) as `want`.
+    async fn rewrite(
+        &self,
+        want: &Claim,
+        resource_version: Option<String>,
+    ) -> Result<(), ClaimError> {
+        let lease = claim_lease_name(&want.spoke);
+        let patch = serde_json::json!({
+            "metadata": {
+                "resourceVersion": resource_version,
+                "annotations": want.annotation_patch(),
+            },
+            "spec": { "holderIdentity": want.node }
+        });
+        self.api
+            .patch(&lease, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map(|_| ())
+            .map_err(|source| ClaimError::Update {
+                spoke: want.spoke.clone(),
+                lease,
+                source,
+            })
+    }
+}
+
 #[async_trait]
 impl ClaimStore for LeaseClaims {
-    async fn acquire(
-        &self,
-        spoke: &str,
-        lan: &str,
-        kind: SpokeKind,
-        node: &str,
-    ) -> Result<Acquired, ClaimError> {
+    async fn acquire(&self, want: &Claim) -> Result<Acquired, ClaimError> {
+        let spoke = want.spoke.as_str();
         let lease = claim_lease_name(spoke);
-        let want = Claim {
-            spoke: spoke.to_string(),
-            node: node.to_string(),
-            lan: lan.to_string(),
-            kind,
-            pod: None,
-            resource_version: None,
-            uid: None,
-        };
+        let object = want.to_lease(&self.namespace);
         // Create is the atomic claim; on conflict read the holder. A claim deleted between the
         // two calls is retried a few times.
         for _ in 0..3 {
-            match self
-                .api
-                .create(
-                    &PostParams::default(),
-                    &lease_for_claim(&want, &self.namespace),
-                )
-                .await
-            {
+            match self.api.create(&PostParams::default(), &object).await {
                 Ok(_) => return Ok(Acquired::Created),
                 Err(kube::Error::Api(s)) if s.code == 409 => {}
                 Err(source) => {
@@ -233,45 +207,14 @@ impl ClaimStore for LeaseClaims {
                     });
                 }
             };
-            let holder = existing
-                .spec
-                .as_ref()
-                .and_then(|s| s.holder_identity.clone());
-            return match claim_from_lease(&existing) {
-                Some(c) if c.node != node => Ok(Acquired::HeldElsewhere(c)),
-                Some(c) if c.kind == kind && c.lan == lan => Ok(Acquired::AlreadyOurs),
-                _ if holder.as_deref() == Some(node) || holder.is_none() => {
-                    // Ours (or unreadable): rewrite it with the kind and LAN of this allocation.
-                    let patch = serde_json::json!({
-                        "metadata": {
-                            "resourceVersion": existing.metadata.resource_version,
-                            "annotations": {
-                                CLAIM_LAN_ANNOTATION: lan,
-                                CLAIM_KIND_ANNOTATION: kind.as_str(),
-                                CLAIM_POD_ANNOTATION: serde_json::Value::Null,
-                            }
-                        },
-                        "spec": { "holderIdentity": node }
-                    });
-                    self.api
-                        .patch(&lease, &PatchParams::default(), &Patch::Merge(&patch))
-                        .await
-                        .map_err(|source| ClaimError::Update {
-                            spoke: spoke.into(),
-                            lease: lease.clone(),
-                            source,
-                        })?;
+            return match judge(&existing, want) {
+                Judged::Elsewhere(c) => Ok(Acquired::HeldElsewhere(c)),
+                Judged::Ours => Ok(Acquired::AlreadyOurs),
+                Judged::Rewrite => {
+                    self.rewrite(want, existing.metadata.resource_version.clone())
+                        .await?;
                     Ok(Acquired::AlreadyOurs)
                 }
-                _ => Ok(Acquired::HeldElsewhere(Claim {
-                    spoke: spoke.into(),
-                    node: holder.unwrap_or_default(),
-                    lan: String::new(),
-                    kind,
-                    pod: None,
-                    resource_version: None,
-                    uid: None,
-                })),
             };
         }
         Err(ClaimError::Contended {
@@ -280,23 +223,21 @@ impl ClaimStore for LeaseClaims {
         })
     }
 
-    async fn set_pod(&self, spoke: &str, kind: SpokeKind, pod: &str) -> Result<(), ClaimError> {
-        let lease = claim_lease_name(spoke);
-        let patch = serde_json::json!({
-            "metadata": { "annotations": { CLAIM_POD_ANNOTATION: pod, CLAIM_KIND_ANNOTATION: kind.as_str() } }
-        });
+    async fn record_member(&self, claim: &Claim) -> Result<(), ClaimError> {
+        let lease = claim_lease_name(&claim.spoke);
+        let patch = serde_json::json!({ "metadata": { "annotations": claim.annotation_patch() } });
         self.api
             .patch(&lease, &PatchParams::default(), &Patch::Merge(&patch))
             .await
             .map(|_| ())
             .map_err(|source| ClaimError::Update {
-                spoke: spoke.into(),
+                spoke: claim.spoke.clone(),
                 lease,
                 source,
             })
     }
 
-    async fn release(&self, spoke: &str, seen: Option<&Claim>) -> Result<(), ClaimError> {
+    async fn release(&self, spoke: &str, seen: Option<&LeaseClaim>) -> Result<(), ClaimError> {
         let lease = claim_lease_name(spoke);
         let dp = DeleteParams {
             // The uid alone: it changes only when the Lease is deleted and created again (another
@@ -332,11 +273,11 @@ pub async fn watch_claims(api: Api<Lease>, tx: watch::Sender<Option<ClaimSnapsho
     while let Some(event) = stream.next().await {
         match event {
             Ok(watcher::Event::InitDone | watcher::Event::Apply(_) | watcher::Event::Delete(_)) => {
-                let snap: BTreeMap<String, Claim> = reader
+                let snap: BTreeMap<String, LeaseClaim> = reader
                     .state()
                     .iter()
                     .filter_map(|l| claim_from_lease(l))
-                    .map(|c| (c.spoke.clone(), c))
+                    .map(|c| (c.claim.spoke.clone(), c))
                     .collect();
                 debug!(claims = snap.len(), "claim snapshot");
                 tx.send_replace(Some(Arc::new(snap)));
@@ -352,42 +293,22 @@ pub async fn watch_claims(api: Api<Lease>, tx: watch::Sender<Option<ClaimSnapsho
 
 #[cfg(test)]
 mod tests {
+    use k8slan_api::SpokeKind;
+    use k8slan_api::report::LanRef;
+
     use super::*;
 
-    #[test]
-    fn lease_round_trips_a_claim() {
-        let claim = Claim {
-            spoke: "srl1".into(),
-            node: "node-a".into(),
-            lan: "default/lan1".into(),
-            kind: SpokeKind::Mac,
-            pod: Some("default/vm1".into()),
-            resource_version: None,
-            uid: None,
-        };
-        let lease = lease_for_claim(&claim, "k8slan-system");
-        assert_eq!(lease.metadata.name.as_deref(), Some("spoke-srl1"));
-        assert_eq!(
-            lease.metadata.labels.as_ref().unwrap()[LEASE_ROLE_LABEL],
-            "claim"
-        );
-        assert_eq!(claim_from_lease(&lease), Some(claim));
+    fn claim(node: &str, kind: SpokeKind) -> Claim {
+        Claim::new("s1", node, LanRef::new("default", "lan1"), kind)
     }
 
     #[test]
-    fn lease_without_kind_is_no_claim() {
-        let mut lease = lease_for_claim(
-            &Claim {
-                spoke: "a".into(),
-                node: "n".into(),
-                lan: "x/y".into(),
-                kind: SpokeKind::Veth,
-                pod: None,
-                resource_version: None,
-                uid: None,
-            },
-            "ns",
-        );
+    fn a_lease_reads_back_with_its_uid() {
+        let mut lease = claim("node-a", SpokeKind::Mac).to_lease("k8slan-system");
+        lease.metadata.uid = Some("u1".into());
+        let seen = claim_from_lease(&lease).unwrap();
+        assert_eq!(seen.claim, claim("node-a", SpokeKind::Mac));
+        assert_eq!(seen.uid.as_deref(), Some("u1"));
         lease
             .metadata
             .annotations
@@ -395,5 +316,23 @@ mod tests {
             .unwrap()
             .remove(CLAIM_KIND_ANNOTATION);
         assert_eq!(claim_from_lease(&lease), None);
+    }
+
+    #[test]
+    fn an_acquire_judges_the_existing_lease() {
+        let want = claim("node-a", SpokeKind::Veth);
+        let theirs = claim("node-b", SpokeKind::Veth).to_lease("ns");
+        assert!(matches!(judge(&theirs, &want), Judged::Elsewhere(c) if c.node == "node-b"));
+        let ours = want.to_lease("ns");
+        assert!(matches!(judge(&ours, &want), Judged::Ours));
+        let other_kind = claim("node-a", SpokeKind::Mac).to_lease("ns");
+        assert!(matches!(judge(&other_kind, &want), Judged::Rewrite));
+        // A foreign holder whose annotations are broken is still someone else's claim.
+        let mut broken = theirs.clone();
+        broken.metadata.annotations = None;
+        assert!(matches!(judge(&broken, &want), Judged::Elsewhere(c) if c.node == "node-b"));
+        let mut ownerless = broken;
+        ownerless.spec = None;
+        assert!(matches!(judge(&ownerless, &want), Judged::Rewrite));
     }
 }

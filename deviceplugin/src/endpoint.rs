@@ -60,7 +60,10 @@ pub fn socket_file(kind: SpokeKind, spoke: &str) -> String {
 /// The preferred allocation for one container: the devices that must be included, then the
 /// other available ones in the kubelet's order, up to the requested size.
 pub fn preferred(available: &[String], must_include: &[String], size: i32) -> Vec<String> {
-    let size = usize::try_from(size).unwrap_or(0);
+    // The size comes from the kubelet: it never sizes an allocation beyond the IDs at hand.
+    let size = usize::try_from(size)
+        .unwrap_or(0)
+        .min(available.len() + must_include.len());
     let mut out: Vec<String> = Vec::with_capacity(size);
     for id in must_include.iter().chain(available) {
         if out.len() >= size {
@@ -392,6 +395,16 @@ mod tests {
 
     fn ids(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_huge_or_negative_size_allocates_nothing_unbounded() {
+        assert_eq!(
+            preferred(&ids(&["a", "b"]), &[], i32::MAX),
+            ids(&["a", "b"])
+        );
+        assert!(preferred(&ids(&["a"]), &[], -5).is_empty());
+        assert!(preferred(&[], &[], i32::MAX).is_empty());
     }
 
     #[test]

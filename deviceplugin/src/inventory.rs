@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8slan_api::naming::{macvtap_name, resource_name};
 use k8slan_api::{SpokeKind, validate_spec};
 
-use crate::claim::Claim;
+use crate::claim::LeaseClaim;
 use crate::lan::WatchedLan;
 use crate::member::Members;
 use crate::proto::v1beta1::Device;
@@ -30,9 +30,11 @@ pub struct Inputs<'a> {
     /// Presence of each underlay device the LANs name for this node (absent = not present).
     pub underlays: &'a BTreeMap<String, bool>,
     pub members: &'a Members,
-    pub claims: &'a BTreeMap<String, Claim>,
+    pub claims: &'a BTreeMap<String, LeaseClaim>,
     /// By LAN key.
     pub failures: &'a BTreeMap<String, Failure>,
+    /// Spokes held here by a pod of a namespace their LAN does not admit: spoke → pod.
+    pub denied: &'a BTreeMap<String, String>,
 }
 
 /// Why a device is, or is not, allocatable.
@@ -44,6 +46,10 @@ pub enum Health {
     /// Another node holds the spoke.
     HeldElsewhere {
         node: String,
+    },
+    /// A pod of a namespace the LAN does not admit holds the spoke here; it was torn down.
+    Denied {
+        pod: String,
     },
 }
 
@@ -115,80 +121,98 @@ pub fn compute(i: Inputs<'_>) -> Inventory {
             message,
             generation: lan.generation,
         };
-        if let Err(e) = validate_spec(&lan.spec) {
-            inv.report
-                .lans
-                .insert(lan.key.clone(), report(NodeState::Failed, e.to_string()));
-            continue;
-        }
-        let Some(underlay) = lan.spec.underlay_for(i.node) else {
-            let msg = format!(
-                "no underlay device for node {}: the LAN has neither a vxlanDevMap entry for it nor a defaultVxlanDev",
-                i.node
-            );
-            inv.report
-                .lans
-                .insert(lan.key.clone(), report(NodeState::NoUnderlay, msg));
-            continue;
-        };
-        if !i.underlays.get(underlay).copied().unwrap_or(false) {
-            let msg = format!(
-                "underlay device {underlay} does not exist in the host network namespace of node {}",
-                i.node
-            );
-            inv.report
-                .lans
-                .insert(lan.key.clone(), report(NodeState::NoUnderlay, msg));
-            continue;
-        }
-        let mut clashes = Vec::new();
-        for spoke in &lan.spec.spokes {
-            if let Some(other) = taken.get(spoke.as_str()) {
-                clashes.push(format!("spoke {spoke} is already served for LAN {other}"));
-                continue;
+        let entry = match servable(&i, lan) {
+            Err((state, message)) => report(state, message),
+            Ok(underlay) => {
+                let clashes = advertise(&i, lan, underlay, &mut taken, &mut inv.resources);
+                let failure = i
+                    .failures
+                    .get(&lan.key)
+                    .filter(|f| f.generation == lan.generation);
+                if !clashes.is_empty() {
+                    report(NodeState::Failed, clashes.join("; "))
+                } else if let Some(f) = failure {
+                    report(NodeState::Failed, f.message.clone())
+                } else {
+                    report(NodeState::Ready, String::new())
+                }
             }
-            taken.insert(spoke, &lan.key);
-            for kind in SpokeKind::ALL {
-                let health = health(&i, spoke, kind);
-                inv.resources.insert(
-                    resource_name(kind, spoke),
-                    Advert {
-                        lan: lan.key.clone(),
-                        spoke: spoke.clone(),
-                        kind,
-                        device_id: device_id(kind, spoke),
-                        underlay: underlay.to_string(),
-                        health,
-                    },
-                );
-            }
-        }
-        let failure = i
-            .failures
-            .get(&lan.key)
-            .filter(|f| f.generation == lan.generation);
-        let entry = if !clashes.is_empty() {
-            report(NodeState::Failed, clashes.join("; "))
-        } else if let Some(f) = failure {
-            report(NodeState::Failed, f.message.clone())
-        } else {
-            report(NodeState::Ready, String::new())
         };
         inv.report.lans.insert(lan.key.clone(), entry);
     }
     inv
 }
 
+/// The underlay this node serves the LAN on, or the state and message of why it cannot.
+fn servable<'a>(i: &Inputs<'_>, lan: &'a WatchedLan) -> Result<&'a str, (NodeState, String)> {
+    validate_spec(&lan.spec).map_err(|e| (NodeState::Failed, e.to_string()))?;
+    let Some(underlay) = lan.spec.underlay_for(i.node) else {
+        return Err((
+            NodeState::NoUnderlay,
+            format!(
+                "no underlay device for node {}: the LAN has neither a vxlanDevMap entry for it nor a defaultVxlanDev",
+                i.node
+            ),
+        ));
+    };
+    if !i.underlays.get(underlay).copied().unwrap_or(false) {
+        return Err((
+            NodeState::NoUnderlay,
+            format!(
+                "underlay device {underlay} does not exist in the host network namespace of node {}",
+                i.node
+            ),
+        ));
+    }
+    Ok(underlay)
+}
+
+/// Adds both resources of every spoke of the LAN not `taken` by an earlier LAN; returns the
+/// clashes with earlier LANs.
+fn advertise<'a>(
+    i: &Inputs<'_>,
+    lan: &'a WatchedLan,
+    underlay: &str,
+    taken: &mut BTreeMap<&'a str, &'a str>,
+    resources: &mut BTreeMap<String, Advert>,
+) -> Vec<String> {
+    let mut clashes = Vec::new();
+    for spoke in &lan.spec.spokes {
+        if let Some(other) = taken.get(spoke.as_str()) {
+            clashes.push(format!("spoke {spoke} is already served for LAN {other}"));
+            continue;
+        }
+        taken.insert(spoke, &lan.key);
+        for kind in SpokeKind::ALL {
+            resources.insert(
+                resource_name(kind, spoke),
+                Advert {
+                    lan: lan.key.clone(),
+                    spoke: spoke.clone(),
+                    kind,
+                    device_id: device_id(kind, spoke),
+                    underlay: underlay.to_string(),
+                    health: health(i, spoke, kind),
+                },
+            );
+        }
+    }
+    clashes
+}
+
 fn health(i: &Inputs<'_>, spoke: &str, kind: SpokeKind) -> Health {
+    if let Some(pod) = i.denied.get(spoke) {
+        return Health::Denied { pod: pod.clone() };
+    }
     if i.members.get(spoke).is_some_and(|m| m.kind != kind) {
         return Health::TwinHeldHere;
     }
     // Our own member (same kind) wins over a claim the watch has not caught up with.
     if i.members.get(spoke).is_none()
-        && let Some(c) = i.claims.get(spoke).filter(|c| c.node != i.node)
+        && let Some(c) = i.claims.get(spoke).filter(|c| c.claim.node != i.node)
     {
         return Health::HeldElsewhere {
-            node: c.node.clone(),
+            node: c.claim.node.clone(),
         };
     }
     Health::Healthy
@@ -226,8 +250,9 @@ mod tests {
         lans: BTreeMap<String, WatchedLan>,
         underlays: BTreeMap<String, bool>,
         members: Members,
-        claims: BTreeMap<String, Claim>,
+        claims: BTreeMap<String, LeaseClaim>,
         failures: BTreeMap<String, Failure>,
+        denied: BTreeMap<String, String>,
     }
 
     impl World {
@@ -238,6 +263,7 @@ mod tests {
                 members: Members::default(),
                 claims: BTreeMap::new(),
                 failures: BTreeMap::new(),
+                denied: BTreeMap::new(),
             }
         }
         fn compute(&self, node: &str) -> Inventory {
@@ -248,6 +274,7 @@ mod tests {
                 members: &self.members,
                 claims: &self.claims,
                 failures: &self.failures,
+                denied: &self.denied,
             })
         }
     }
@@ -365,13 +392,16 @@ mod tests {
         let mut w = World::new(vec![view("default/a", &["s1"], None)]);
         w.claims.insert(
             "s1".into(),
-            Claim {
-                spoke: "s1".into(),
-                node: "node-b".into(),
-                lan: "default/a".into(),
-                kind: SpokeKind::Veth,
-                pod: Some("ns/p".into()),
-                resource_version: None,
+            LeaseClaim {
+                claim: crate::claim::Claim {
+                    pod: Some("ns/p".into()),
+                    ..crate::claim::Claim::new(
+                        "s1",
+                        "node-b",
+                        k8slan_api::report::LanRef::new("default", "a"),
+                        SpokeKind::Veth,
+                    )
+                },
                 uid: None,
             },
         );
@@ -443,5 +473,24 @@ mod tests {
             underlays_needed("node-x", &lans),
             BTreeSet::from(["eth1".to_string()])
         );
+    }
+
+    #[test]
+    fn a_spoke_denied_here_is_unhealthy_for_both_kinds() {
+        let mut w = World::new(vec![view("default/a", &["s1", "s2"], None)]);
+        w.members
+            .reserve("s1", SpokeKind::Mac, Instant::now())
+            .unwrap();
+        w.denied.insert("s1".into(), "other/vm".into());
+        let inv = w.compute("node-a");
+        for kind in SpokeKind::ALL {
+            assert_eq!(
+                health_of(&inv, kind, "s1"),
+                Health::Denied {
+                    pod: "other/vm".into()
+                }
+            );
+            assert_eq!(health_of(&inv, kind, "s2"), Health::Healthy);
+        }
     }
 }

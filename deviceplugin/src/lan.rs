@@ -30,6 +30,16 @@ impl WatchedLan {
     pub fn served(&self) -> bool {
         self.accepted != Some(false)
     }
+
+    /// Whether a pod of `namespace` may hold the LAN's spokes: the LAN's own namespace, or one
+    /// of `spec.allowedNamespaces` (the rule `k8slan_api::prepared::PreparedSpoke::admits`
+    /// applies to the same fields in the CNI plugins).
+    pub fn admits(&self, namespace: &str) -> bool {
+        self.key
+            .split_once('/')
+            .is_some_and(|(ns, _)| ns == namespace)
+            || self.spec.allowed_namespaces.iter().any(|n| n == namespace)
+    }
 }
 
 impl From<&LAN> for WatchedLan {

@@ -4,8 +4,8 @@
 //! resources, `macvtap.k8slan.io/k8slan-veth-<spoke>` (pods) and
 //! `macvtap.k8slan.io/k8slan-mac-<spoke>` (KubeVirt VMs), each with one device on its own unix
 //! socket registered with the kubelet (device plugin API v1beta1). `Allocate` claims the spoke
-//! cluster-wide (a Lease), asks the node datapath ([`SpokePreparer`]) to prepare its host side
-//! and hands VMs their tap device. A spoke has one member: its twin on this node and the spoke
+//! cluster-wide (a Lease), asks the node datapath ([`SpokePreparer`]) to prepare its host side,
+//! records it for the CNI plugins ([`prepared`]) and hands VMs their tap device. A spoke has one member: its twin on this node and the spoke
 //! on every other node turn `Unhealthy` while it is held.
 //!
 //! The core ([`plugin::serve`]) takes its inputs as channels and traits so that tests drive it
@@ -19,6 +19,8 @@ pub mod member;
 mod memory;
 pub mod plugin;
 pub mod podresources;
+pub mod pods;
+pub mod prepared;
 pub mod proto;
 mod registration;
 pub mod report;
@@ -39,7 +41,7 @@ use tokio::sync::watch;
 
 pub use endpoint::{plugin_options, preferred, socket_file};
 pub use plugin::{AllocateError, Backends, PluginConfig, PluginError, Sources};
-pub use spoke::{PrepareError, PreparedSpoke, SpokePreparer, SpokeRequest, TapDevice};
+pub use spoke::{HostSide, PrepareError, SpokePreparer, SpokeRequest, TapDevice};
 
 /// Worker threads of the runtime the plugin runs on (the agent's, and the benchmark's plugin
 /// process). Each thread that allocates gets its own glibc malloc arena, and the kubelet
@@ -72,6 +74,10 @@ pub struct AgentConfig {
     pub poll_interval: Duration,
     /// How long an allocation may stay unconfirmed by pod-resources.
     pub release_grace: Duration,
+    /// Directory of the prepared-spoke records the CNI plugins read.
+    pub prepared_dir: PathBuf,
+    /// Longest wait for a claim write of `Allocate`.
+    pub claim_timeout: Duration,
 }
 
 impl AgentConfig {
@@ -89,6 +95,8 @@ impl AgentConfig {
             sys_class_net: PathBuf::from(underlay::DEFAULT_SYS_CLASS_NET),
             poll_interval: PluginConfig::DEFAULT_POLL_INTERVAL,
             release_grace: PluginConfig::DEFAULT_RELEASE_GRACE,
+            prepared_dir: PathBuf::from(k8slan_api::prepared::DEFAULT_PREPARED_DIR),
+            claim_timeout: PluginConfig::DEFAULT_CLAIM_TIMEOUT,
         }
     }
 }
@@ -112,15 +120,18 @@ pub async fn run(
     let backends = Backends {
         preparer,
         claims: Arc::new(claim::LeaseClaims::new(client.clone(), &config.namespace)),
-        reports: Arc::new(report::LeaseReports::new(client, &config.namespace)),
+        reports: Arc::new(report::LeaseReports::new(client.clone(), &config.namespace)),
         links: Arc::new(underlay::SysfsLinks::new(&config.sys_class_net)),
+        pods: Arc::new(pods::KubePods::new(client, &config.node_name)),
     };
     let plugin_config = PluginConfig {
         node_name: config.node_name,
         device_plugin_dir: config.device_plugin_dir,
         pod_resources_socket: config.pod_resources_socket,
+        prepared_dir: config.prepared_dir,
         poll_interval: config.poll_interval,
         release_grace: config.release_grace,
+        claim_timeout: config.claim_timeout,
     };
     let result = plugin::serve(
         plugin_config,

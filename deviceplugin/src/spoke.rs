@@ -22,12 +22,15 @@ pub struct SpokeRequest<'a> {
     pub kind: SpokeKind,
 }
 
-/// The host side of a spoke, ready for the CNI plugin to move into the pod.
+/// The host side of a spoke, ready for the CNI plugin to move into the pod (the plugin records
+/// it in a `k8slan_api::prepared::PreparedSpoke`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PreparedSpoke {
+pub struct HostSide {
     /// Interface in the host namespace that the CNI plugin moves: the spoke's veth end for
     /// `Veth`, its macvtap for `Mac`.
-    pub host_ifname: String,
+    pub link: String,
+    /// Its interface index in the host namespace.
+    pub ifindex: u32,
     /// The macvtap's character device, for `Mac` only.
     pub tap: Option<TapDevice>,
 }
@@ -59,7 +62,7 @@ impl PrepareError {
 #[async_trait]
 pub trait SpokePreparer: Send + Sync + 'static {
     /// Makes the spoke's host side exist and returns what the container needs.
-    async fn prepare(&self, req: SpokeRequest<'_>) -> Result<PreparedSpoke, PrepareError>;
+    async fn prepare(&self, req: SpokeRequest<'_>) -> Result<HostSide, PrepareError>;
     /// Removes what is left of the spoke's host side once its member is gone.
     async fn release(&self, req: SpokeRequest<'_>) -> Result<(), PrepareError>;
 }

@@ -18,9 +18,10 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-use crate::claim::{Acquired, Claim, ClaimError, ClaimSnapshot, ClaimStore};
+use crate::claim::{Acquired, Claim, ClaimError, ClaimSnapshot, ClaimStore, LeaseClaim};
 use crate::lan::{LanSnapshot, snapshot};
 use crate::plugin::{self, Backends, PluginConfig, PluginError, Sources};
+use crate::pods::{PodRef, PodWarning, Pods, PodsError};
 use crate::proto::podresources::pod_resources_lister_server::{
     PodResourcesLister, PodResourcesListerServer,
 };
@@ -36,7 +37,7 @@ use crate::proto::v1beta1::{
 };
 use crate::proto::{DEVICE_PLUGIN_API_VERSION, HEALTHY, KUBELET_SOCKET};
 use crate::report::{NodeReport, ReportError, ReportSink};
-use crate::spoke::{PrepareError, PreparedSpoke, SpokePreparer, SpokeRequest, TapDevice};
+use crate::spoke::{HostSide, PrepareError, SpokePreparer, SpokeRequest, TapDevice};
 use crate::uds;
 use crate::underlay::HostLinks;
 
@@ -399,9 +400,10 @@ impl Drop for FakePodResources {
 
 /// Claims of a whole (simulated) cluster in memory; share one between several nodes.
 pub struct MemoryClaims {
-    map: Mutex<BTreeMap<String, Claim>>,
+    map: Mutex<BTreeMap<String, LeaseClaim>>,
     tx: watch::Sender<Option<ClaimSnapshot>>,
     version: AtomicU64,
+    stalled: std::sync::atomic::AtomicBool,
 }
 
 impl MemoryClaims {
@@ -410,6 +412,7 @@ impl MemoryClaims {
             map: Mutex::new(BTreeMap::new()),
             tx: watch::channel(Some(Arc::new(BTreeMap::new()))).0,
             version: AtomicU64::new(1),
+            stalled: Default::default(),
         })
     }
 
@@ -419,14 +422,17 @@ impl MemoryClaims {
     }
 
     pub fn get(&self, spoke: &str) -> Option<Claim> {
-        self.map.lock().unwrap().get(spoke).cloned()
+        self.map.lock().unwrap().get(spoke).map(|c| c.claim.clone())
     }
 
-    /// Records a claim directly (another node's, for example).
-    pub fn put(&self, mut claim: Claim) {
-        claim.resource_version = Some(self.version.fetch_add(1, Ordering::SeqCst).to_string());
+    /// Records a claim directly (another node's, for example), with a fresh Lease uid.
+    pub fn put(&self, claim: Claim) {
         let mut map = self.map.lock().unwrap();
-        map.insert(claim.spoke.clone(), claim);
+        let uid = Some(format!(
+            "uid-{}",
+            self.version.fetch_add(1, Ordering::SeqCst)
+        ));
+        map.insert(claim.spoke.clone(), LeaseClaim { claim, uid });
         self.publish(&map);
     }
 
@@ -436,55 +442,63 @@ impl MemoryClaims {
         self.publish(&map);
     }
 
-    fn publish(&self, map: &BTreeMap<String, Claim>) {
+    /// Makes every write hang (an API server that accepts connections but never answers), or
+    /// answer again.
+    pub fn set_stalled(&self, stalled: bool) {
+        self.stalled.store(stalled, Ordering::SeqCst);
+    }
+
+    async fn wait_if_stalled(&self) {
+        if self.stalled.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    fn publish(&self, map: &BTreeMap<String, LeaseClaim>) {
         self.tx.send_replace(Some(Arc::new(map.clone())));
     }
 }
 
 #[async_trait]
 impl ClaimStore for MemoryClaims {
-    async fn acquire(
-        &self,
-        spoke: &str,
-        lan: &str,
-        kind: SpokeKind,
-        node: &str,
-    ) -> Result<Acquired, ClaimError> {
+    async fn acquire(&self, want: &Claim) -> Result<Acquired, ClaimError> {
+        self.wait_if_stalled().await;
         let mut map = self.map.lock().unwrap();
-        let out = match map.get(spoke) {
-            Some(c) if c.node != node => return Ok(Acquired::HeldElsewhere(c.clone())),
-            Some(c) if c.kind == kind && c.lan == lan => return Ok(Acquired::AlreadyOurs),
+        let out = match map.get(&want.spoke).map(|c| &c.claim) {
+            Some(c) if c.node != want.node => return Ok(Acquired::HeldElsewhere(c.clone())),
+            Some(c) if c.kind == want.kind && c.lan == want.lan => {
+                return Ok(Acquired::AlreadyOurs);
+            }
             Some(_) => Acquired::AlreadyOurs,
             None => Acquired::Created,
         };
+        let uid = Some(format!(
+            "uid-{}",
+            self.version.fetch_add(1, Ordering::SeqCst)
+        ));
         map.insert(
-            spoke.to_string(),
-            Claim {
-                spoke: spoke.into(),
-                node: node.into(),
-                lan: lan.into(),
-                kind,
-                pod: None,
-                resource_version: Some(self.version.fetch_add(1, Ordering::SeqCst).to_string()),
-                uid: Some(format!("uid-{spoke}")),
+            want.spoke.clone(),
+            LeaseClaim {
+                claim: want.clone(),
+                uid,
             },
         );
         self.publish(&map);
         Ok(out)
     }
 
-    async fn set_pod(&self, spoke: &str, kind: SpokeKind, pod: &str) -> Result<(), ClaimError> {
+    async fn record_member(&self, claim: &Claim) -> Result<(), ClaimError> {
+        self.wait_if_stalled().await;
         let mut map = self.map.lock().unwrap();
-        if let Some(c) = map.get_mut(spoke) {
-            c.pod = Some(pod.into());
-            c.kind = kind;
-            c.resource_version = Some(self.version.fetch_add(1, Ordering::SeqCst).to_string());
+        if let Some(c) = map.get_mut(&claim.spoke) {
+            c.claim = claim.clone();
         }
         self.publish(&map);
         Ok(())
     }
 
-    async fn release(&self, spoke: &str, seen: Option<&Claim>) -> Result<(), ClaimError> {
+    async fn release(&self, spoke: &str, seen: Option<&LeaseClaim>) -> Result<(), ClaimError> {
+        self.wait_if_stalled().await;
         let mut map = self.map.lock().unwrap();
         let matches = match (map.get(spoke), seen) {
             (None, _) => false,
@@ -496,6 +510,45 @@ impl ClaimStore for MemoryClaims {
             map.remove(spoke);
             self.publish(&map);
         }
+        Ok(())
+    }
+}
+
+/// Pods of a (simulated) API server: every pod exists with UID `uid-<namespace>-<name>`;
+/// events are kept.
+#[derive(Default)]
+pub struct MemoryPods {
+    events: Mutex<Vec<(PodRef, Option<String>, PodWarning)>>,
+}
+
+impl MemoryPods {
+    /// The UID this stand-in gives a pod.
+    pub fn uid_of(pod: &str) -> String {
+        format!("uid-{}", pod.replace('/', "-"))
+    }
+
+    /// Events written so far: `(pod, uid, warning)`.
+    pub fn events(&self) -> Vec<(PodRef, Option<String>, PodWarning)> {
+        self.events.lock().unwrap().clone()
+    }
+}
+
+#[async_trait]
+impl Pods for MemoryPods {
+    async fn uid(&self, pod: &PodRef) -> Result<Option<String>, PodsError> {
+        Ok(Some(Self::uid_of(&pod.to_string())))
+    }
+
+    async fn warn(
+        &self,
+        pod: &PodRef,
+        uid: Option<&str>,
+        warning: &PodWarning,
+    ) -> Result<(), PodsError> {
+        self.events
+            .lock()
+            .unwrap()
+            .push((pod.clone(), uid.map(str::to_string), warning.clone()));
         Ok(())
     }
 }
@@ -633,7 +686,7 @@ impl RecordingPreparer {
 
 #[async_trait]
 impl SpokePreparer for RecordingPreparer {
-    async fn prepare(&self, req: SpokeRequest<'_>) -> Result<PreparedSpoke, PrepareError> {
+    async fn prepare(&self, req: SpokeRequest<'_>) -> Result<HostSide, PrepareError> {
         self.note("prepare", &req);
         if self.failing.lock().unwrap().contains(req.spoke) {
             return Err(PrepareError::new(format!(
@@ -642,12 +695,14 @@ impl SpokePreparer for RecordingPreparer {
             )));
         }
         Ok(match req.kind {
-            SpokeKind::Veth => PreparedSpoke {
-                host_ifname: req.spoke.into(),
+            SpokeKind::Veth => HostSide {
+                link: req.spoke.into(),
+                ifindex: Self::ifindex(req.spoke) + 1,
                 tap: None,
             },
-            SpokeKind::Mac => PreparedSpoke {
-                host_ifname: k8slan_api::naming::macvtap_name(req.spoke),
+            SpokeKind::Mac => HostSide {
+                link: k8slan_api::naming::macvtap_name(req.spoke),
+                ifindex: Self::ifindex(req.spoke),
                 tap: Some(TapDevice {
                     host_path: self.dev_dir.join(tap_device_file(req.spoke)),
                     container_path: container_tap_path(Self::ifindex(req.spoke)),
@@ -688,7 +743,12 @@ pub struct TestNode {
     pub claims: Arc<MemoryClaims>,
     pub reports: Arc<MemoryReports>,
     pub links: Arc<FakeLinks>,
+    pub pods: Arc<MemoryPods>,
+    /// The prepared-spoke records directory, `<root>/prepared`.
+    pub prepared: PathBuf,
     pub lans: watch::Sender<Option<LanSnapshot>>,
+    /// What the plugin's claim watch delivers (the shared store's snapshots by default).
+    claim_watch: watch::Receiver<Option<ClaimSnapshot>>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), PluginError>>>,
 }
@@ -697,6 +757,7 @@ pub struct TestNode {
 pub struct TestNodeOptions {
     pub poll_interval: Duration,
     pub release_grace: Duration,
+    pub claim_timeout: Duration,
     pub record_calls: bool,
 }
 
@@ -705,6 +766,7 @@ impl Default for TestNodeOptions {
         TestNodeOptions {
             poll_interval: Duration::from_millis(100),
             release_grace: Duration::from_secs(2),
+            claim_timeout: Duration::from_secs(1),
             record_calls: true,
         }
     }
@@ -718,6 +780,19 @@ impl TestNode {
         root: &Path,
         claims: Arc<MemoryClaims>,
         opts: TestNodeOptions,
+    ) -> Self {
+        let watch = claims.subscribe();
+        Self::start_with_claim_watch(name, root, claims, opts, watch)
+    }
+
+    /// As [`TestNode::start`], with the plugin's claim watch fed by `claim_watch` instead of
+    /// the store (a watch that lags or never delivers).
+    pub fn start_with_claim_watch(
+        name: &str,
+        root: &Path,
+        claims: Arc<MemoryClaims>,
+        opts: TestNodeOptions,
+        claim_watch: watch::Receiver<Option<ClaimSnapshot>>,
     ) -> Self {
         let dir = root.join("device-plugins");
         let kubelet = KubeletStandIn::start(&dir).expect("kubelet stand-in");
@@ -737,7 +812,10 @@ impl TestNode {
             claims,
             reports: Arc::new(MemoryReports::default()),
             links: FakeLinks::with(&["eth1"]),
+            pods: Arc::new(MemoryPods::default()),
+            prepared: root.join("prepared"),
             lans: watch::channel(None).0,
+            claim_watch,
             shutdown: None,
             task: None,
         };
@@ -750,18 +828,21 @@ impl TestNode {
             node_name: self.name.clone(),
             device_plugin_dir: self.dir.clone(),
             pod_resources_socket: pr_socket.to_owned(),
+            prepared_dir: self.prepared.clone(),
             poll_interval: opts.poll_interval,
             release_grace: opts.release_grace,
+            claim_timeout: opts.claim_timeout,
         };
         let backends = Backends {
             preparer: self.preparer.clone(),
             claims: self.claims.clone(),
             reports: self.reports.clone(),
             links: self.links.clone(),
+            pods: self.pods.clone(),
         };
         let sources = Sources {
             lans: self.lans.subscribe(),
-            claims: self.claims.subscribe(),
+            claims: self.claim_watch.clone(),
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.shutdown = Some(tx);
@@ -773,6 +854,17 @@ impl TestNode {
                 let _ = rx.await;
             },
         )));
+    }
+
+    /// The record of `spoke` in this node's prepared directory, if any.
+    pub fn record(&self, spoke: &str) -> Option<k8slan_api::prepared::PreparedSpoke> {
+        let bytes = std::fs::read(
+            self.prepared
+                .join(k8slan_api::prepared::prepared_file(spoke)),
+        );
+        bytes
+            .ok()
+            .map(|b| k8slan_api::prepared::PreparedSpoke::parse(&b).expect("a valid record"))
     }
 
     /// Feeds a LAN snapshot, as the LAN watcher would.

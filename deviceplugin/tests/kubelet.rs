@@ -5,12 +5,15 @@ use std::time::{Duration, Instant};
 
 use k8slan_api::SpokeKind;
 use k8slan_api::naming::macvtap_name;
+use k8slan_api::report::LanRef;
 use k8slan_deviceplugin::claim::Claim;
 use k8slan_deviceplugin::proto::v1beta1::{
     ContainerPreferredAllocationRequest, Empty, PreferredAllocationRequest,
 };
 use k8slan_deviceplugin::report::NodeState;
-use k8slan_deviceplugin::testing::{MemoryClaims, TestNode, TestNodeOptions, lan};
+use k8slan_deviceplugin::testing::{
+    MemoryClaims, RecordingPreparer, TestNode, TestNodeOptions, lan,
+};
 use tempfile::TempDir;
 
 const VETH_S1: &str = "macvtap.k8slan.io/k8slan-veth-s1";
@@ -229,7 +232,7 @@ async fn allocate_prepares_the_spoke_and_hands_vms_their_tap() {
     let claim = n.claims.get("s1").unwrap();
     assert_eq!(claim.node, "node-a");
     assert_eq!(claim.kind, SpokeKind::Mac);
-    assert_eq!(claim.lan, "default/lan1");
+    assert_eq!(claim.lan.to_string(), "default/lan1");
 
     // Allocate again (kubelet restart re-admission): idempotent, prepares again.
     n.kubelet.allocate(MAC_S1, &[&mac_id]).await.unwrap();
@@ -260,9 +263,12 @@ async fn twins_are_exclusive_until_the_member_goes_away() {
     assert!(err.message().contains("s1"), "{}", err.message());
 
     // The pod shows up in pod-resources, then goes away.
-    n.pod_resources.set(&[("ns/pod1", VETH_S1, "s1")]);
+    n.pod_resources.set(&[("default/pod1", VETH_S1, "s1")]);
     eventually(|| n.claims.get("s1").and_then(|c| c.pod).is_some()).await;
-    assert_eq!(n.claims.get("s1").unwrap().pod.as_deref(), Some("ns/pod1"));
+    assert_eq!(
+        n.claims.get("s1").unwrap().pod.as_deref(),
+        Some("default/pod1")
+    );
     let mac_updates = n.kubelet.resource(MAC_S1).unwrap().updates.len();
     tokio::time::sleep(QUIET).await;
     assert_eq!(
@@ -290,9 +296,12 @@ async fn a_restarted_kubelet_that_lists_nothing_yet_releases_no_member() {
     n.set_lans(&[lan("default", "lan1", "lan1", &["s1"], "eth1")]);
     assert!(n.kubelet.wait_updates(MAC_S1, 1, WAIT).await.is_some());
     n.kubelet.allocate(VETH_S1, &["s1"]).await.unwrap();
-    n.pod_resources.set(&[("ns/pod1", VETH_S1, "s1")]);
+    n.pod_resources.set(&[("default/pod1", VETH_S1, "s1")]);
     eventually(|| n.claims.get("s1").and_then(|c| c.pod).is_some()).await;
-    assert_eq!(n.claims.get("s1").unwrap().pod.as_deref(), Some("ns/pod1"));
+    assert_eq!(
+        n.claims.get("s1").unwrap().pod.as_deref(),
+        Some("default/pod1")
+    );
     let released = |n: &TestNode| n.preparer.calls().iter().any(|c| c.op == "release");
 
     // The kubelet restarts and, until it has synced its pods, lists none.
@@ -313,7 +322,7 @@ async fn a_restarted_kubelet_that_lists_nothing_yet_releases_no_member() {
     assert_eq!(health(&n, MAC_S1).as_deref(), Some("Unhealthy"));
 
     // It lists the member again: nothing changes, even after the hold.
-    n.pod_resources.set(&[("ns/pod1", VETH_S1, "s1")]);
+    n.pod_resources.set(&[("default/pod1", VETH_S1, "s1")]);
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert!(!released(&n), "{:?}", n.preparer.calls());
 
@@ -361,7 +370,7 @@ async fn spoke_held_on_another_node_is_unhealthy_here() {
     }
 
     a.kubelet.allocate(VETH_S1, &["s1"]).await.unwrap();
-    a.pod_resources.set(&[("ns/pod1", VETH_S1, "s1")]);
+    a.pod_resources.set(&[("default/pod1", VETH_S1, "s1")]);
     // Both kinds of s1 are unhealthy on node-b; s2 is untouched.
     assert!(wait_health(&b, VETH_S1, "Unhealthy").await);
     assert!(wait_health(&b, MAC_S1, "Unhealthy").await);
@@ -374,7 +383,7 @@ async fn spoke_held_on_another_node_is_unhealthy_here() {
     let err = b.kubelet.allocate(VETH_S1, &["s1"]).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition);
     assert!(err.message().contains("node-a"), "{}", err.message());
-    assert!(err.message().contains("ns/pod1"), "{}", err.message());
+    assert!(err.message().contains("default/pod1"), "{}", err.message());
     assert!(b.preparer.calls().is_empty());
 
     // The member leaves node-a: s1 is free everywhere.
@@ -393,13 +402,13 @@ async fn remote_claim_recorded_in_the_api_blocks_allocation_race() {
     // Another node claims s1 in the API, but our watch has not delivered it yet: simulate by
     // acquiring through the store and racing Allocate immediately.
     n.claims.put(Claim {
-        spoke: "s1".into(),
-        node: "node-z".into(),
-        lan: "default/lan1".into(),
-        kind: SpokeKind::Mac,
         pod: Some("vms/vm1".into()),
-        resource_version: None,
-        uid: None,
+        ..Claim::new(
+            "s1",
+            "node-z",
+            LanRef::new("default", "lan1"),
+            SpokeKind::Mac,
+        )
     });
     let err = n.kubelet.allocate(VETH_S1, &["s1"]).await.unwrap_err();
     assert!(err.message().contains("node-z"), "{}", err.message());
@@ -505,7 +514,7 @@ async fn agent_restart_keeps_allocations_and_shutdown_removes_sockets() {
     n.set_lans(&[lan("default", "lan1", "lan1", &["s1"], "eth1")]);
     assert!(n.kubelet.wait_updates(MAC_S1, 1, WAIT).await.is_some());
     n.kubelet.allocate(VETH_S1, &["s1"]).await.unwrap();
-    n.pod_resources.set(&[("ns/pod1", VETH_S1, "s1")]);
+    n.pod_resources.set(&[("default/pod1", VETH_S1, "s1")]);
     assert!(wait_health(&n, MAC_S1, "Unhealthy").await);
 
     n.stop_plugin().await.unwrap();
@@ -584,19 +593,19 @@ async fn claim_of_this_node_without_member_is_dropped() {
     assert!(n.kubelet.wait_updates(VETH_S1, 1, WAIT).await.is_some());
     // A claim left behind by a release that failed.
     n.claims.put(Claim {
-        spoke: "s1".into(),
-        node: "node-a".into(),
-        lan: "default/lan1".into(),
-        kind: SpokeKind::Veth,
         pod: Some("ns/gone".into()),
-        resource_version: None,
-        uid: Some("uid-old".into()),
+        ..Claim::new(
+            "s1",
+            "node-a",
+            LanRef::new("default", "lan1"),
+            SpokeKind::Veth,
+        )
     });
     eventually(|| n.claims.get("s1").is_none()).await;
     assert!(n.claims.get("s1").is_none(), "orphan claim dropped");
     // A live member's claim stays.
     n.kubelet.allocate(VETH_S2, &["s2"]).await.unwrap();
-    n.pod_resources.set(&[("ns/p2", VETH_S2, "s2")]);
+    n.pod_resources.set(&[("default/p2", VETH_S2, "s2")]);
     tokio::time::sleep(QUIET).await;
     assert_eq!(n.claims.get("s2").unwrap().node, "node-a");
 }
@@ -676,4 +685,280 @@ async fn failing_underlay_lookups_withdraw_nothing_but_a_vanished_underlay_does(
         n.reports.last().unwrap().lans["default/lan1"].state,
         NodeState::NoUnderlay
     );
+}
+
+/// Two nodes sharing one claim store, both serving LAN `default/lan1` with spokes s1 and s2.
+async fn two_nodes(tmp: &TempDir) -> (TestNode, TestNode, std::sync::Arc<MemoryClaims>) {
+    init_logs();
+    let claims = MemoryClaims::new();
+    let start = |name: &str| {
+        TestNode::start(
+            name,
+            &tmp.path().join(name),
+            claims.clone(),
+            TestNodeOptions::default(),
+        )
+    };
+    let (a, b) = (start("node-a"), start("node-b"));
+    let lans = [lan("default", "lan1", "lan1", &["s1", "s2"], "eth1")];
+    for n in [&a, &b] {
+        n.set_lans(&lans);
+        assert!(n.kubelet.wait_until(WAIT, |m| m.len() == 4).await);
+    }
+    (a, b, claims)
+}
+
+#[tokio::test]
+async fn allocate_writes_the_record_the_cni_reads_and_release_removes_it() {
+    let tmp = TempDir::new().unwrap();
+    let n = node("node-a", &tmp);
+    let mut l = lan("default", "lan1", "knl", &["s1", "s2"], "eth1");
+    l.spec.allowed_namespaces = vec!["lab2".into()];
+    n.set_lans(&[l]);
+    assert!(n.kubelet.wait_until(WAIT, |m| m.len() == 4).await);
+
+    n.kubelet
+        .allocate(MAC_S1, &[&macvtap_name("s1")])
+        .await
+        .unwrap();
+    n.kubelet.allocate(VETH_S2, &["s2"]).await.unwrap();
+    let mac = n.record("s1").expect("record of the VM spoke");
+    assert_eq!(
+        (
+            mac.lan_namespace.as_str(),
+            mac.lan_name.as_str(),
+            mac.netns.as_str()
+        ),
+        ("default", "lan1", "knl")
+    );
+    assert_eq!(mac.kind, SpokeKind::Mac);
+    assert_eq!(mac.link, macvtap_name("s1"));
+    assert_eq!(mac.ifindex, RecordingPreparer::ifindex("s1"));
+    assert_eq!(mac.allowed_namespaces, ["lab2"]);
+    let veth = n.record("s2").expect("record of the pod spoke");
+    assert_eq!((veth.kind, veth.link.as_str()), (SpokeKind::Veth, "s2"));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(n.prepared.join("s1.json"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // The members show up, then s1's pod goes: its record goes with it, s2's stays.
+    n.pod_resources.set(&[
+        ("default/vm1", MAC_S1, &macvtap_name("s1")),
+        ("lab2/p2", VETH_S2, "s2"),
+    ]);
+    eventually(|| n.claims.get("s2").and_then(|c| c.pod).is_some()).await;
+    n.pod_resources.set(&[("lab2/p2", VETH_S2, "s2")]);
+    eventually(|| n.record("s1").is_none()).await;
+    assert!(n.record("s1").is_none(), "record removed with the member");
+    assert!(n.record("s2").is_some());
+}
+
+#[tokio::test]
+async fn claims_name_the_member_pod_with_its_uid() {
+    let tmp = TempDir::new().unwrap();
+    let n = node("node-a", &tmp);
+    n.set_lans(&[lan("default", "lan1", "lan1", &["s1"], "eth1")]);
+    assert!(n.kubelet.wait_updates(VETH_S1, 1, WAIT).await.is_some());
+    n.kubelet.allocate(VETH_S1, &["s1"]).await.unwrap();
+    assert_eq!(n.claims.get("s1").unwrap().pod_uid, None);
+    n.pod_resources.set(&[("default/pod1", VETH_S1, "s1")]);
+    eventually(|| n.claims.get("s1").and_then(|c| c.pod_uid).is_some()).await;
+    let c = n.claims.get("s1").unwrap();
+    assert_eq!(c.pod.as_deref(), Some("default/pod1"));
+    assert_eq!(
+        c.pod_uid,
+        Some(k8slan_deviceplugin::testing::MemoryPods::uid_of(
+            "default/pod1"
+        ))
+    );
+}
+
+#[tokio::test]
+async fn a_spoke_held_from_a_foreign_namespace_is_torn_down_with_an_event() {
+    let tmp = TempDir::new().unwrap();
+    let n = node("node-a", &tmp);
+    n.set_lans(&[lan("lab", "lan1", "lan1", &["s1", "s2"], "eth1")]);
+    assert!(n.kubelet.wait_until(WAIT, |m| m.len() == 4).await);
+    // A pod of namespace "intruder" got a VM spoke of lab's LAN (the webhook was bypassed):
+    // the tap reached its container at Allocate, before anyone knew the pod.
+    n.kubelet
+        .allocate(MAC_S1, &[&macvtap_name("s1")])
+        .await
+        .unwrap();
+    assert!(n.record("s1").is_some());
+    n.pod_resources
+        .set(&[("intruder/vm", MAC_S1, &macvtap_name("s1"))]);
+
+    // Torn down on the node: host side released (the macvtap goes), record removed, claim
+    // dropped, both kinds unhealthy here, an event on the pod names the LAN and the fix.
+    assert!(wait_health(&n, MAC_S1, "Unhealthy").await);
+    assert!(wait_health(&n, VETH_S1, "Unhealthy").await);
+    eventually(|| !n.pods.events().is_empty()).await;
+    let calls = n.preparer.calls();
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.op == "release" && c.spoke == "s1" && c.kind == SpokeKind::Mac),
+        "{calls:?}"
+    );
+    assert!(n.record("s1").is_none());
+    eventually(|| n.claims.get("s1").is_none()).await;
+    assert!(n.claims.get("s1").is_none(), "no claim for the foreign pod");
+    let events = n.pods.events();
+    assert_eq!(events.len(), 1, "one event, not one per poll");
+    let (pod, uid, warning) = &events[0];
+    assert_eq!(pod.to_string(), "intruder/vm");
+    assert_eq!(
+        uid.as_deref(),
+        Some(k8slan_deviceplugin::testing::MemoryPods::uid_of("intruder/vm").as_str())
+    );
+    assert_eq!(warning.reason, "SpokeNamespaceDenied");
+    for part in ["lab/lan1", "namespace lab", "spec.allowedNamespaces"] {
+        assert!(
+            warning.message.contains(part),
+            "{part}: {}",
+            warning.message
+        );
+    }
+    // The kubelet re-admitting the pod (its restart) gets a refusal, not a new link.
+    let err = n
+        .kubelet
+        .allocate(MAC_S1, &[&macvtap_name("s1")])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    assert!(err.message().contains("intruder/vm"), "{}", err.message());
+    assert_eq!(
+        n.preparer
+            .calls()
+            .iter()
+            .filter(|c| c.op == "prepare")
+            .count(),
+        1
+    );
+    // s2 is untouched; once the intruder is gone s1 is served again.
+    assert_eq!(health(&n, VETH_S2).as_deref(), Some("Healthy"));
+    n.pod_resources.set(&[]);
+    assert!(wait_health(&n, MAC_S1, "Healthy").await);
+    n.kubelet
+        .allocate(MAC_S1, &[&macvtap_name("s1")])
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn an_allowed_namespace_may_hold_the_spoke() {
+    let tmp = TempDir::new().unwrap();
+    let n = node("node-a", &tmp);
+    let mut l = lan("lab", "lan1", "lan1", &["s1"], "eth1");
+    l.spec.allowed_namespaces = vec!["friends".into()];
+    n.set_lans(&[l]);
+    assert!(n.kubelet.wait_updates(VETH_S1, 1, WAIT).await.is_some());
+    n.kubelet.allocate(VETH_S1, &["s1"]).await.unwrap();
+    n.pod_resources.set(&[("friends/p", VETH_S1, "s1")]);
+    eventually(|| n.claims.get("s1").and_then(|c| c.pod).is_some()).await;
+    tokio::time::sleep(QUIET).await;
+    assert!(n.pods.events().is_empty());
+    assert!(n.record("s1").is_some());
+    assert_eq!(health(&n, VETH_S1).as_deref(), Some("Healthy"));
+}
+
+#[tokio::test]
+async fn a_stalled_api_server_fails_allocate_fast_and_leaves_nothing_behind() {
+    let tmp = TempDir::new().unwrap();
+    let n = node("node-a", &tmp);
+    n.set_lans(&[lan("default", "lan1", "lan1", &["s1"], "eth1")]);
+    assert!(n.kubelet.wait_updates(VETH_S1, 1, WAIT).await.is_some());
+    n.claims.set_stalled(true);
+    let started = Instant::now();
+    let err = n.kubelet.allocate(VETH_S1, &["s1"]).await.unwrap_err();
+    // Bounded by the claim timeout (1 s here), far below the kubelet's own patience.
+    assert!(started.elapsed() < WAIT, "{:?}", started.elapsed());
+    assert_eq!(err.code(), tonic::Code::DeadlineExceeded);
+    for part in ["spoke s1", "API server", "spoke-s1", "1s"] {
+        assert!(err.message().contains(part), "{part}: {}", err.message());
+    }
+    assert!(
+        n.preparer.calls().is_empty(),
+        "nothing prepared without a claim"
+    );
+    assert!(n.record("s1").is_none());
+    // The reservation was taken back: the twin is allocatable again.
+    assert!(wait_health(&n, MAC_S1, "Healthy").await);
+    n.claims.set_stalled(false);
+    n.kubelet.allocate(VETH_S1, &["s1"]).await.unwrap();
+}
+
+#[tokio::test]
+async fn two_nodes_racing_for_one_spoke_one_wins_and_the_loser_turns_unhealthy() {
+    let tmp = TempDir::new().unwrap();
+    let (a, b, claims) = two_nodes(&tmp).await;
+    let mac_id = macvtap_name("s1");
+    let (veth_ids, mac_ids) = (["s1"], [mac_id.as_str()]);
+    let (ra, rb) = tokio::join!(
+        a.kubelet.allocate(VETH_S1, &veth_ids),
+        b.kubelet.allocate(MAC_S1, &mac_ids),
+    );
+    let (winner, loser, err) = match (ra, rb) {
+        (Ok(_), Err(e)) => (&a, &b, e),
+        (Err(e), Ok(_)) => (&b, &a, e),
+        other => panic!("expected exactly one winner, got {other:?}"),
+    };
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    assert!(err.message().contains(&winner.name), "{}", err.message());
+    assert_eq!(claims.get("s1").unwrap().node, winner.name);
+    // The loser prepared nothing, kept no record and offers neither kind of s1 any more, so
+    // the scheduler places no further pod for s1 there; s2 stays free on both.
+    let loser_prepares = loser
+        .preparer
+        .calls()
+        .iter()
+        .filter(|c| c.op == "prepare")
+        .count();
+    assert_eq!(loser_prepares, 0);
+    assert!(loser.record("s1").is_none());
+    assert!(winner.record("s1").is_some());
+    assert!(wait_health(loser, VETH_S1, "Unhealthy").await);
+    assert!(wait_health(loser, MAC_S1, "Unhealthy").await);
+    assert_eq!(health(loser, VETH_S2).as_deref(), Some("Healthy"));
+}
+
+#[tokio::test]
+async fn the_loser_learns_the_winner_from_its_refused_claim_before_the_watch_does() {
+    let tmp = TempDir::new().unwrap();
+    init_logs();
+    // node-b's claim watch never delivers anything: only what Allocate learns can help.
+    let shared = MemoryClaims::new();
+    let a = TestNode::start(
+        "node-a",
+        &tmp.path().join("a"),
+        shared.clone(),
+        TestNodeOptions::default(),
+    );
+    let (_silent, no_news) = tokio::sync::watch::channel(Some(Default::default()));
+    let b = TestNode::start_with_claim_watch(
+        "node-b",
+        &tmp.path().join("b"),
+        shared.clone(),
+        TestNodeOptions::default(),
+        no_news,
+    );
+    let lans = [lan("default", "lan1", "lan1", &["s1"], "eth1")];
+    for n in [&a, &b] {
+        n.set_lans(&lans);
+        assert!(n.kubelet.wait_updates(VETH_S1, 1, WAIT).await.is_some());
+    }
+    a.kubelet.allocate(VETH_S1, &["s1"]).await.unwrap();
+    assert_eq!(
+        health(&b, VETH_S1).as_deref(),
+        Some("Healthy"),
+        "b has not seen it"
+    );
+    let err = b.kubelet.allocate(VETH_S1, &["s1"]).await.unwrap_err();
+    assert!(err.message().contains("node-a"), "{}", err.message());
+    assert!(wait_health(&b, VETH_S1, "Unhealthy").await);
+    assert!(wait_health(&b, MAC_S1, "Unhealthy").await);
 }

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8slan_api::SpokeKind;
+use k8slan_api::report::{Claim, LanRef};
 use k8slan_deviceplugin::claim::{Acquired, ClaimStore, LeaseClaims, claim_from_lease};
 use k8slan_deviceplugin::report::{
     LanNodeReport, LeaseReports, NodeReport, NodeState, REPORT_ANNOTATION, ReportSink,
@@ -151,6 +152,19 @@ fn client(store: &Shared) -> kube::Client {
     kube::Client::new(svc, NS)
 }
 
+fn want(spoke: &str, kind: SpokeKind, node: &str) -> Claim {
+    Claim::new(spoke, node, LanRef::new("default", "lan1"), kind)
+}
+
+/// The claim of `spoke` by node-a with `pod` as its member.
+fn member(spoke: &str, kind: SpokeKind, pod: &str) -> Claim {
+    Claim {
+        pod: Some(pod.into()),
+        pod_uid: Some(format!("uid-{pod}")),
+        ..want(spoke, kind, "node-a")
+    }
+}
+
 fn lease(store: &Shared, name: &str) -> Option<Lease> {
     let v = store.lock().unwrap().leases.get(name).cloned()?;
     Some(serde_json::from_value(v).unwrap())
@@ -163,7 +177,7 @@ async fn claim_is_created_once_and_refused_to_other_nodes() {
     let b = LeaseClaims::new(client(&store), NS);
 
     let got = a
-        .acquire("s1", "default/lan1", SpokeKind::Mac, "node-a")
+        .acquire(&want("s1", SpokeKind::Mac, "node-a"))
         .await
         .unwrap();
     assert_eq!(got, Acquired::Created);
@@ -182,15 +196,24 @@ async fn claim_is_created_once_and_refused_to_other_nodes() {
 
     // Again by the holder: idempotent.
     assert_eq!(
-        a.acquire("s1", "default/lan1", SpokeKind::Mac, "node-a")
+        a.acquire(&want("s1", SpokeKind::Mac, "node-a"))
             .await
             .unwrap(),
         Acquired::AlreadyOurs
     );
     // By another node: 409, then the holder is read and named.
-    a.set_pod("s1", SpokeKind::Mac, "vms/vm1").await.unwrap();
+    a.record_member(&member("s1", SpokeKind::Mac, "vms/vm1"))
+        .await
+        .unwrap();
+    let ann = lease(&store, "spoke-s1")
+        .unwrap()
+        .metadata
+        .annotations
+        .unwrap();
+    assert_eq!(ann["k8slan.io/pod"], "vms/vm1");
+    assert_eq!(ann["k8slan.io/pod-uid"], "uid-vms/vm1");
     match b
-        .acquire("s1", "default/lan1", SpokeKind::Veth, "node-b")
+        .acquire(&want("s1", SpokeKind::Veth, "node-b"))
         .await
         .unwrap()
     {
@@ -207,26 +230,31 @@ async fn claim_is_created_once_and_refused_to_other_nodes() {
 async fn holder_switching_kind_rewrites_its_claim() {
     let store = Shared::default();
     let a = LeaseClaims::new(client(&store), NS);
-    a.acquire("s1", "default/lan1", SpokeKind::Veth, "node-a")
+    a.acquire(&want("s1", SpokeKind::Veth, "node-a"))
         .await
         .unwrap();
-    a.set_pod("s1", SpokeKind::Veth, "ns/old").await.unwrap();
+    a.record_member(&member("s1", SpokeKind::Veth, "ns/old"))
+        .await
+        .unwrap();
     assert_eq!(
-        a.acquire("s1", "default/lan1", SpokeKind::Mac, "node-a")
+        a.acquire(&want("s1", SpokeKind::Mac, "node-a"))
             .await
             .unwrap(),
         Acquired::AlreadyOurs
     );
-    let c = claim_from_lease(&lease(&store, "spoke-s1").unwrap()).unwrap();
+    let c = claim_from_lease(&lease(&store, "spoke-s1").unwrap())
+        .unwrap()
+        .claim;
     assert_eq!(c.kind, SpokeKind::Mac);
     assert_eq!(c.pod, None, "the old pod is no longer the member");
+    assert_eq!(c.pod_uid, None, "nor its UID");
 }
 
 #[tokio::test]
 async fn release_is_guarded_by_the_observed_lease() {
     let store = Shared::default();
     let a = LeaseClaims::new(client(&store), NS);
-    a.acquire("s1", "default/lan1", SpokeKind::Veth, "node-a")
+    a.acquire(&want("s1", SpokeKind::Veth, "node-a"))
         .await
         .unwrap();
     let seen = claim_from_lease(&lease(&store, "spoke-s1").unwrap()).unwrap();
@@ -235,7 +263,7 @@ async fn release_is_guarded_by_the_observed_lease() {
     // and leave the new holder's claim alone.
     store.lock().unwrap().leases.remove("spoke-s1");
     let b = LeaseClaims::new(client(&store), NS);
-    b.acquire("s1", "default/lan1", SpokeKind::Veth, "node-b")
+    b.acquire(&want("s1", SpokeKind::Veth, "node-b"))
         .await
         .unwrap();
     assert!(a.release("s1", Some(&seen)).await.is_err());
@@ -244,7 +272,9 @@ async fn release_is_guarded_by_the_observed_lease() {
     // The holder's own release with what it saw succeeds even though its own pod annotation
     // moved the resourceVersion since; a second one is no error.
     let seen_b = claim_from_lease(&lease(&store, "spoke-s1").unwrap()).unwrap();
-    b.set_pod("s1", SpokeKind::Veth, "ns/p").await.unwrap();
+    let mut of_b = member("s1", SpokeKind::Veth, "ns/p");
+    of_b.node = "node-b".into();
+    b.record_member(&of_b).await.unwrap();
     b.release("s1", Some(&seen_b)).await.unwrap();
     assert!(lease(&store, "spoke-s1").is_none());
     b.release("s1", Some(&seen_b)).await.unwrap();
@@ -273,4 +303,59 @@ async fn node_report_is_applied_to_the_node_lease() {
     let json: NodeReport =
         serde_json::from_str(&l.metadata.annotations.unwrap()[REPORT_ANNOTATION]).unwrap();
     assert_eq!(json, report);
+}
+
+#[tokio::test]
+async fn two_nodes_racing_for_a_spoke_get_one_winner_and_the_loser_learns_it() {
+    for _ in 0..20 {
+        let store = Shared::default();
+        let a = LeaseClaims::new(client(&store), NS);
+        let b = LeaseClaims::new(client(&store), NS);
+        let (wa, wb) = (
+            want("s1", SpokeKind::Veth, "node-a"),
+            want("s1", SpokeKind::Mac, "node-b"),
+        );
+        let (ra, rb) = tokio::join!(a.acquire(&wa), b.acquire(&wb));
+        let (ra, rb) = (ra.unwrap(), rb.unwrap());
+        let holder = claim_from_lease(&lease(&store, "spoke-s1").unwrap())
+            .unwrap()
+            .claim;
+        match (&ra, &rb) {
+            (Acquired::Created, Acquired::HeldElsewhere(c)) => {
+                assert_eq!(
+                    (holder.node.as_str(), c.node.as_str()),
+                    ("node-a", "node-a")
+                );
+            }
+            (Acquired::HeldElsewhere(c), Acquired::Created) => {
+                assert_eq!(
+                    (holder.node.as_str(), c.node.as_str()),
+                    ("node-b", "node-b")
+                );
+            }
+            other => panic!("expected exactly one winner, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn broken_claim_leases_of_another_node_are_never_taken_over() {
+    let store = Shared::default();
+    let a = LeaseClaims::new(client(&store), NS);
+    a.acquire(&want("s1", SpokeKind::Veth, "node-a"))
+        .await
+        .unwrap();
+    // Someone strips the annotations of node-a's claim.
+    store.lock().unwrap().leases.get_mut("spoke-s1").unwrap()["metadata"]["annotations"] =
+        json!({"k8slan.io/kind": "tap"});
+    assert_eq!(claim_from_lease(&lease(&store, "spoke-s1").unwrap()), None);
+    let b = LeaseClaims::new(client(&store), NS);
+    match b
+        .acquire(&want("s1", SpokeKind::Veth, "node-b"))
+        .await
+        .unwrap()
+    {
+        Acquired::HeldElsewhere(c) => assert_eq!(c.node, "node-a"),
+        other => panic!("expected HeldElsewhere, got {other:?}"),
+    }
 }

@@ -45,8 +45,10 @@ async fn allocate_prepares_real_spokes_and_hands_out_the_tap_device() {
             node_name: "node-a".into(),
             device_plugin_dir: plugins.clone(),
             pod_resources_socket: pr_socket,
+            prepared_dir: dir.path().join("prepared"),
             poll_interval: Duration::from_millis(200),
             release_grace: Duration::from_secs(30),
+            claim_timeout: PluginConfig::DEFAULT_CLAIM_TIMEOUT,
         },
         Backends {
             preparer: Arc::new(NetagentPreparer {
@@ -56,6 +58,7 @@ async fn allocate_prepares_real_spokes_and_hands_out_the_tap_device() {
             claims: claims.clone(),
             reports: Arc::new(MemoryReports::default()),
             links: Arc::new(KernelLinks(dp.clone())),
+            pods: Arc::new(k8slan_deviceplugin::testing::MemoryPods::default()),
         },
         Sources {
             lans: lans_rx,
@@ -106,6 +109,24 @@ async fn allocate_prepares_real_spokes_and_hands_out_the_tap_device() {
     let idx = line.split(':').next().unwrap().trim();
     assert_eq!(dev.container_path, format!("/dev/tap{idx}"));
     assert_eq!(dev.permissions, "rw");
+    // The records name the real links the CNI may move, by name and index.
+    let record = |spoke: &str| {
+        let bytes = std::fs::read(dir.path().join("prepared").join(format!("{spoke}.json")));
+        k8slan_api::prepared::PreparedSpoke::parse(&bytes.expect("record written")).unwrap()
+    };
+    let vm = record(&vm_spoke);
+    assert_eq!(
+        (vm.link.as_str(), vm.ifindex.to_string()),
+        (mac_id.as_str(), idx.to_string())
+    );
+    assert_eq!(vm.netns, netns);
+    let pod = record(&pod_spoke);
+    let line = host.sh(&format!("ip -o link show {pod_spoke}")).unwrap();
+    let pod_idx = line.split(':').next().unwrap().trim();
+    assert_eq!(
+        (pod.link.as_str(), pod.ifindex.to_string()),
+        (pod_spoke.as_str(), pod_idx.to_string())
+    );
 
     // Allocate again after the macvtap vanished (a VM pod gone, kubelet re-admits): recreated.
     host.sh(&format!("ip link del {mac_id}")).unwrap();
@@ -113,7 +134,7 @@ async fn allocate_prepares_real_spokes_and_hands_out_the_tap_device() {
     host.sh(&format!("ip link show {mac_id}")).unwrap();
 
     // The pod member is listed, then goes away: the spoke is released on the host side.
-    pod_resources.set(&[("ns/pod", &veth_res, &pod_spoke)]);
+    pod_resources.set(&[("default/pod", &veth_res, &pod_spoke)]);
     tokio::time::sleep(Duration::from_millis(600)).await;
     pod_resources.set(&[]);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -125,6 +146,35 @@ async fn allocate_prepares_real_spokes_and_hands_out_the_tap_device() {
         "released spoke's host end removed"
     );
     assert!(claims.get(&pod_spoke).is_none());
+    let gone = dir
+        .path()
+        .join("prepared")
+        .join(format!("{pod_spoke}.json"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while gone.exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!gone.exists(), "the released spoke's record is removed");
+
+    // The VM spoke turns out to be held by a pod of a namespace the LAN does not admit: its
+    // macvtap (whose tap the container got at Allocate) and record go, on the real kernel.
+    pod_resources.set(&[("intruder/vm", &mac_res, &mac_id)]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while host.sh(&format!("ip link show {mac_id}")).is_ok() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        host.sh(&format!("ip link show {mac_id}")).is_err(),
+        "the foreign pod's macvtap is removed"
+    );
+    let vm_record = dir.path().join("prepared").join(format!("{vm_spoke}.json"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while vm_record.exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!vm_record.exists(), "and its record");
+    let err = kubelet.allocate(&mac_res, &[&mac_id]).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
 
     let _ = stop_tx.send(());
     server.await.unwrap().unwrap();

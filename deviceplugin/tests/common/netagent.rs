@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use k8slan_deviceplugin::underlay::HostLinks;
-use k8slan_deviceplugin::{PrepareError, PreparedSpoke, SpokePreparer, SpokeRequest, TapDevice};
+use k8slan_deviceplugin::{HostSide, PrepareError, SpokePreparer, SpokeRequest, TapDevice};
 use k8slan_netagent::{Datapath, Kernel, Ns, RtnlKernel};
 
 /// The netagent datapath as a `SpokePreparer` (blocking netlink work on the blocking pool).
@@ -17,7 +17,7 @@ pub struct NetagentPreparer {
 
 #[async_trait]
 impl SpokePreparer for NetagentPreparer {
-    async fn prepare(&self, req: SpokeRequest<'_>) -> Result<PreparedSpoke, PrepareError> {
+    async fn prepare(&self, req: SpokeRequest<'_>) -> Result<HostSide, PrepareError> {
         let (dp, node, spec, spoke, kind) = (
             self.dp.clone(),
             self.node.clone(),
@@ -31,11 +31,15 @@ impl SpokePreparer for NetagentPreparer {
         .await
         .map_err(PrepareError::new)?
         .map_err(PrepareError::new)?;
-        Ok(PreparedSpoke {
-            host_ifname: att
+        Ok(HostSide {
+            link: att
                 .mac
                 .as_ref()
                 .map_or(att.host_ifname.clone(), |m| m.macvtap.clone()),
+            ifindex: att
+                .mac
+                .as_ref()
+                .map_or(att.host_ifindex, |m| m.macvtap_ifindex),
             tap: att.mac.map(|m| TapDevice {
                 host_path: m.tap_host_path,
                 container_path: m.tap_container_path,
