@@ -40,8 +40,6 @@ use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::Notify;
 use tracing::instrument;
 
-/// Claim annotation with the holding pod's UID (written by the agent next to `k8slan.io/pod`).
-pub const CLAIM_POD_UID_ANNOTATION: &str = "k8slan.io/pod-uid";
 /// Default of [`Settings::period`].
 pub const DEFAULT_PERIOD: Duration = Duration::from_secs(30);
 /// Default of [`Settings::grace`].
@@ -247,10 +245,7 @@ impl Sweeper {
             };
             let facts = Facts {
                 claim: &claim,
-                pod_uid: lease
-                    .annotations()
-                    .get(CLAIM_POD_UID_ANNOTATION)
-                    .map(String::as_str),
+                pod_uid: claim.pod_uid.as_deref(),
                 claimed_at: lease.metadata.creation_timestamp.as_ref().map(|t| t.0),
                 node_exists,
                 pod,
