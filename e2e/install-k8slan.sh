@@ -13,8 +13,8 @@
 set -euo pipefail
 source "$(dirname "$0")/lib/common.sh"
 REPO_DIR=$(cd "$E2E_DIR/.." && pwd)
-RELEASE=k8slan
-NAMESPACE=k8slan-system
+RELEASE=$K8SLAN_RELEASE
+NAMESPACE=$K8SLAN_NAMESPACE
 KUBECTL=$E2E_DIR/kubectl
 HELM=$E2E_DIR/helm
 
@@ -54,7 +54,7 @@ probe=$(cat <<EOF
 {"apiVersion": "lan.k8slan.io/v1beta1", "kind": "LAN",
  "metadata": {"name": "install-probe", "namespace": "default"},
  "spec": {"ns": "install-probe", "bridge": "br0", "vxlan": "vx0", "vni": 16777215,
-          "defaultVxlanDev": "eth1", "spokes": ["install-probe"]}}
+          "defaultVxlanDev": "$UNDERLAY_IF", "spokes": ["install-probe"]}}
 EOF
 )
 # shellcheck disable=SC2016  # expanded by the inner bash

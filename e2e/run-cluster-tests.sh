@@ -8,8 +8,7 @@
 # KEEP_CLUSTER=1 leaves the cluster running; extra arguments go to pytest (e.g. -k members).
 set -euo pipefail
 source "$(dirname "$0")/lib/common.sh"
-start=$SECONDS
-ARTIFACTS=$E2E_LOGS/k8slan
+ARTIFACTS=$K8SLAN_ARTIFACTS
 
 collect_logs() {
   mkdir -p "$ARTIFACTS"
@@ -17,9 +16,9 @@ collect_logs() {
   "$k" get events -A --sort-by=.lastTimestamp >"$ARTIFACTS/events.txt" 2>&1 || true
   "$k" get pods -A -o wide >"$ARTIFACTS/pods.txt" 2>&1 || true
   "$k" get lans -A -o yaml >"$ARTIFACTS/lans.yaml" 2>&1 || true
-  "$k" -n k8slan-system get leases -o yaml >"$ARTIFACTS/leases.yaml" 2>&1 || true
-  for pod in $("$k" -n k8slan-system get pods -o name 2>/dev/null); do
-    "$k" -n k8slan-system logs "$pod" --all-containers --prefix >"$ARTIFACTS/${pod#pod/}.log" 2>&1 || true
+  "$k" -n "$K8SLAN_NAMESPACE" get leases -o yaml >"$ARTIFACTS/leases.yaml" 2>&1 || true
+  for pod in $("$k" -n "$K8SLAN_NAMESPACE" get pods -o name 2>/dev/null); do
+    "$k" -n "$K8SLAN_NAMESPACE" logs "$pod" --all-containers --prefix >"$ARTIFACTS/${pod#pod/}.log" 2>&1 || true
   done
   for node in "${NODES[@]}"; do
     for f in kubelet containerd multus; do
@@ -36,15 +35,8 @@ collect_logs() {
 rc=0
 "$E2E_DIR/install-k8slan.sh" >/dev/null || rc=$?
 if ((rc == 0)); then
-  env K8SLAN_ARTIFACTS="$ARTIFACTS" TESTBOX_IMAGE="$TESTBOX_IMAGE" KUBERNETES_VERSION="$KUBERNETES_VERSION" \
-    PY_VENV="$PY_VENV" "$PY_VENV/bin/pytest" -p no:cacheprovider -v -s \
-    "$E2E_DIR"/tests/test_k8slan_*.py "$E2E_DIR/tests/test_smoke.py" "$@" || rc=$?
+  run_pytest -s "$E2E_DIR/tests/test_helpers.py" "$E2E_DIR"/tests/test_k8slan_*.py \
+    "$E2E_DIR/tests/test_smoke.py" "$@" || rc=$?
 fi
 ((rc == 0)) || collect_logs
-if [[ ${KEEP_CLUSTER:-0} == 1 ]]; then
-  log "KEEP_CLUSTER=1: cluster left running"
-else
-  "$E2E_DIR/cluster-down.sh" || rc=1      # includes check-clean.sh
-fi
-if ((rc == 0)); then log "test-cluster: PASSED in $((SECONDS - start))s"; else log "test-cluster: FAILED"; fi
-exit "$rc"
+teardown_and_exit test-cluster "$rc"

@@ -16,6 +16,7 @@ E2E_PKI=$E2E_STATE/pki
 E2E_NODES=$E2E_STATE/nodes                               # per-node private trees
 E2E_RUN=$E2E_STATE/run                                   # pid files, markers
 ADMIN_KUBECONFIG=$E2E_STATE/admin.kubeconfig
+K8SLAN_ARTIFACTS=$E2E_LOGS/k8slan                        # logs of failed k8slan tests
 
 K8S_BIN=$K8SLAN_CACHE/bin/kubernetes-$KUBERNETES_VERSION
 MULTUS_BIN=$K8SLAN_CACHE/bin/multus-$MULTUS_VERSION
@@ -41,6 +42,10 @@ CLUSTER_CIDR=198.18.8.0/21            # covers every node's pod CIDR
 APISERVER_PORT=6443
 MGMT_MTU=1500
 UNDERLAY_MTU=1500
+UNDERLAY_IF=eth1                      # each worker's underlay port (the LANs' defaultVxlanDev)
+# Test LANs of the cluster tier: e2e/tests/helpers.py lan_subnet() hands each one a /24 of it.
+# Inside TEST_SUPERNET, apart from the mgmt, pod and service ranges (e2e/README.md, "Address plan").
+TEST_LAN_RANGE=198.18.128.0/18
 
 # Per-node facts: short id (for 15-char link names), management IP, pod CIDR.
 declare -A NODE_ID=([control-plane]=cp [worker1]=w1 [worker2]=w2)
@@ -48,6 +53,10 @@ declare -A NODE_IP=([control-plane]=198.18.0.10 [worker1]=198.18.0.11 [worker2]=
 declare -A POD_CIDR=([control-plane]=198.18.10.0/24 [worker1]=198.18.11.0/24 [worker2]=198.18.12.0/24)
 APISERVER_IP=${NODE_IP[$CONTROL_PLANE]}
 APISERVER_URL=https://$APISERVER_IP:$APISERVER_PORT
+
+# k8slan as install-k8slan.sh installs it (Helm release and its namespace).
+K8SLAN_RELEASE=k8slan
+K8SLAN_NAMESPACE=k8slan-system
 
 # Standard paths each node gets privately (bind-mounted from its own tree).
 NODE_PRIVATE_DIRS=(
@@ -94,4 +103,41 @@ wait_for() {
     ((SECONDS < deadline)) || { log "timed out after ${timeout}s waiting for $what"; return 1; }
     sleep 1
   done
+}
+
+# --- the pytest suites -------------------------------------------------------------
+
+# The settings e2e/tests/helpers.py reads, as NAME=value lines (arrays joined by spaces).
+# run_pytest passes them in the environment; helpers.py runs this itself when pytest is
+# started by hand, so these values are written nowhere else.
+e2e_test_settings() {
+  printf '%s\n' \
+    "KUBERNETES_VERSION=$KUBERNETES_VERSION" "TESTBOX_IMAGE=$TESTBOX_IMAGE" "PY_VENV=$PY_VENV" \
+    "NODES=${NODES[*]}" "WORKERS=${WORKERS[*]}" "CONTROL_PLANE=$CONTROL_PLANE" \
+    "E2E_LOGS=$E2E_LOGS" "K8SLAN_ARTIFACTS=$K8SLAN_ARTIFACTS" \
+    "TEST_SUPERNET=$TEST_SUPERNET" "MGMT_NODE_CIDR=$MGMT_NODE_CIDR" "CLUSTER_CIDR=$CLUSTER_CIDR" \
+    "SERVICE_CIDR=$SERVICE_CIDR" "KUBERNETES_SERVICE_IP=$KUBERNETES_SERVICE_IP" \
+    "TEST_LAN_RANGE=$TEST_LAN_RANGE" "UNDERLAY_IF=$UNDERLAY_IF" "UNDERLAY_MTU=$UNDERLAY_MTU" \
+    "K8SLAN_RELEASE=$K8SLAN_RELEASE" "K8SLAN_NAMESPACE=$K8SLAN_NAMESPACE"
+}
+
+# Run pytest from the venv with those settings; arguments go to pytest.
+run_pytest() {
+  local settings
+  mapfile -t settings < <(e2e_test_settings)
+  env "${settings[@]}" "$PY_VENV/bin/pytest" -p no:cacheprovider -v "$@"
+}
+
+# End a test run: tear the cluster down (KEEP_CLUSTER=1 leaves it running, for debugging),
+# log the verdict of $1 (the run's name) and exit with the tests' status $2, or 1 when the
+# teardown or its leftover check fails.
+teardown_and_exit() {
+  local what=$1 rc=$2
+  if [[ ${KEEP_CLUSTER:-0} == 1 ]]; then
+    log "KEEP_CLUSTER=1: cluster left running"
+  else
+    "$E2E_DIR/cluster-down.sh" || rc=1      # includes check-clean.sh
+  fi
+  if ((rc == 0)); then log "$what: PASSED in ${SECONDS}s"; else log "$what: FAILED"; fi
+  exit "$rc"
 }

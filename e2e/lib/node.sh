@@ -81,11 +81,11 @@ setup_node_network() {
   ip -n "$ns" route replace "$SERVICE_CIDR" dev eth0
   nsenter --net="/run/netns/$ns" sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1
 
-  if [[ " ${WORKERS[*]} " == *" $node "* ]] && ! ip -n "$ns" link show eth1 >/dev/null 2>&1; then
-    log "net: $node: underlay port eth1"
-    ip link add "$NS_PREFIX-$id-u" mtu "$UNDERLAY_MTU" type veth peer name eth1 netns "$ns"
+  if [[ " ${WORKERS[*]} " == *" $node "* ]] && ! ip -n "$ns" link show "$UNDERLAY_IF" >/dev/null 2>&1; then
+    log "net: $node: underlay port $UNDERLAY_IF"
+    ip link add "$NS_PREFIX-$id-u" mtu "$UNDERLAY_MTU" type veth peer name "$UNDERLAY_IF" netns "$ns"
     ip link set "$NS_PREFIX-$id-u" master "$UNDERLAY_BRIDGE" up
-    ip -n "$ns" link set eth1 up
+    ip -n "$ns" link set "$UNDERLAY_IF" up
   fi
 }
 

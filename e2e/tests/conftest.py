@@ -1,16 +1,14 @@
 """Fixtures for the e2e tests: kubectl, node-exec, a fresh namespace per test.
 
 The cluster must be up (make cluster-up); run with the venv built by e2e/build.sh:
-  $K8SLAN_CACHE/venv/bin/pytest e2e/tests
+  $K8SLAN_CACHE/venv/bin/pytest e2e/tests/test_smoke.py   (the k8slan tests need k8slan installed)
 """
-import os
 import uuid
-from pathlib import Path
 
 import pytest
 
-from helpers import (HELM, K8SLAN_NAMESPACE, K8SLAN_RELEASE, KUBECTL, NODE_EXEC, Kubectl, run,
-                     wait_for)
+from helpers import (HELM, K8SLAN_ARTIFACTS, K8SLAN_NAMESPACE, K8SLAN_RELEASE, KUBECTL, Kubectl,
+                     node_run, run, wait_for)
 
 
 @pytest.fixture(scope="session")
@@ -33,14 +31,13 @@ def namespace(kubectl, request):
 
 @pytest.fixture
 def node_exec():
-    def _exec(node, *cmd, check=True, timeout=60):
-        return run([NODE_EXEC, node, *cmd], check=check, timeout=timeout)
-    return _exec
+    """node_exec(node, *cmd, check=True, timeout=60): helpers.node_run."""
+    return node_run
 
 
 @pytest.fixture(scope="session")
 def k8slan(kubectl):
-    """k8slan installed by e2e/install-k8slan.sh (Helm release k8slan in k8slan-system)."""
+    """k8slan installed by e2e/install-k8slan.sh (Helm release K8SLAN_RELEASE in K8SLAN_NAMESPACE)."""
     status = run([HELM, "status", K8SLAN_RELEASE, "-n", K8SLAN_NAMESPACE, "-o", "json"], check=False)
     assert status, "k8slan is not installed: run e2e/install-k8slan.sh (make test-cluster does)"
     return kubectl
@@ -50,13 +47,12 @@ def k8slan(kubectl):
 def pytest_runtest_makereport(item, call):
     """When a k8slan test fails, save what explains it at once (a later test may uninstall
     k8slan): agent and controller logs, the test namespace's events and pods, the LANs, Leases.
-    Directory: $K8SLAN_ARTIFACTS (default /var/lib/k8slan-e2e/logs/k8slan)/<test>/."""
+    Directory: K8SLAN_ARTIFACTS (e2e/lib/common.sh: $E2E_LOGS/k8slan)/<test>/."""
     outcome = yield
     rep = outcome.get_result()
     if rep.when != "call" or not rep.failed or "k8slan" not in item.nodeid:
         return
-    base = Path(os.environ.get("K8SLAN_ARTIFACTS", "/var/lib/k8slan-e2e/logs/k8slan"))
-    out = base / item.name
+    out = K8SLAN_ARTIFACTS / item.name
     out.mkdir(parents=True, exist_ok=True)
 
     def save(name, *args):

@@ -3,13 +3,10 @@ and its service accounts can do exactly what charts/k8slan/README.md says."""
 import json
 import re
 
-from helpers import (E2E_DIR, HELM, K8SLAN_NAMESPACE, K8SLAN_RELEASE, NODES, node_has, run)
+from helpers import (AGENT_DAEMONSET, E2E_DIR, HELM, K8SLAN_NAMESPACE, K8SLAN_RELEASE, NODES, node_has,
+                     pod_ready, run)
 
 CHART_README = E2E_DIR.parent / "charts" / "k8slan" / "README.md"
-
-
-def ready(pod):
-    return any(c["type"] == "Ready" and c["status"] == "True" for c in pod["status"].get("conditions", []))
 
 
 def test_helm_release_controller_and_agents_ready_on_every_node(k8slan):
@@ -21,21 +18,21 @@ def test_helm_release_controller_and_agents_ready_on_every_node(k8slan):
 
     deploy = kubectl.json("-n", K8SLAN_NAMESPACE, "get", "deployment", "k8slan-controller-manager")
     assert deploy["status"].get("readyReplicas") == deploy["spec"]["replicas"] == 1
-    ds = kubectl.json("-n", K8SLAN_NAMESPACE, "get", "daemonset", "k8slan-ds")
+    ds = kubectl.json("-n", K8SLAN_NAMESPACE, "get", "daemonset", AGENT_DAEMONSET)
     assert ds["status"]["desiredNumberScheduled"] == len(NODES)
     assert ds["status"]["numberReady"] == len(NODES)
 
     pods = kubectl.json("-n", K8SLAN_NAMESPACE, "get", "pods")["items"]
     controllers = [p for p in pods if p["metadata"]["name"].startswith("k8slan-controller-manager-")]
-    assert len(controllers) == 1 and ready(controllers[0]), [p["metadata"]["name"] for p in controllers]
+    assert len(controllers) == 1 and pod_ready(controllers[0]), [p["metadata"]["name"] for p in controllers]
     agents = {}
     for p in pods:
-        if p["metadata"].get("ownerReferences", [{}])[0].get("name") == "k8slan-ds":
+        if p["metadata"].get("ownerReferences", [{}])[0].get("name") == AGENT_DAEMONSET:
             agents.setdefault(p["spec"]["nodeName"], []).append(p)
     assert sorted(agents) == sorted(NODES), f"agent pods per node: {agents.keys()}"
     for node, on_node in agents.items():
         assert len(on_node) == 1, f"{node} runs {len(on_node)} agents"
-        assert ready(on_node[0]), f"agent on {node} not Ready: {on_node[0]['status']}"
+        assert pod_ready(on_node[0]), f"agent on {node} not Ready: {on_node[0]['status']}"
         init = on_node[0]["status"]["initContainerStatuses"][0]
         assert init["name"] == "install-cni" and init["state"]["terminated"]["exitCode"] == 0
         # The init container installed the CNI plugins into the node's CNI directory.

@@ -1,22 +1,14 @@
 """LAN resources without members: NADs and node capacity (scenario 2), admission of duplicates
 and bad LANs (scenario 7), printer columns, and a hand-made NAD that k8slan leaves alone."""
 import json
-import subprocess
 import time
 
-from helpers import (KUBECTL, WORKERS, Lan, describe_node_count, kubelet_registration_time, lan_manifest,
-                     nad_name, node_resources, resource_name, unique_tag, unique_vni, wait_for)
+from helpers import (CONTROL_PLANE, WORKERS, Lan, apply_fails, describe_node_count,
+                     kubelet_registration_time, lan_condition, lan_manifest, nad_exists, nad_name,
+                     node_resources, resource_name, unique_tag, unique_vni, wait_for)
 
 CAPACITY_GOAL_S = 2.0     # the issue's goal; printed, see test docstring
 CAPACITY_BOUND_S = 30.0   # what the test asserts (kubelet status updates are periodic)
-
-
-def lan_condition(kubectl, namespace, name, type_):
-    lan = kubectl.json("-n", namespace, "get", "lan", name)
-    for c in lan.get("status", {}).get("conditions", []):
-        if c["type"] == type_:
-            return c
-    return None
 
 
 def test_lan_gets_nads_and_capacity_on_every_worker(k8slan, namespace):
@@ -59,8 +51,8 @@ def test_lan_gets_nads_and_capacity_on_every_worker(k8slan, namespace):
     for node in WORKERS:
         for r in wanted:
             assert describe_node_count(kubectl, node, r) == 1, f"describe node {node}: {r}"
-    # The control plane has no underlay (eth1): it advertises nothing usable.
-    cap, alloc = node_resources(kubectl, "control-plane")
+    # The control plane has no underlay port (UNDERLAY): it advertises nothing usable.
+    cap, alloc = node_resources(kubectl, CONTROL_PLANE)
     assert all(alloc.get(r, "0") == "0" for r in wanted), alloc
 
     for spoke in lan.spokes.values():
@@ -85,25 +77,15 @@ def test_lan_gets_nads_and_capacity_on_every_worker(k8slan, namespace):
     assert lan.name in kubectl("-n", namespace, "get", "vlan")
 
 
-def apply_fails(kubectl, namespace, manifest):
-    """kubectl apply that must be refused; returns the error text."""
-    proc = subprocess.run([str(KUBECTL), "-n", namespace, "apply", "-f", "-"], input=json.dumps(manifest),
-                          capture_output=True, text=True, timeout=60)
-    name = manifest["metadata"]["name"]
-    assert proc.returncode != 0, f"LAN {name} was admitted: {proc.stdout}"
-    assert not kubectl("-n", namespace, "get", "lan", name, "--ignore-not-found", "-o", "name").strip()
-    return proc.stderr
-
-
 def test_duplicate_vni_ns_or_spoke_is_rejected_naming_both_lans(k8slan, namespace):
     kubectl = k8slan
     first = Lan(roles=("x",))
     kubectl.apply(first.manifest(), namespace)
     first_ref = f"{namespace}/{first.name}"
     cases = {
-        "vni": lambda l: lan_manifest(l.name, l.ns, first.vni, list(l.spokes.values())),
-        "ns": lambda l: lan_manifest(l.name, first.ns, l.vni, list(l.spokes.values())),
-        "spoke": lambda l: lan_manifest(l.name, l.ns, l.vni, [first.spokes["x"]]),
+        "vni": lambda dup: lan_manifest(dup.name, dup.ns, first.vni, list(dup.spokes.values())),
+        "ns": lambda dup: lan_manifest(dup.name, first.ns, dup.vni, list(dup.spokes.values())),
+        "spoke": lambda dup: lan_manifest(dup.name, dup.ns, dup.vni, [first.spokes["x"]]),
     }
     for field, make in cases.items():
         dup = Lan(roles=("y",))
@@ -157,16 +139,14 @@ def test_hand_made_nad_with_a_generated_name_is_left_alone(k8slan, namespace):
     cond = wait_for(nad_conflict, 30, what="LAN Ready=False reason NadConflict")
     assert nad_name("veth", spoke) in cond["message"], cond
     # The twin k8slan owns is created; the hand-made one is unchanged.
-    wait_for(lambda: kubectl("-n", namespace, "get", "network-attachment-definitions",
-                             nad_name("mac", spoke), check=False), 30, what="the mac NAD")
+    wait_for(lambda: nad_exists(kubectl, namespace, nad_name("mac", spoke)), 30, what="the mac NAD")
     after = kubectl.json("-n", namespace, "get", "network-attachment-definitions", nad_name("veth", spoke))
     assert after["spec"] == before["spec"]
     assert after["metadata"]["labels"] == {"made-by": "hand"}
     assert not after["metadata"].get("ownerReferences")
     # Deleting the LAN leaves it too.
     kubectl("-n", namespace, "delete", "lan", lan.name, "--wait=true")
-    wait_for(lambda: not kubectl("-n", namespace, "get", "network-attachment-definitions",
-                                 nad_name("mac", spoke), "--ignore-not-found", "-o", "name").strip(),
+    wait_for(lambda: not nad_exists(kubectl, namespace, nad_name("mac", spoke)),
              30, what="the mac NAD to go with the LAN")
     assert kubectl.json("-n", namespace, "get", "network-attachment-definitions",
                         nad_name("veth", spoke))["spec"] == before["spec"]

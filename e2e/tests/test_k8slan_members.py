@@ -1,51 +1,31 @@
 """LAN members: pods on different workers share a layer-2 LAN (scenario 3), a VM-like pod through
 its tap device (4), one member per spoke (5), spokes added and removed live (6), LAN deletion
 cleans every node (8)."""
-import subprocess
 import time
 
-from helpers import (KUBECTL, LAN_IF, WORKERS, Lan, exchange, k8slan_host_links, lan_netns_links,
-                     member_pod, nad_name, node_resources, pod_mac, ping_stats, resource_name,
-                     assert_stays_pending, wait_for, wait_pods_running)
+from helpers import (LAN_IF, LAN_MTU, LINK_ALIAS_PREFIX, WORKERS, Lan, Pinger, assert_stays_pending,
+                     capacity, exchange, exec_background, holders, k8slan_host_links, lan_netns_links,
+                     lan_status, lan_subnet, member_pod, nad_exists, nad_name, ping, pod_mac,
+                     resource_name, two_members, wait_for, wait_pods_running)
 
 W1, W2 = WORKERS
 LLDP_MULTICAST = "01:80:c2:00:00:0e"
-LAN_MTU = "1430"    # 1500 underlay - 70 bytes of IPv6 VXLAN
-
-
-def ping(kubectl, namespace, pod, address, count=5, interval=None, timeout=60):
-    args = ["ping", "-c", str(count), "-W", "3"] + (["-i", str(interval)] if interval else []) + [address]
-    out = kubectl.exec(namespace, pod, *args, check=False, timeout=timeout)
-    return ping_stats(out), out
-
-
-def two_members(kubectl, namespace, lan, subnet, kinds=("veth", "veth")):
-    """Members m1 (worker1, spoke a, .1) and m2 (worker2, spoke b, .2), Running."""
-    kubectl.apply(lan.manifest(), namespace)
-    pods = [member_pod("m1", W1, lan.spokes["a"], f"{subnet}.1/24", kind=kinds[0]),
-            member_pod("m2", W2, lan.spokes["b"], f"{subnet}.2/24", kind=kinds[1])]
-    kubectl.apply(pods, namespace)
-    return wait_pods_running(kubectl, namespace, "m1", "m2")
-
-
-def holders(kubectl, namespace, lan):
-    return kubectl.json("-n", namespace, "get", "lan", lan.name).get("status", {}).get("holders", [])
 
 
 def test_pods_on_two_workers_share_a_layer2_lan(k8slan, namespace):
     kubectl = k8slan
-    lan = Lan()
-    pods = two_members(kubectl, namespace, lan, "198.18.201")
+    lan, subnet = Lan(), lan_subnet()
+    pods = two_members(kubectl, namespace, lan, subnet)
     assert pods["m1"]["spec"]["nodeName"] == W1 and pods["m2"]["spec"]["nodeName"] == W2
 
     for pod in ("m1", "m2"):
         link = kubectl.exec(namespace, pod, "ip", "-o", "link", "show", LAN_IF)
         assert f"mtu {LAN_MTU}" in link, link
-    (sent, got), out = ping(kubectl, namespace, "m1", "198.18.201.2")
-    print(f"\n{out}")
-    assert got == sent, out
-    (sent, got), out = ping(kubectl, namespace, "m2", "198.18.201.1")
-    assert got == sent, out
+    stats = ping(kubectl, namespace, "m1", subnet.host(2))
+    print(f"\n{stats.output}")
+    assert stats.received == stats.sent, stats.output
+    stats = ping(kubectl, namespace, "m2", subnet.host(1))
+    assert stats.received == stats.sent, stats.output
 
     # LLDP (link-local multicast, which a plain bridge never forwards) crosses the LAN.
     src = "02:11:22:33:44:55"
@@ -70,7 +50,7 @@ def test_pods_on_two_workers_share_a_layer2_lan(k8slan, namespace):
     h = wait_for(both_held, 30, what="status.holders naming both pods")
     assert h[lan.spokes["a"]] == {"spoke": lan.spokes["a"], "kind": "veth", "node": W1, "pod": f"{namespace}/m1"}
     assert h[lan.spokes["b"]] == {"spoke": lan.spokes["b"], "kind": "veth", "node": W2, "pod": f"{namespace}/m2"}
-    wait_for(lambda: kubectl.json("-n", namespace, "get", "lan", lan.name)["status"].get("readyNodes", 0) >= 2,
+    wait_for(lambda: lan_status(kubectl, namespace, lan.name).get("readyNodes", 0) >= 2,
              30, what="Ready-Nodes >= 2")
     print(kubectl("-n", namespace, "get", "lan", lan.name))
 
@@ -81,7 +61,7 @@ def test_vm_like_pod_talks_through_its_tap_device(k8slan, namespace):
     from that pod are read there and answered."""
     kubectl = k8slan
     lan = Lan()
-    two_members(kubectl, namespace, lan, "198.18.202", kinds=("mac", "veth"))
+    two_members(kubectl, namespace, lan, lan_subnet(), kinds=("mac", "veth"))
     taps = kubectl.exec(namespace, "m1", "sh", "-c", "ls /dev/tap*").split()
     assert len(taps) == 1, taps
     tap = taps[0]
@@ -99,9 +79,8 @@ def test_vm_like_pod_talks_through_its_tap_device(k8slan, namespace):
     assert frame["payload"].startswith("from-the-vm"), frame
     # Sent by the pod on worker2 -> read from the tap, answered through it -> back at the pod.
     vm_reply_src = "52:54:00:ab:cd:ef"
-    proc = subprocess.Popen([str(KUBECTL), "-n", namespace, "exec", "m1", "--", "k8slan-frame", "tap-echo",
-                             "--dev", tap, "--ethertype", "88b6", "--reply-src", vm_reply_src, "--timeout", "25"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = exec_background(namespace, "m1", "k8slan-frame", "tap-echo", "--dev", tap, "--ethertype", "88b6",
+                           "--reply-src", vm_reply_src, "--timeout", "25")
     try:
         time.sleep(1.0)
         reply = exchange(kubectl, namespace, "m2",
@@ -120,18 +99,18 @@ def test_one_member_per_spoke(k8slan, namespace):
     """A held spoke keeps a second pod Pending on the same and on the other node; released, it
     goes to the waiting pod, which connects. A pod on the veth twin blocks the mac twin."""
     kubectl = k8slan
-    lan = Lan()
+    lan, subnet = Lan(), lan_subnet()
     a, b = lan.spokes["a"], lan.spokes["b"]
     kubectl.apply(lan.manifest(), namespace)
-    kubectl.apply([member_pod("holder", W1, a, "198.18.203.1/24"),
-                   member_pod("peer", W1, b, "198.18.203.9/24")], namespace)
+    kubectl.apply([member_pod("holder", W1, a, subnet.cidr(1)),
+                   member_pod("peer", W1, b, subnet.cidr(9))], namespace)
     wait_pods_running(kubectl, namespace, "holder", "peer")
 
-    kubectl.apply(member_pod("same-node", W1, a, "198.18.203.2/24"), namespace)
+    kubectl.apply(member_pod("same-node", W1, a, subnet.cidr(2)), namespace)
     assert_stays_pending(kubectl, namespace, "same-node", resource_name("veth", a))
     kubectl("-n", namespace, "delete", "pod", "same-node", "--wait=true")
 
-    kubectl.apply(member_pod("other-node", W2, a, "198.18.203.3/24"), namespace)
+    kubectl.apply(member_pod("other-node", W2, a, subnet.cidr(3)), namespace)
     assert_stays_pending(kubectl, namespace, "other-node", resource_name("veth", a))
 
     # The mac twin of a spoke held by a pod is not available anywhere.
@@ -146,24 +125,16 @@ def test_one_member_per_spoke(k8slan, namespace):
     print(f"\nFIGURE spoke handover: holder deleted -> waiting pod on the other node Running: "
           f"{time.monotonic() - start:.1f}s")
     assert pod["spec"]["nodeName"] == W2
-    (sent, got), out = ping(kubectl, namespace, "other-node", "198.18.203.9")
-    assert got == sent, out
-
-
-def capacity(kubectl, node, resource):
-    cap, alloc = node_resources(kubectl, node)
-    return int(cap.get(resource, "0")), int(alloc.get(resource, "0"))
+    stats = ping(kubectl, namespace, "other-node", subnet.host(9))
+    assert stats.received == stats.sent, stats.output
 
 
 def test_spokes_added_and_removed_live(k8slan, namespace):
     kubectl = k8slan
-    lan = Lan()
-    two_members(kubectl, namespace, lan, "198.18.204")
+    lan, subnet = Lan(), lan_subnet()
+    two_members(kubectl, namespace, lan, subnet)
     # 20 s of pings at 5/s while the LAN changes.
-    pinger = subprocess.Popen([str(KUBECTL), "-n", namespace, "exec", "m1", "--", "ping", "-c", "100",
-                               "-i", "0.2", "198.18.204.2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True)
-    try:
+    with Pinger(namespace, "m1", subnet.host(2), count=100, interval=0.2) as pinger:
         new = f"c{lan.tag}"
         start = time.monotonic()
         kubectl.apply(lan.manifest(spokes=[*lan.spokes.values(), new]), namespace)
@@ -174,38 +145,34 @@ def test_spokes_added_and_removed_live(k8slan, namespace):
         print(f"\nFIGURE added spoke: capacity on both workers after {time.monotonic() - start:.2f}s")
         for kind in ("veth", "mac"):
             # The controller writes NADs on its own schedule: capacity can come first.
-            wait_for(lambda: kubectl("-n", namespace, "get", "network-attachment-definitions",
-                                     nad_name(kind, new), "--ignore-not-found", "-o", "name").strip(),
+            wait_for(lambda: nad_exists(kubectl, namespace, nad_name(kind, new)),
                      30, interval=0.2, what=f"NAD {nad_name(kind, new)}")
 
         start = time.monotonic()
         kubectl.apply(lan.manifest(), namespace)
         for kind in ("veth", "mac"):
-            wait_for(lambda: not kubectl("-n", namespace, "get", "network-attachment-definitions",
-                                         nad_name(kind, new), "--ignore-not-found", "-o", "name").strip(),
+            wait_for(lambda: not nad_exists(kubectl, namespace, nad_name(kind, new)),
                      30, what=f"NAD {nad_name(kind, new)} gone")
             for node in WORKERS:
                 wait_for(lambda: capacity(kubectl, node, resource_name(kind, new)) == (0, 0), 30,
                          interval=0.2, what=f"{resource_name(kind, new)} gone from {node}")
         print(f"FIGURE removed spoke: NADs and capacity gone after {time.monotonic() - start:.2f}s")
-        out, _ = pinger.communicate(timeout=60)
-    finally:
-        if pinger.poll() is None:
-            pinger.kill()
-    sent, got = ping_stats(out)
-    print(f"FIGURE ping during add/remove: {sent} sent, {got} received")
-    assert sent == 100 and got == sent, out
+        stats = pinger.finish(timeout=60)
+    print(f"FIGURE ping during add/remove: {stats.sent} sent, {stats.received} received")
+    assert stats.sent == 100 and stats.received == stats.sent, stats.output
 
 
 def test_lan_deletion_cleans_every_node(k8slan, namespace):
     kubectl = k8slan
     lan = Lan()
-    two_members(kubectl, namespace, lan, "198.18.205")
+    two_members(kubectl, namespace, lan, lan_subnet())
     for node in WORKERS:
         links = lan_netns_links(node, lan.ns)
         assert links is not None, f"no LAN namespace {lan.ns} on {node}"
         assert "br0" in links and "vx0" in links, links
-    mine = lambda node: [l for l in k8slan_host_links(node) if f"k8slan:{lan.ns}/" in l]  # noqa: E731
+
+    def mine(node):
+        return [link for link in k8slan_host_links(node) if f"{LINK_ALIAS_PREFIX}{lan.ns}/" in link]
 
     start = time.monotonic()
     kubectl("-n", namespace, "delete", "lan", lan.name, "--wait=false")
@@ -222,7 +189,6 @@ def test_lan_deletion_cleans_every_node(k8slan, namespace):
                  interval=0.2, what=f"{LAN_IF} gone from {pod}")
     for spoke in lan.spokes.values():
         for kind in ("veth", "mac"):
-            wait_for(lambda: not kubectl("-n", namespace, "get", "network-attachment-definitions",
-                                         nad_name(kind, spoke), "--ignore-not-found", "-o", "name").strip(),
+            wait_for(lambda: not nad_exists(kubectl, namespace, nad_name(kind, spoke)),
                      30, what=f"NAD {nad_name(kind, spoke)} gone")
     assert elapsed <= 10, f"cleanup took {elapsed:.2f}s (goal 10 s)"

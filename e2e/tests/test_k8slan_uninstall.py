@@ -22,8 +22,9 @@ afterwards (e2e/install-k8slan.sh does that).
 """
 import json
 
-from helpers import (HELM, K8SLAN_NAMESPACE, K8SLAN_RELEASE, LAN_NETNS_DIR, NODES, WORKERS, Lan,
-                     k8slan_host_links, member_pod, node_run, run, wait_for, wait_pods_running)
+from helpers import (DEVICE_PLUGIN_DIR, HELM, K8SLAN_NAMESPACE, K8SLAN_RELEASE, LAN_DEV_DIR, LAN_NETNS_DIR,
+                     LINK_ALIAS_PREFIX, NODES, WORKERS, Lan, k8slan_host_links, lan_subnet, member_pod,
+                     node_run, run, wait_for, wait_pods_running)
 
 W1, W2 = WORKERS
 
@@ -31,8 +32,8 @@ W1, W2 = WORKERS
 def k8slan_state(node):
     """Everything of k8slan found on a node, as a list of strings (empty: clean)."""
     found = []
-    out = node_run(node, "sh", "-c", f"find {LAN_NETNS_DIR} /run/k8slan/dev -mindepth 1 2>/dev/null; "
-                   "find /var/lib/kubelet/device-plugins -name 'k8slan-*'; "
+    out = node_run(node, "sh", "-c", f"find {LAN_NETNS_DIR} {LAN_DEV_DIR} -mindepth 1 2>/dev/null; "
+                   f"find {DEVICE_PLUGIN_DIR} -name 'k8slan-*'; "
                    f"grep -F ' {LAN_NETNS_DIR}/' /proc/self/mountinfo || true")
     found += [f"{node}: {line}" for line in out.splitlines() if line.strip()]
     found += [f"{node}: link {line.split(':')[1].strip()} {line.split('alias ')[1].split()[0]}"
@@ -43,8 +44,8 @@ def k8slan_state(node):
 def belongs_to(line, ns, spokes):
     """Whether a k8slan_state line is about the LAN with namespace `ns` and these spokes."""
     words = line.split()
-    return (f"{LAN_NETNS_DIR}/{ns}" in words or f"k8slan:{ns}/" in line
-            or any(f"/run/k8slan/dev/tap-{s}" in words for s in spokes))
+    return (f"{LAN_NETNS_DIR}/{ns}" in words or f"{LINK_ALIAS_PREFIX}{ns}/" in line
+            or any(f"{LAN_DEV_DIR}/tap-{s}" in words for s in spokes))
 
 
 def claims_of(kubectl, lan):
@@ -58,7 +59,7 @@ def test_helm_uninstall_leaves_no_k8slan_state(k8slan, namespace):
     # LANs of others (e.g. make demo's on a reused cluster) keep their node state on purpose.
     others = [(x["spec"]["ns"], x["spec"]["spokes"]) for x in kubectl.json("get", "lans", "-A")["items"]]
     kubectl.apply(lan.manifest(), namespace)
-    kubectl.apply([member_pod("m1", W1, lan.spokes["a"], "198.18.208.1/24"),
+    kubectl.apply([member_pod("m1", W1, lan.spokes["a"], lan_subnet().cidr(1)),
                    member_pod("vm", W2, lan.spokes["b"], kind="mac")], namespace)
     wait_pods_running(kubectl, namespace, "m1", "vm")
     # There is state to remove: LAN namespaces, k8slan links, sockets, claims.

@@ -4,16 +4,18 @@ Proof for CI that e2e/ works; run by `make e2e-smoke` (which then tears the clus
 down and checks that nothing is left, see e2e/check-clean.sh).
 """
 import base64
+import ipaddress
 import json
 import os
+import re
 import subprocess
 import sys
 
-from helpers import E2E_DIR, HELM, NODES, WORKERS, box_pod, run, wait_for
+from helpers import (CONTROL_PLANE, E2E_DIR, HELM, K8SLAN_RUN_DIR, KUBECTL, KUBERNETES_SERVICE_IP,
+                     KUBERNETES_VERSION, NODE_EXEC, NODES, PY_VENV, SERVICE_CIDR, WORKERS, box_pod,
+                     lan_subnet, ping, run, wait_for)
 
-KUBERNETES_VERSION = os.environ.get("KUBERNETES_VERSION", "v1.34.4")
-KUBERNETES_SERVICE_IP = "198.19.0.1"
-PY_VENV = os.environ.get("PY_VENV", "/var/cache/k8slan/venv")
+W1, W2 = WORKERS
 
 
 def test_all_nodes_ready(kubectl):
@@ -23,7 +25,7 @@ def test_all_nodes_ready(kubectl):
         ready = [c for c in node["status"]["conditions"] if c["type"] == "Ready"]
         assert ready and ready[0]["status"] == "True", f"{name} not Ready: {ready}"
         assert node["status"]["nodeInfo"]["kubeletVersion"] == KUBERNETES_VERSION
-    taints = nodes["control-plane"]["spec"].get("taints", [])
+    taints = nodes[CONTROL_PLANE]["spec"].get("taints", [])
     assert any(t["key"] == "node-role.kubernetes.io/control-plane" for t in taints)
     client = json.loads(kubectl("version", "-o", "json"))
     assert client["clientVersion"]["gitVersion"] == KUBERNETES_VERSION
@@ -40,24 +42,24 @@ def test_pods_on_workers_reach_each_other_and_the_api(kubectl, namespace):
         pod = kubectl.wait_pod_running(namespace, name)
         assert pod["spec"]["nodeName"] == w
         ips[w] = pod["status"]["podIP"]
-    assert ips["worker1"] != ips["worker2"]
+    assert ips[W1] != ips[W2]
 
     # Pod to pod across nodes, both directions.
-    kubectl.exec(namespace, pods["worker1"], "ping", "-c", "3", "-W", "2", ips["worker2"])
-    kubectl.exec(namespace, pods["worker2"], "ping", "-c", "3", "-W", "2", ips["worker1"])
+    ping(kubectl, namespace, pods[W1], ips[W2], count=3, wait=2, check=True)
+    ping(kubectl, namespace, pods[W2], ips[W1], count=3, wait=2, check=True)
 
     # Pod to the API server through the kubernetes service (kube-proxy, iptables mode).
-    out = kubectl.exec(namespace, pods["worker1"], "wget", "-qO-", "--no-check-certificate",
+    out = kubectl.exec(namespace, pods[W1], "wget", "-qO-", "--no-check-certificate",
                        "https://kubernetes.default.svc/healthz")
     assert out.strip() == "ok"
-    out = kubectl.exec(namespace, pods["worker2"], "wget", "-qO-", "--no-check-certificate",
+    out = kubectl.exec(namespace, pods[W2], "wget", "-qO-", "--no-check-certificate",
                        f"https://{KUBERNETES_SERVICE_IP}/healthz")
     assert out.strip() == "ok"
 
 
 def test_control_plane_netns_reaches_service_ips(kubectl, namespace, node_exec):
     """The API server calls admission webhooks through service IPs from its netns."""
-    kubectl.apply(box_pod("web", node="worker2",
+    kubectl.apply(box_pod("web", node=W2,
                               command=["sh", "-c", "echo hello-from-web > /tmp/index.html && httpd -f -p 8080 -h /tmp"]),
                   namespace)
     kubectl.apply({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
@@ -65,8 +67,8 @@ def test_control_plane_netns_reaches_service_ips(kubectl, namespace, node_exec):
                   namespace)
     kubectl.wait_pod_running(namespace, "web")
     cluster_ip = kubectl.json("-n", namespace, "get", "service", "web")["spec"]["clusterIP"]
-    assert cluster_ip.startswith("198.19.")
-    out = wait_for(lambda: node_exec("control-plane", "curl", "-sS", "-m", "3",
+    assert ipaddress.ip_address(cluster_ip) in ipaddress.ip_network(SERVICE_CIDR), cluster_ip
+    out = wait_for(lambda: node_exec(CONTROL_PLANE, "curl", "-sS", "-m", "3",
                                      f"http://{cluster_ip}/index.html", check=False),
                    60, what=f"service {cluster_ip} from the control-plane netns")
     assert "hello-from-web" in out
@@ -80,7 +82,7 @@ def test_apiserver_calls_validating_webhook(kubectl, namespace, tmp_path):
          "-subj", f"/CN={host}", "-addext", f"subjectAltName=DNS:{host}", "-days", "1",
          "-keyout", key, "-out", crt])
     kubectl("-n", namespace, "create", "secret", "tls", "webhook-tls", f"--cert={crt}", f"--key={key}")
-    pod = box_pod("webhook", node="worker1", command=["e2e-webhook", "-listen", ":8443"])
+    pod = box_pod("webhook", node=W1, command=["e2e-webhook", "-listen", ":8443"])
     pod["spec"]["containers"][0]["volumeMounts"] = [{"name": "tls", "mountPath": "/tls"}]
     pod["spec"]["volumes"] = [{"name": "tls", "secret": {"secretName": "webhook-tls"}}]
     kubectl.apply(pod, namespace)
@@ -109,7 +111,7 @@ def test_apiserver_calls_validating_webhook(kubectl, namespace, tmp_path):
 
         def labelled_denied():
             # Until the webhook configuration is active, creation is admitted (dry run).
-            proc = subprocess.run([str(E2E_DIR / "kubectl"), "-n", namespace, "create", "-f", "-",
+            proc = subprocess.run([str(KUBECTL), "-n", namespace, "create", "-f", "-",
                                    "--dry-run=server"], input=json.dumps(labelled),
                                   capture_output=True, text=True, timeout=30)
             return proc.returncode != 0 and "denied by e2e-webhook: denied" in proc.stderr
@@ -121,15 +123,17 @@ def test_apiserver_calls_validating_webhook(kubectl, namespace, tmp_path):
 
 
 def test_multus_adds_nad_interface(kubectl, namespace):
+    subnet = lan_subnet()
     nad_config = {"cniVersion": "0.4.0", "name": "e2e-bridge", "type": "bridge", "bridge": "e2enad0",
-                  "ipam": {"type": "host-local", "subnet": "198.18.200.0/24"}}
+                  "ipam": {"type": "host-local", "subnet": str(subnet)}}
     kubectl.apply({"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
                    "metadata": {"name": "e2e-bridge"}, "spec": {"config": json.dumps(nad_config)}}, namespace)
-    kubectl.apply(box_pod("multi", node="worker1",
+    kubectl.apply(box_pod("multi", node=W1,
                               annotations={"k8s.v1.cni.cncf.io/networks": "e2e-bridge"}), namespace)
     pod = kubectl.wait_pod_running(namespace, "multi")
     addr = kubectl.exec(namespace, "multi", "ip", "-4", "-o", "addr", "show", "dev", "net1")
-    assert "198.18.200." in addr, addr
+    assigned = re.search(r"inet ([0-9.]+)/", addr)
+    assert assigned and assigned.group(1) in subnet, addr
     status = json.loads(pod["metadata"]["annotations"]["k8s.v1.cni.cncf.io/network-status"])
     assert [s.get("interface") for s in status] == ["eth0", "net1"], status
 
@@ -141,9 +145,9 @@ def test_helm_works(kubectl):
 
 
 def test_device_plugin_resource_is_advertised(kubectl, namespace):
-    resource, node = "e2e.k8slan.io/fake", "worker1"
+    resource, node = "e2e.k8slan.io/fake", W1
     plugin = subprocess.Popen(
-        [str(E2E_DIR / "node-exec"), node, f"{PY_VENV}/bin/python",
+        [str(NODE_EXEC), node, f"{PY_VENV}/bin/python",
          str(E2E_DIR / "deviceplugin" / "fake_device_plugin.py"), "--resource", resource, "--devices", "2"],
         stdout=sys.stderr, stderr=sys.stderr)
     try:
@@ -162,15 +166,16 @@ def test_device_plugin_resource_is_advertised(kubectl, namespace):
 
 def test_daemonset_host_paths_are_per_node(kubectl, namespace, node_exec):
     """hostPath volumes resolve in the node's private tree; Bidirectional mounts propagate."""
-    base = f"/run/k8slan/{namespace}"
+    base = f"{K8SLAN_RUN_DIR}/{namespace}"
     script = (f"mkdir -p /host{base} && echo $NODE > /host{base}/owner && touch /host{base}/netns && "
               f"mount --bind /proc/self/ns/net /host{base}/netns && sleep 3600")
     pod = box_pod("agent", command=["sh", "-c", script], hostNetwork=True)["spec"]
     container = pod["containers"][0]
     container["securityContext"] = {"privileged": True}
     container["env"] = [{"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}]
-    container["volumeMounts"] = [{"name": "run", "mountPath": "/host/run/k8slan", "mountPropagation": "Bidirectional"}]
-    pod["volumes"] = [{"name": "run", "hostPath": {"path": "/run/k8slan", "type": "DirectoryOrCreate"}}]
+    container["volumeMounts"] = [{"name": "run", "mountPath": f"/host{K8SLAN_RUN_DIR}",
+                                  "mountPropagation": "Bidirectional"}]
+    pod["volumes"] = [{"name": "run", "hostPath": {"path": K8SLAN_RUN_DIR, "type": "DirectoryOrCreate"}}]
     kubectl.apply({"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "agent"},
                    "spec": {"selector": {"matchLabels": {"app": "agent"}},
                             "template": {"metadata": {"labels": {"app": "agent"}}, "spec": pod}}}, namespace)
@@ -179,7 +184,7 @@ def test_daemonset_host_paths_are_per_node(kubectl, namespace, node_exec):
             wait_for(lambda: node_exec(node, "findmnt", "-n", "-o", "FSTYPE", f"{base}/netns", check=False).strip() == "nsfs",
                      90, what=f"the agent's netns bind mount on {node}")
             assert node_exec(node, "cat", f"{base}/owner").strip() == node
-        assert not os.path.exists(base), "a node's /run/k8slan leaked to the host"
+        assert not os.path.exists(base), f"a node's {K8SLAN_RUN_DIR} leaked to the host"
     finally:
         kubectl("-n", namespace, "delete", "daemonset", "agent", "--wait=true", check=False)
         for node in WORKERS:
