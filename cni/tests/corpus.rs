@@ -7,7 +7,7 @@ use common::*;
 use serde_json::json;
 
 const VETH: &str = env!("CARGO_BIN_EXE_k8slanveth");
-const MACVTAP: &str = env!("CARGO_BIN_EXE_macvtap");
+const MACVTAP: &str = env!("CARGO_BIN_EXE_k8slanmacvtap");
 
 fn env_with(changes: &[(&'static str, Option<&str>)]) -> Vec<(&'static str, String)> {
     let mut env = cni_env(
@@ -69,8 +69,8 @@ fn malformed_invocations_are_refused_with_the_right_code() {
         ("netns missing", VETH, vec![], veth_conf(), 3, "does not exist"),
         ("missing command", MACVTAP, vec![("CNI_COMMAND", None)], veth_conf(), 4, "CNI_COMMAND"),
         ("spoke with dotdot", VETH, vec![], veth_conf().replace("\"srl\"", "\"../x\""), 7, "veth"),
-        ("macvtap with ipam", MACVTAP, vec![], json!({"cniVersion": "1.0.0", "name": "k8slan-mac-vm", "type": "macvtap", "deviceID": "mvt-vm", "ipam": {"type": "host-local"}}).to_string(), 2, "ipam"),
-        ("macvtap without device", MACVTAP, vec![], json!({"cniVersion": "1.0.0", "name": "vmnet", "type": "macvtap"}).to_string(), 7, "resourceName"),
+        ("macvtap with ipam", MACVTAP, vec![], json!({"cniVersion": "1.0.0", "name": "k8slan-mac-vm", "type": "k8slanmacvtap", "deviceID": "mvt-vm", "ipam": {"type": "host-local"}}).to_string(), 2, "ipam"),
+        ("macvtap without device", MACVTAP, vec![], json!({"cniVersion": "1.0.0", "name": "vmnet", "type": "k8slanmacvtap"}).to_string(), 7, "resourceName"),
     ];
     for (case, bin, changes, stdin, code, mentions) in cases {
         let run = run_plugin(bin, None, &env_with(&changes), &stdin);

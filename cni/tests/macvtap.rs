@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use serde_json::{Value, json};
 
-const BIN: &str = env!("CARGO_BIN_EXE_macvtap");
+const BIN: &str = env!("CARGO_BIN_EXE_k8slanmacvtap");
 
 /// A node namespace holding spoke `vm1` as the agent prepares a VM spoke: the host veth end
 /// `vm1` (MTU 1430) and on it the passthru macvtap `mvt-vm1`; and an empty pod namespace.
@@ -41,7 +41,7 @@ impl Fixture {
 }
 
 fn config(version: &str) -> Value {
-    json!({"cniVersion": version, "name": "k8slan-mac-vm1", "type": "macvtap", "deviceID": "mvt-vm1"})
+    json!({"cniVersion": version, "name": "k8slan-mac-vm1", "type": "k8slanmacvtap", "deviceID": "mvt-vm1"})
 }
 
 fn flags(l: &Value) -> Vec<String> {

@@ -16,7 +16,7 @@ fn base_config(plugin: PluginKind) -> Value {
             "prevResult": {"cniVersion": "1.0.0", "interfaces": [{"name": "e1-1", "sandbox": "/run/netns/p"}], "ips": [{"address": "198.18.0.2/24", "interface": 0}]}})
         }
         PluginKind::Macvtap => {
-            json!({"cniVersion": "0.4.0", "name": "k8slan-mac-vm", "type": "macvtap", "deviceID": "mvt-vm"})
+            json!({"cniVersion": "0.4.0", "name": "k8slan-mac-vm", "type": "k8slanmacvtap", "deviceID": "mvt-vm"})
         }
     }
 }
