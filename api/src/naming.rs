@@ -171,7 +171,10 @@ pub fn bound_link(kind: SpokeKind, lan_ns: &str, spoke: &str) -> (String, String
             host_veth_name(spoke).to_owned(),
             link_alias(lan_ns, &host_veth_role(spoke)),
         ),
-        SpokeKind::Mac => (macvtap_name(spoke), link_alias(lan_ns, &macvtap_role(spoke))),
+        SpokeKind::Mac => (
+            macvtap_name(spoke),
+            link_alias(lan_ns, &macvtap_role(spoke)),
+        ),
     }
 }
 

@@ -22,17 +22,31 @@ fn check_failed(details: String) -> CniError {
     CniError::new(ErrorCode::CheckFailed, details)
 }
 
-/// What the node says about the spoke an `ADD` binds: the agent's record of it and the
-/// node-private directory of the tap device nodes (from the node settings).
+/// What the node says about the spoke an `ADD` binds: the agent's record of it, checked to fit
+/// the network and to admit the pod's namespace ([`Binding::authorize`] is the only way to make
+/// one), and the node-private directory of the tap device nodes (from the node settings).
 #[derive(Debug, Clone)]
 pub struct Binding<'a> {
-    pub record: &'a PreparedSpoke,
-    pub dev_dir: &'a Path,
+    record: &'a PreparedSpoke,
+    dev_dir: &'a Path,
+}
+
+impl<'a> Binding<'a> {
+    /// The record fits the network `att` names and admits the pod's namespace.
+    pub fn authorize(
+        att: &Attachment,
+        record: &'a PreparedSpoke,
+        dev_dir: &'a Path,
+    ) -> Result<Binding<'a>, CniError> {
+        prepared::admit(att, record)?;
+        prepared::record_matches(record, &att.target)?;
+        Ok(Binding { record, dev_dir })
+    }
 }
 
 /// ADD: moves the prepared link into the pod as `CNI_IFNAME`, configures it and returns the
-/// result. Nothing is touched unless the pod's namespace is admitted by the spoke's record and
-/// the link in the node's namespace is exactly the recorded one. On any failure after the IPAM
+/// result. Nothing is touched unless the link in the node's namespace is exactly the one
+/// recorded in `binding` (which admits the pod's namespace). On any failure after the IPAM
 /// allocation everything is undone: the link goes back to the node's namespace under its
 /// prepared name and settings, and the IPAM lease is released.
 #[instrument(skip_all, fields(command = "ADD", container = %att.env.container_id, ifname = %att.env.ifname, host_link = %att.target.host_link, sandbox = %sandbox))]
@@ -44,8 +58,6 @@ pub fn add(
     mut ipam: Option<&mut dyn Ipam>,
 ) -> Result<CniResult, CniError> {
     let ifname = att.env.ifname.as_str();
-    prepared::admit(att, binding.record)?;
-    prepared::record_matches(binding.record, &att.target)?;
     let original = prepared_link(att, links)?;
     prepared::verify_link(binding.record, &att.target, &original)?;
     if links.get(Side::Sandbox, ifname).map_err(io)?.is_some() {
@@ -69,7 +81,14 @@ pub fn add(
             }
         },
     };
-    match bind(att, binding.dev_dir, sandbox, links, &original, allocated.as_ref()) {
+    match bind(
+        att,
+        binding.dev_dir,
+        sandbox,
+        links,
+        &original,
+        allocated.as_ref(),
+    ) {
         Ok(result) => {
             info!(mac = ?result.interfaces.first().and_then(|i| i.mac.as_deref()), "attached");
             Ok(match &att.prev_result {
@@ -452,11 +471,8 @@ mod tests {
         )
     }
 
-    fn binding(record: &PreparedSpoke) -> Binding<'_> {
-        Binding {
-            record,
-            dev_dir: Path::new("/run/k8slan/dev"),
-        }
+    fn binding<'a>(att: &Attachment, record: &'a PreparedSpoke) -> Binding<'a> {
+        Binding::authorize(att, record, Path::new("/run/k8slan/dev")).unwrap()
     }
 
     /// A node namespace holding the link `kind` the agent prepared under `name`.
@@ -494,7 +510,14 @@ mod tests {
         let att = attachment(PluginKind::Veth, VETH_IPAM);
         let mut k = kernel("veth", "srl");
         let mut ipam = FakeIpam::default();
-        let r = add(&att, &binding(&rec(&att)), POD, &mut k, Some(&mut ipam)).unwrap();
+        let r = add(
+            &att,
+            &binding(&att, &rec(&att)),
+            POD,
+            &mut k,
+            Some(&mut ipam),
+        )
+        .unwrap();
         let (l, addrs) = &k.pod["e1-1"];
         assert_eq!(
             (l.mtu, l.mac, l.up),
@@ -525,7 +548,14 @@ mod tests {
             let mut k = kernel("veth", "srl");
             k.fail = Some(step);
             let mut ipam = FakeIpam::default();
-            let err = add(&att, &binding(&rec(&att)), POD, &mut k, Some(&mut ipam)).unwrap_err();
+            let err = add(
+                &att,
+                &binding(&att, &rec(&att)),
+                POD,
+                &mut k,
+                Some(&mut ipam),
+            )
+            .unwrap_err();
             assert_eq!(err.code, ErrorCode::IoFailure, "{step}");
             assert!(err.details.contains(step), "{step}: {err}");
             let (l, addrs) = k
@@ -551,7 +581,14 @@ mod tests {
             fail_add: true,
             ..Default::default()
         };
-        let err = add(&att, &binding(&rec(&att)), POD, &mut k, Some(&mut ipam)).unwrap_err();
+        let err = add(
+            &att,
+            &binding(&att, &rec(&att)),
+            POD,
+            &mut k,
+            Some(&mut ipam),
+        )
+        .unwrap_err();
         assert_eq!(
             err.code.code(),
             999,
@@ -563,11 +600,10 @@ mod tests {
 
     #[test]
     fn macvtap_is_promiscuous_and_del_gives_it_back() {
-        let conf =
-            r#"{"cniVersion":"1.0.0","name":"k8slan-mac-vm","type":"k8slanmacvtap","deviceID":"mvt-vm"}"#;
+        let conf = r#"{"cniVersion":"1.0.0","name":"k8slan-mac-vm","type":"k8slanmacvtap","deviceID":"mvt-vm"}"#;
         let att = attachment(PluginKind::Macvtap, conf);
         let mut k = kernel("macvtap", "mvt-vm");
-        let r = add(&att, &binding(&rec(&att)), POD, &mut k, None).unwrap();
+        let r = add(&att, &binding(&att, &rec(&att)), POD, &mut k, None).unwrap();
         assert!(k.pod["e1-1"].0.promisc);
         // Its tap kept its number: no node is touched.
         assert!(k.repointed.is_empty());
@@ -587,26 +623,24 @@ mod tests {
 
     #[test]
     fn macvtap_whose_tap_got_another_number_gets_its_node_repointed() {
-        let conf =
-            r#"{"cniVersion":"1.0.0","name":"k8slan-mac-vm","type":"k8slanmacvtap","deviceID":"mvt-vm"}"#;
+        let conf = r#"{"cniVersion":"1.0.0","name":"k8slan-mac-vm","type":"k8slanmacvtap","deviceID":"mvt-vm"}"#;
         let att = attachment(PluginKind::Macvtap, conf);
         let mut k = kernel("macvtap", "mvt-vm");
         k.minor_in_pod = 2;
-        add(&att, &binding(&rec(&att)), POD, &mut k, None).unwrap();
+        add(&att, &binding(&att, &rec(&att)), POD, &mut k, None).unwrap();
         let tap = |minor| DevNum { major: 246, minor };
         assert_eq!(k.repointed, vec![(tap(7), tap(2))]);
         // A failure to re-point fails the ADD and puts the macvtap back.
         let mut k = kernel("macvtap", "mvt-vm");
         k.minor_in_pod = 2;
         k.fail = Some("re-point the tap device nodes");
-        assert!(add(&att, &binding(&rec(&att)), POD, &mut k, None).is_err());
+        assert!(add(&att, &binding(&att, &rec(&att)), POD, &mut k, None).is_err());
         assert!(k.host.contains_key("mvt-vm") && k.pod.is_empty());
     }
 
     #[test]
     fn macvtap_whose_ifindex_changes_is_refused() {
-        let conf =
-            r#"{"cniVersion":"1.0.0","name":"k8slan-mac-vm","type":"k8slanmacvtap","deviceID":"mvt-vm"}"#;
+        let conf = r#"{"cniVersion":"1.0.0","name":"k8slan-mac-vm","type":"k8slanmacvtap","deviceID":"mvt-vm"}"#;
         let att = attachment(PluginKind::Macvtap, conf);
         let mut k = kernel("macvtap", "mvt-vm");
         let other = LinkState {
@@ -620,7 +654,7 @@ mod tests {
             alias: None,
         };
         k.pod.insert("eth0".into(), (other, vec![]));
-        let err = add(&att, &binding(&rec(&att)), POD, &mut k, None).unwrap_err();
+        let err = add(&att, &binding(&att, &rec(&att)), POD, &mut k, None).unwrap_err();
         assert!(err.details.contains("/dev/tap7"), "{err}");
         assert!(k.host.contains_key("mvt-vm"), "rolled back");
     }
@@ -632,7 +666,7 @@ mod tests {
             r#"{"cniVersion":"1.0.0","name":"k8slan-veth-srl","type":"k8slanveth","veth":"srl"}"#,
         );
         let mut k = kernel("veth", "srl");
-        let r = add(&att, &binding(&rec(&att)), POD, &mut k, None).unwrap();
+        let r = add(&att, &binding(&att, &rec(&att)), POD, &mut k, None).unwrap();
         // The agent recreated the spoke meanwhile.
         k.host.insert(
             "srl".into(),

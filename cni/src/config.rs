@@ -228,8 +228,11 @@ fn version_answer(stdin: &[u8]) -> VersionInfo {
 
 fn decode(stdin: &[u8]) -> Result<Value, CniError> {
     let decode_failure = |d: String| CniError::new(ErrorCode::DecodeFailure, d);
-    let value: Value = serde_json::from_slice(stdin)
-        .map_err(|e| decode_failure(format!("the network configuration on stdin is not JSON: {e}")))?;
+    let value: Value = serde_json::from_slice(stdin).map_err(|e| {
+        decode_failure(format!(
+            "the network configuration on stdin is not JSON: {e}"
+        ))
+    })?;
     if !value.is_object() {
         return Err(decode_failure(
             "the network configuration on stdin is not a JSON object".into(),
@@ -398,11 +401,7 @@ fn spoke_of_network(plugin: PluginKind, network: &str) -> Option<String> {
         .map(|(_, spoke)| spoke.to_owned())
 }
 
-fn resolve_target(
-    plugin: PluginKind,
-    conf: &NetConf,
-    network: &str,
-) -> Result<Target, CniError> {
+fn resolve_target(plugin: PluginKind, conf: &NetConf, network: &str) -> Result<Target, CniError> {
     let from_name = spoke_of_network(plugin, network);
     match plugin {
         PluginKind::Veth => veth_target(conf, network, from_name),
@@ -508,7 +507,11 @@ fn resolve_mac(
 ) -> Result<Option<(MacAddr, MacSource)>, CniError> {
     let rc_mac = conf.runtime_config.as_ref().and_then(|r| r.mac.as_deref());
     let rc = parse_mac(rc_mac, ErrorCode::InvalidConfig, "runtimeConfig.mac")?;
-    let args = parse_mac(env.arg("MAC"), ErrorCode::InvalidEnvironment, "CNI_ARGS: MAC")?;
+    let args = parse_mac(
+        env.arg("MAC"),
+        ErrorCode::InvalidEnvironment,
+        "CNI_ARGS: MAC",
+    )?;
     let cfg = parse_mac(conf.mac.as_deref(), ErrorCode::InvalidConfig, "mac")?;
     Ok(rc
         .map(|m| (m, MacSource::RuntimeConfig))
@@ -553,8 +556,7 @@ mod tests {
 
     const VETH: &str =
         r#"{"cniVersion":"1.0.0","name":"k8slan-veth-srl","type":"k8slanveth","veth":"srl"}"#;
-    const MAC: &str =
-        r#"{"cniVersion":"1.0.0","name":"k8slan-mac-vm","type":"k8slanmacvtap","deviceID":"mvt-vm"}"#;
+    const MAC: &str = r#"{"cniVersion":"1.0.0","name":"k8slan-mac-vm","type":"k8slanmacvtap","deviceID":"mvt-vm"}"#;
 
     /// Malformed inputs and the error code each must get: (case, plugin, env changes, stdin, code).
     #[test]
@@ -982,7 +984,11 @@ mod tests {
             r#"{"cniVersion":"1.0.0","name":"my-vm-net","type":"k8slanmacvtap","deviceID":"mvt-x"}"#,
         );
         assert_eq!(custom.target.host_link, "mvt-x");
-        assert_eq!(custom.target.spoke.as_deref(), Some("x"), "mvt-<spoke> names it");
+        assert_eq!(
+            custom.target.spoke.as_deref(),
+            Some("x"),
+            "mvt-<spoke> names it"
+        );
         let hashed = attachment(
             PluginKind::Macvtap,
             &env,
@@ -1045,7 +1051,11 @@ mod tests {
     fn node_keys_are_refused_on_add_and_ignored_on_del() {
         let conf = MAC.replace("}", ",\"devDir\":\"/run/k8slan/dev\",\"logFile\":\"/x\"}");
         let f = parse(PluginKind::Macvtap, &base_env("ADD"), &conf).unwrap_err();
-        assert!(f.error.details.starts_with("logFile is no longer read"), "{}", f.error);
+        assert!(
+            f.error.details.starts_with("logFile is no longer read"),
+            "{}",
+            f.error
+        );
         assert!(f.error.details.contains("k8slan-cni.json"), "{}", f.error);
         let del = attachment(PluginKind::Macvtap, &base_env("DEL"), &conf);
         assert_eq!(del.ignored_keys, vec!["logFile", "devDir"]);

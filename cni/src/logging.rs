@@ -81,7 +81,10 @@ mod tests {
         let dangling = d.path().join("dangling.log");
         std::os::unix::fs::symlink(d.path().join("nowhere"), &dangling).unwrap();
         assert!(open_log_file(&dangling).is_err());
-        assert!(!d.path().join("nowhere").exists(), "no file created through the link");
+        assert!(
+            !d.path().join("nowhere").exists(),
+            "no file created through the link"
+        );
         let fifo = d.path().join("fifo.log");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
         assert!(open_log_file(&fifo).is_err());

@@ -165,14 +165,12 @@ pub fn read_record(path: &Path) -> Result<Option<PreparedSpoke>, CniError> {
     let Some(bytes) = read_node_file(path).map_err(io_error)? else {
         return Ok(None);
     };
-    PreparedSpoke::parse(&bytes)
-        .map(Some)
-        .map_err(|source| {
-            io_error(NodeFileError::Parse {
-                path: path.to_owned(),
-                source,
-            })
+    PreparedSpoke::parse(&bytes).map(Some).map_err(|source| {
+        io_error(NodeFileError::Parse {
+            path: path.to_owned(),
+            source,
         })
+    })
 }
 
 fn find_record(dir: &Path, link: &str) -> Result<Option<PreparedSpoke>, CniError> {
@@ -182,7 +180,10 @@ fn find_record(dir: &Path, link: &str) -> Result<Option<PreparedSpoke>, CniError
         Err(e) => {
             return Err(CniError::new(
                 ErrorCode::IoFailure,
-                format!("cannot list the prepared-spoke records in {}: {e}", dir.display()),
+                format!(
+                    "cannot list the prepared-spoke records in {}: {e}",
+                    dir.display()
+                ),
             ));
         }
     };

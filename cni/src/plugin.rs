@@ -166,17 +166,18 @@ fn add(
     ipam: Option<&mut dyn Ipam>,
 ) -> Result<String, CniError> {
     let record = node::load_record(&settings.prepared_dir, &att.target)?;
-    let binding = Binding {
-        record: &record,
-        dev_dir: &settings.dev_dir,
-    };
+    let binding = Binding::authorize(att, &record, &settings.dev_dir)?;
     let sandbox = att.env.netns.as_deref().unwrap_or_default();
     let mut links = pod_links(host, sandbox)?;
     let result = attach::add(att, &binding, sandbox, links.as_mut(), ipam)?;
     Ok(result.to_value(att.version).to_string())
 }
 
-fn del(att: &Attachment, host: &mut dyn Host, ipam: Option<&mut dyn Ipam>) -> Result<String, CniError> {
+fn del(
+    att: &Attachment,
+    host: &mut dyn Host,
+    ipam: Option<&mut dyn Ipam>,
+) -> Result<String, CniError> {
     let links = match att.env.netns.as_deref() {
         None => None,
         Some(sandbox) => {

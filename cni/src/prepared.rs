@@ -37,7 +37,10 @@ pub fn record_matches(record: &PreparedSpoke, target: &Target) -> Result<(), Cni
         )));
     }
     if let Some(spoke) = target.spoke.as_deref().filter(|s| *s != record.spoke) {
-        return Err(bad(format!("it records spoke {:?}, not {spoke:?}", record.spoke)));
+        return Err(bad(format!(
+            "it records spoke {:?}, not {spoke:?}",
+            record.spoke
+        )));
     }
     let (link, _) = naming::bound_link(kind, &record.netns, &record.spoke);
     if record.link != link || target.host_link != link {
@@ -207,7 +210,10 @@ mod tests {
         for l in wrong {
             let e = verify_link(&r, &t, &l).unwrap_err();
             assert_eq!(e.code, ErrorCode::IoFailure, "{l:?}");
-            assert!(e.details.contains("macvtap.k8slan.io/k8slan-veth-srl"), "{e}");
+            assert!(
+                e.details.contains("macvtap.k8slan.io/k8slan-veth-srl"),
+                "{e}"
+            );
             assert!(e.details.contains("spoke \"srl\""), "{e}");
         }
     }

@@ -66,12 +66,7 @@ impl LinkOps for RecordingLinks {
     fn get(&mut self, side: Side, name: &str) -> Result<Option<LinkState>, LinkError> {
         Ok(self.ns(side).get(name).map(|(l, _)| l.clone()))
     }
-    fn move_to(
-        &mut self,
-        from: Side,
-        link: &LinkState,
-        new_name: &str,
-    ) -> Result<(), LinkError> {
+    fn move_to(&mut self, from: Side, link: &LinkState, new_name: &str) -> Result<(), LinkError> {
         self.op("move link", from, &link.name)?;
         if self.ns(from.other()).contains_key(new_name) {
             return Err(LinkError::new(
@@ -110,11 +105,7 @@ impl LinkOps for RecordingLinks {
         let op = if on { "enable IPv6" } else { "disable IPv6" };
         self.with(op, side, link, |_| ())
     }
-    fn tap_devnum(
-        &mut self,
-        side: Side,
-        link: &LinkState,
-    ) -> Result<Option<DevNum>, LinkError> {
+    fn tap_devnum(&mut self, side: Side, link: &LinkState) -> Result<Option<DevNum>, LinkError> {
         self.op("read the tap device number", side, &link.name)?;
         // As the kernel does: a macvtap's tap gets the lowest free minor when it enters a
         // namespace; the test sets what that is.
@@ -148,12 +139,7 @@ impl LinkOps for RecordingLinks {
     fn addresses(&mut self, side: Side, link: &LinkState) -> Result<Vec<IpNet>, LinkError> {
         self.with("list addresses", side, link, |e| e.1.clone())
     }
-    fn add_address(
-        &mut self,
-        side: Side,
-        link: &LinkState,
-        addr: IpNet,
-    ) -> Result<(), LinkError> {
+    fn add_address(&mut self, side: Side, link: &LinkState, addr: IpNet) -> Result<(), LinkError> {
         self.with("add address", side, link, |e| e.1.push(addr))
     }
     fn add_route(
@@ -203,7 +189,9 @@ impl RecordingLinks {
     pub fn changes(&self) -> Vec<&String> {
         self.log
             .iter()
-            .filter(|l| !l.starts_with("read the tap device number") && !l.starts_with("list addresses"))
+            .filter(|l| {
+                !l.starts_with("read the tap device number") && !l.starts_with("list addresses")
+            })
             .collect()
     }
 
@@ -290,7 +278,10 @@ impl LinkOps for SharedLinks {
 }
 
 /// IPAM double that logs `ADD`/`DEL`/`CHECK` into a shared list.
-pub struct LoggedIpam(pub std::rc::Rc<std::cell::RefCell<Vec<&'static str>>>, pub FakeIpam);
+pub struct LoggedIpam(
+    pub std::rc::Rc<std::cell::RefCell<Vec<&'static str>>>,
+    pub FakeIpam,
+);
 
 impl Ipam for LoggedIpam {
     fn add(&mut self) -> Result<CniResult, CniError> {

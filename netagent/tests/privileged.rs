@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::*;
 use k8slan_api::SpokeKind;
 use k8slan_api::naming::macvtap_name;
-use k8slan_netagent::{Kernel, NodeLan, LinkKind};
+use k8slan_netagent::{Kernel, LinkKind, NodeLan};
 use k8slan_testkit::TestNs;
 use k8slan_testkit::frame::{
     ETHERTYPE_LLDP, Filter, Frame, LLDP_DST, Mac, PacketSocket, TapDevice,

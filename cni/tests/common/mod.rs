@@ -210,7 +210,6 @@ pub fn cni_env(command: &str, pod: &str, ifname: &str, args: &str) -> Vec<(&'sta
         ("CNI_IFNAME", ifname.to_owned()),
         ("CNI_ARGS", args.to_owned()),
         ("CNI_PATH", "/usr/lib/cni:/opt/cni/bin".to_owned()),
-        ("K8SLAN_CNI_LOG_LEVEL", "debug".to_owned()),
     ]
 }
 
