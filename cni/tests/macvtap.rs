@@ -13,6 +13,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_k8slanmacvtap");
 struct Fixture {
     node: Ns,
     pod: Ns,
+    files: NodeFiles,
 }
 
 impl Fixture {
@@ -27,12 +28,23 @@ impl Fixture {
             "-n", &node.name, "link", "add", "link", "vm1", "name", "mvt-vm1", "type", "macvtap",
             "mode", "passthru",
         ]);
-        Fixture { node, pod }
+        let files = NodeFiles::new(BIN);
+        ip(&[
+            "-n",
+            &node.name,
+            "link",
+            "set",
+            "vm1",
+            "alias",
+            "k8slan:knl/spoke/vm1",
+        ]);
+        files.prepare(&node.name, "vm1", "mac", "mvt-vm1", &[]);
+        Fixture { node, pod, files }
     }
 
     fn run(&self, command: &str, args: &str, config: &str) -> Run {
         run_plugin(
-            BIN,
+            &self.files.bin,
             Some(&self.node.name),
             &cni_env(command, &self.pod.path(), "net1", args),
             config,
@@ -120,12 +132,12 @@ fn the_tap_node_handed_to_the_pod_follows_the_macvtap_into_the_pod() {
         "mode",
         "passthru",
     ]);
+    f.files.prepare(&f.node.name, "vm1", "mac", "mvt-vm1", &[]);
     let ours_before = tap_devnum(&f.node.name, "mvt-vm1");
     ip(&["-n", &early.name, "link", "del", "m0"]);
 
     // The node the device plugin made at Allocate, as the agent makes it.
-    let dev_dir = TempDir::new();
-    let node = dev_dir.path().join("tap-vm1");
+    let node = f.files.dev_dir().join("tap-vm1");
     let (ma, mi) = ours_before.split_once(':').unwrap();
     nix::sys::stat::mknod(
         &node,
@@ -135,8 +147,7 @@ fn the_tap_node_handed_to_the_pod_follows_the_macvtap_into_the_pod() {
     )
     .unwrap();
 
-    let mut conf = config("1.0.0");
-    conf["devDir"] = json!(dev_dir.path());
+    let conf = config("1.0.0");
     let add = f.run("ADD", "", &conf.to_string());
     assert!(add.success, "{add:?}");
     let in_pod = tap_devnum(&f.pod.name, "net1");
