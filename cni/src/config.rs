@@ -22,8 +22,8 @@ pub const MTU_RANGE: std::ops::RangeInclusive<u32> = 68..=65535;
 /// Keys that earlier versions read from the network configuration and that now come only from
 /// the node's settings file ([`CNI_SETTINGS_FILE`]), with the `install-cni` flag that sets each.
 pub const NODE_KEYS: [(&str, &str); 4] = [
-    ("logFile", "--log-file"),
-    ("logLevel", "--log-level"),
+    ("logFile", "--cni-log-file"),
+    ("logLevel", "--cni-log-level"),
     ("devDir", "--dev-dir"),
     ("preparedDir", "--prepared-dir"),
 ];
