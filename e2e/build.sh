@@ -4,10 +4,12 @@
 #               kube-proxy, kubectl — from the Go module proxy, pinned in versions.env
 #   multus      Multus thin CNI plugin
 #   helm        Helm v3 client
+#   macvtapcni  KubeVirt's macvtap-cni plugin (cmd/cni, as "macvtap"), or a stand-in when the
+#               module proxy does not serve it (the coexistence test, test_k8slan_coexist.py)
 #   images      pause and testbox OCI archives (see images/README in e2e/README.md)
 #   pyenv       Python venv with pytest and grpcio for the smoke tests
 #   packages    the Debian packages the cluster and these builds need (apt, idempotent)
-# Usage: e2e/build.sh [all|packages|kubernetes|multus|helm|images|pyenv]...
+# Usage: e2e/build.sh [all|packages|kubernetes|multus|helm|macvtapcni|images|pyenv]...
 # Artifacts live under $K8SLAN_CACHE/bin/<name>-<version>/ and are reused when the
 # directory holds a ".complete" marker.
 set -euo pipefail
@@ -17,6 +19,7 @@ APT_PACKAGES=(etcd-server containerd runc containernetworking-plugins iproute2 i
   conntrack socat openssl busybox-static jq ethtool curl gcc libc6-dev python3 python3-venv)
 K8S_COMMANDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
 export CGO_ENABLED=0 GOFLAGS=-mod=mod
+MACVTAP_CNI_BIN=$K8SLAN_CACHE/bin/macvtap-cni-$MACVTAP_CNI_VERSION
 
 # The 31 staging modules are read from upstream's go.mod (its "=> ./staging/" replaces).
 staging_modules() {
@@ -108,6 +111,29 @@ build_helm() {
     "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
 }
 
+# KubeVirt's macvtap-cni into $MACVTAP_CNI_BIN/macvtap. The proxy has refused this module so far
+# (versions.env); then the stand-in is installed there, and $MACVTAP_CNI_BIN/SOURCE says
+# STANDIN and what the proxy answered.
+build_macvtapcni() {
+  local out=$MACVTAP_CNI_BIN module=github.com/kubevirt/macvtap-cni answer
+  if [[ -f $out/.complete ]]; then log "macvtap-cni $MACVTAP_CNI_VERSION: cached in $out"; return; fi
+  mkdir -p "$out" "$K8SLAN_CACHE/src"
+  answer=$(cd "$K8SLAN_CACHE/src" && go mod download -json "$module@$MACVTAP_CNI_VERSION" 2>/dev/null \
+    | jq -r '.Error // empty' || true)
+  if [[ -z $answer ]]; then
+    build_pinned macvtap-cni "$module" "$module/cmd/cni" "$MACVTAP_CNI_VERSION" "$out/build"
+    install -m 755 "$out/build/cni" "$out/macvtap"
+    echo "kubevirt macvtap-cni $MACVTAP_CNI_VERSION" >"$out/SOURCE"
+    touch "$out/.complete"
+    return
+  fi
+  # No .complete for the stand-in: the next build asks the proxy again.
+  log "macvtap-cni $MACVTAP_CNI_VERSION: the module proxy answered: ${answer//$'\n'/ }"
+  log "macvtap-cni: installing the stand-in e2e/tools/macvtap-cni-standin/macvtap instead"
+  install -m 755 "$E2E_DIR/tools/macvtap-cni-standin/macvtap" "$out/macvtap"
+  printf 'STANDIN: the module proxy answered: %s\n' "${answer//$'\n'/ }" >"$out/SOURCE"
+}
+
 build_packages() {
   local p missing=()
   for p in "${APT_PACKAGES[@]}"; do
@@ -135,12 +161,12 @@ build_pyenv() {
 main() {
   local targets=("$@")
   [[ ${#targets[@]} -gt 0 ]] || targets=(all)
-  [[ ${targets[0]} == all ]] && targets=(packages kubernetes multus helm images pyenv)
+  [[ ${targets[0]} == all ]] && targets=(packages kubernetes multus helm macvtapcni images pyenv)
   command -v go >/dev/null || die "go is not installed (Go >= 1.24 with access to the module proxy)"
   local t
   for t in "${targets[@]}"; do
     case $t in
-      packages|kubernetes|multus|helm|images|pyenv) "build_$t" ;;
+      packages|kubernetes|multus|helm|macvtapcni|images|pyenv) "build_$t" ;;
       *) die "unknown build target: $t" ;;
     esac
   done

@@ -3,7 +3,7 @@
 # static Rust binaries (glibc, +crt-static) laid out as the chart expects, written by
 # e2e/images/oci-image.py.
 #   /usr/local/bin/k8slan-controller, /usr/local/bin/k8slan-agent
-#   /opt/k8slan/cni/k8slanveth, /opt/k8slan/cni/macvtap   (copied to the host by install-cni)
+#   /opt/k8slan/cni/k8slanveth, /opt/k8slan/cni/k8slanmacvtap   (copied to the host by install-cni)
 # Usage: hack/build-image.sh [--tag TAG] [--output FILE]
 # Prints the archive's path as the last line.
 set -euo pipefail
@@ -29,9 +29,9 @@ triple=x86_64-unknown-linux-gnu
 RUSTFLAGS='-C target-feature=+crt-static' CARGO_TARGET_DIR=$target_dir \
   cargo build --profile image --target "$triple" --locked \
   -p k8slan-agent -p k8slan-controller -p k8slan-cni -p k8slan-testkit \
-  --bin k8slan-agent --bin k8slan-controller --bin k8slan-frame --bin k8slanveth --bin macvtap >&2
+  --bin k8slan-agent --bin k8slan-controller --bin k8slan-frame --bin k8slanveth --bin k8slanmacvtap >&2
 bin=$target_dir/$triple/image
-for b in k8slan-agent k8slan-controller k8slanveth macvtap k8slan-frame; do
+for b in k8slan-agent k8slan-controller k8slanveth k8slanmacvtap k8slan-frame; do
   if ldd "$bin/$b" 2>&1 | grep -q '=>'; then
     echo "build-image: $bin/$b is dynamically linked" >&2; exit 1
   fi
@@ -41,7 +41,7 @@ python3 e2e/images/oci-image.py --name "k8slan.local/k8slan:$tag" --output "$out
   --add "$bin/k8slan-controller:/usr/local/bin/k8slan-controller" \
   --add "$bin/k8slan-agent:/usr/local/bin/k8slan-agent" \
   --add "$bin/k8slanveth:/opt/k8slan/cni/k8slanveth" \
-  --add "$bin/macvtap:/opt/k8slan/cni/macvtap" \
+  --add "$bin/k8slanmacvtap:/opt/k8slan/cni/k8slanmacvtap" \
   --mkdir /tmp:1777 \
   --entrypoint /usr/local/bin/k8slan-agent \
   --label "org.opencontainers.image.title=k8slan" \

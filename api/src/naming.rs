@@ -13,8 +13,12 @@ pub const VETH_PREFIX: &str = "k8slan-veth-";
 pub const MAC_PREFIX: &str = "k8slan-mac-";
 /// CNI type of a pod spoke's NAD.
 pub const VETH_CNI_TYPE: &str = "k8slanveth";
-/// CNI type of a VM spoke's NAD.
-pub const MAC_CNI_TYPE: &str = "macvtap";
+/// CNI type of a VM spoke's NAD, which is also the plugin's binary name. Not `macvtap`: that is
+/// KubeVirt's macvtap-cni, which may live beside ours in `/opt/cni/bin`.
+pub const MAC_CNI_TYPE: &str = "k8slanmacvtap";
+/// Binary name k8slan's VM plugin had before it became [`MAC_CNI_TYPE`] (and that KubeVirt's
+/// macvtap-cni uses): `install-cni` removes a file of this name only if it is an old k8slan build.
+pub const LEGACY_MAC_CNI_TYPE: &str = "macvtap";
 /// Multus annotation that ties a NAD to a device-plugin resource.
 pub const RESOURCE_NAME_ANNOTATION: &str = "k8s.v1.cni.cncf.io/resourceName";
 /// Interface alias written on every link k8slan creates, followed by `<lan-ns>/<role>`.
@@ -149,6 +153,31 @@ pub fn link_alias(lan_ns: &str, role: &str) -> String {
     format!("{LINK_ALIAS_PREFIX}{lan_ns}/{role}")
 }
 
+/// Role part of the alias of a spoke's host-side veth end (`spoke/<spoke>`).
+pub fn host_veth_role(spoke: &str) -> String {
+    format!("spoke/{spoke}")
+}
+
+/// Role part of the alias of a VM spoke's macvtap (`macvtap/<spoke>`).
+pub fn macvtap_role(spoke: &str) -> String {
+    format!("macvtap/{spoke}")
+}
+
+/// Name and alias of the link a CNI plugin binds for `spoke` of `kind` in the LAN namespace
+/// `lan_ns`: the host veth end (`veth`) or the macvtap on it (`mac`).
+pub fn bound_link(kind: SpokeKind, lan_ns: &str, spoke: &str) -> (String, String) {
+    match kind {
+        SpokeKind::Veth => (
+            host_veth_name(spoke).to_owned(),
+            link_alias(lan_ns, &host_veth_role(spoke)),
+        ),
+        SpokeKind::Mac => (
+            macvtap_name(spoke),
+            link_alias(lan_ns, &macvtap_role(spoke)),
+        ),
+    }
+}
+
 /// Namespace-scoped name of the Lease that records which node holds a spoke.
 pub fn claim_lease_name(spoke: &str) -> String {
     format!("spoke-{spoke}")
@@ -220,10 +249,23 @@ mod tests {
     }
 
     #[test]
+    fn bound_links_carry_the_role_aliases_the_agent_writes() {
+        assert_eq!(
+            bound_link(SpokeKind::Veth, "knl", "srl"),
+            ("srl".into(), "k8slan:knl/spoke/srl".into())
+        );
+        assert_eq!(
+            bound_link(SpokeKind::Mac, "knl", "vm"),
+            ("mvt-vm".into(), "k8slan:knl/macvtap/vm".into())
+        );
+    }
+
+    #[test]
     fn kinds() {
         assert_eq!("veth".parse::<SpokeKind>(), Ok(SpokeKind::Veth));
         assert!("tap".parse::<SpokeKind>().is_err());
         assert_eq!(SpokeKind::Veth.twin(), SpokeKind::Mac);
-        assert_eq!(SpokeKind::Mac.cni_type(), "macvtap");
+        assert_eq!(SpokeKind::Mac.cni_type(), "k8slanmacvtap");
+        assert_ne!(SpokeKind::Mac.cni_type(), LEGACY_MAC_CNI_TYPE);
     }
 }

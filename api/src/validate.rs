@@ -524,6 +524,158 @@ fn check_allowed_namespaces(errors: &mut Errors, allowed: &[String]) {
     }
 }
 
+/// Longest accepted CNI network name.
+pub const MAX_CNI_NETWORK_NAME: usize = 253;
+/// Longest accepted container ID (`CNI_CONTAINERID`).
+pub const MAX_CONTAINER_ID: usize = 1024;
+/// Longest accepted path (PATH_MAX - 1).
+pub const MAX_PATH_LEN: usize = 4095;
+/// Longest accepted file name (NAME_MAX).
+pub const MAX_FILE_NAME: usize = 255;
+
+/// The first 64 characters of `s`, for messages.
+fn shown(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+fn word_rule(name: &str, max: usize) -> bool {
+    name.len() <= max
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+/// A CNI network name (CNI 1.0.0): a letter or digit, then letters, digits, `_`, `.` or `-`.
+pub fn cni_network_name(field: &str, name: &str) -> Result<(), FieldError> {
+    if word_rule(name, MAX_CNI_NETWORK_NAME) {
+        return Ok(());
+    }
+    Err(FieldError::new(
+        field,
+        format!(
+            "{:?} must start with a letter or digit and contain only letters, digits, '_', '.' or '-' (at most {MAX_CNI_NETWORK_NAME})",
+            shown(name)
+        ),
+    ))
+}
+
+/// A container ID (CNI 1.0.0): a letter or digit, then letters, digits, `_`, `.` or `-`.
+pub fn container_id(field: &str, id: &str) -> Result<(), FieldError> {
+    if word_rule(id, MAX_CONTAINER_ID) {
+        return Ok(());
+    }
+    Err(FieldError::new(
+        field,
+        format!(
+            "{:?} must start with a letter or digit and contain only letters, digits, '_', '.' or '-' (at most {MAX_CONTAINER_ID} characters)",
+            shown(id)
+        ),
+    ))
+}
+
+/// An absolute, normalized path: starts with `/`, no empty, `.` or `..` components, no control
+/// characters, at most [`MAX_PATH_LEN`] bytes, not `/` itself.
+pub fn normalized_absolute_path(field: &str, path: &str) -> Result<(), FieldError> {
+    let why = if path.len() > MAX_PATH_LEN {
+        "is too long"
+    } else if !path.starts_with('/') {
+        "is not an absolute path"
+    } else if path.chars().any(char::is_control) {
+        "contains control characters"
+    } else if path[1..].is_empty()
+        || path[1..]
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        "is not a normalized path (empty, '.' or '..' components)"
+    } else {
+        return Ok(());
+    };
+    Err(FieldError::new(
+        field,
+        format!("{:?} {why}", path.chars().take(128).collect::<String>()),
+    ))
+}
+
+/// An absolute directory without `..` components or control characters (a `CNI_PATH` entry).
+pub fn absolute_dir(field: &str, path: &str) -> Result<(), FieldError> {
+    let ok = path.starts_with('/')
+        && path.len() <= MAX_PATH_LEN
+        && !path.split('/').any(|c| c == "..")
+        && !path.chars().any(char::is_control);
+    if ok {
+        return Ok(());
+    }
+    Err(FieldError::new(
+        field,
+        format!(
+            "entry {:?} is not an absolute directory without '..'",
+            path.chars().take(128).collect::<String>()
+        ),
+    ))
+}
+
+/// A bare file name (one path component): not empty, `.` or `..`, no `/` or control characters.
+pub fn file_name(field: &str, name: &str) -> Result<(), FieldError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_FILE_NAME
+        && name != "."
+        && name != ".."
+        && !name.contains('/')
+        && !name.chars().any(char::is_control);
+    if ok {
+        return Ok(());
+    }
+    Err(FieldError::new(
+        field,
+        format!(
+            "{:?} must be a bare file name (no '/', not '.' or '..', at most {MAX_FILE_NAME} bytes)",
+            shown(name)
+        ),
+    ))
+}
+
+/// A `CNI_ARGS` key: letters, digits, `_` or `-`.
+pub fn cni_args_key(field: &str, key: &str) -> Result<(), FieldError> {
+    let ok = !key.is_empty()
+        && key.len() <= 256
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if ok {
+        return Ok(());
+    }
+    Err(FieldError::new(
+        field,
+        format!("key {:?} must be letters, digits, '_' or '-'", shown(key)),
+    ))
+}
+
+/// A Kubernetes namespace name: a DNS label (`[a-z0-9]([a-z0-9-]*[a-z0-9])?`, at most 63).
+pub fn namespace_name(field: &str, name: &str) -> Result<(), FieldError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if ok {
+        return Ok(());
+    }
+    Err(FieldError::new(
+        field,
+        format!(
+            "{:?} is not a Kubernetes namespace name (1-63 lowercase letters, digits or '-', starting and ending with a letter or digit)",
+            shown(name)
+        ),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

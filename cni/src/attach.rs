@@ -2,14 +2,16 @@
 //! namespace to the pod, and give it back.
 
 use std::net::IpAddr;
+use std::path::Path;
 
-use k8slan_api::naming::LINK_ALIAS_PREFIX;
+use k8slan_api::prepared::PreparedSpoke;
 use tracing::{info, instrument, warn};
 
 use crate::config::{Attachment, PluginKind};
 use crate::error::{CniError, ErrorCode};
 use crate::ipam::Ipam;
 use crate::link::{LinkError, LinkOps, LinkState, Side};
+use crate::prepared;
 use crate::result::{CniResult, IpConfig, container_interface};
 
 fn io(e: LinkError) -> CniError {
@@ -20,39 +22,44 @@ fn check_failed(details: String) -> CniError {
     CniError::new(ErrorCode::CheckFailed, details)
 }
 
+/// What the node says about the spoke an `ADD` binds: the agent's record of it, checked to fit
+/// the network and to admit the pod's namespace ([`Binding::authorize`] is the only way to make
+/// one), and the node-private directory of the tap device nodes (from the node settings).
+#[derive(Debug, Clone)]
+pub struct Binding<'a> {
+    record: &'a PreparedSpoke,
+    dev_dir: &'a Path,
+}
+
+impl<'a> Binding<'a> {
+    /// The record fits the network `att` names and admits the pod's namespace.
+    pub fn authorize(
+        att: &Attachment,
+        record: &'a PreparedSpoke,
+        dev_dir: &'a Path,
+    ) -> Result<Binding<'a>, CniError> {
+        prepared::admit(att, record)?;
+        prepared::record_matches(record, &att.target)?;
+        Ok(Binding { record, dev_dir })
+    }
+}
+
 /// ADD: moves the prepared link into the pod as `CNI_IFNAME`, configures it and returns the
-/// result. On any failure after the IPAM allocation everything is undone: the link goes back to
-/// the node's namespace under its prepared name and settings, and the IPAM lease is released.
+/// result. Nothing is touched unless the link in the node's namespace is exactly the one
+/// recorded in `binding` (which admits the pod's namespace). On any failure after the IPAM
+/// allocation everything is undone: the link goes back to the node's namespace under its
+/// prepared name and settings, and the IPAM lease is released.
 #[instrument(skip_all, fields(command = "ADD", container = %att.env.container_id, ifname = %att.env.ifname, host_link = %att.target.host_link, sandbox = %sandbox))]
 pub fn add(
     att: &Attachment,
+    binding: &Binding,
     sandbox: &str,
     links: &mut dyn LinkOps,
     mut ipam: Option<&mut dyn Ipam>,
 ) -> Result<CniResult, CniError> {
-    let plugin = att.target.plugin;
     let ifname = att.env.ifname.as_str();
-    let host_link = att.target.host_link.as_str();
-    let original = links.get(Side::Host, host_link).map_err(io)?.ok_or_else(|| {
-        CniError::new(
-            ErrorCode::TryAgainLater,
-            format!(
-                "the prepared {} {host_link:?} is not in the node's network namespace: the pod did not request resource {} (add it to the container's resources.limits), or the k8slan agent has not prepared it yet",
-                plugin.link_kind(),
-                att.target.resource_hint()
-            ),
-        )
-    })?;
-    if original.kind.as_deref() != Some(plugin.link_kind()) {
-        return Err(CniError::new(
-            ErrorCode::IoFailure,
-            format!(
-                "link {host_link:?} in the node's namespace is a {}, not the {} the k8slan agent prepares; another component uses this name",
-                original.kind.as_deref().unwrap_or("device without kind"),
-                plugin.link_kind()
-            ),
-        ));
-    }
+    let original = prepared_link(att, links)?;
+    prepared::verify_link(binding.record, &att.target, &original)?;
     if links.get(Side::Sandbox, ifname).map_err(io)?.is_some() {
         return Err(CniError::new(
             ErrorCode::InvalidEnvironment,
@@ -74,7 +81,14 @@ pub fn add(
             }
         },
     };
-    match bind(att, sandbox, links, &original, allocated.as_ref()) {
+    match bind(
+        att,
+        binding.dev_dir,
+        sandbox,
+        links,
+        &original,
+        allocated.as_ref(),
+    ) {
         Ok(result) => {
             info!(mac = ?result.interfaces.first().and_then(|i| i.mac.as_deref()), "attached");
             Ok(match &att.prev_result {
@@ -95,8 +109,24 @@ pub fn add(
     }
 }
 
+/// The link named as the prepared one in the node's namespace.
+fn prepared_link(att: &Attachment, links: &mut dyn LinkOps) -> Result<LinkState, CniError> {
+    let host_link = att.target.host_link.as_str();
+    links.get(Side::Host, host_link).map_err(io)?.ok_or_else(|| {
+        CniError::new(
+            ErrorCode::TryAgainLater,
+            format!(
+                "the prepared {} {host_link:?} is not in the node's network namespace: the pod did not request resource {} (add it to the container's resources.limits), or the k8slan agent has not prepared it yet",
+                att.target.plugin.link_kind(),
+                att.target.resource_hint()
+            ),
+        )
+    })
+}
+
 fn bind(
     att: &Attachment,
+    dev_dir: &Path,
     sandbox: &str,
     links: &mut dyn LinkOps,
     original: &LinkState,
@@ -161,7 +191,7 @@ fn bind(
             })?;
         if after != before {
             let nodes = links
-                .repoint_tap_nodes(&att.dev_dir, before, after)
+                .repoint_tap_nodes(dev_dir, before, after)
                 .map_err(io)?;
             info!(%before, %after, ?nodes, "the tap device got another number in the pod; nodes re-pointed");
         }
@@ -269,18 +299,15 @@ fn rollback(att: &Attachment, links: &mut dyn LinkOps, original: &LinkState) {
 }
 
 /// Whether `link` (named `CNI_IFNAME` in the pod) is the one this plugin bound: the right kind,
-/// and either an alias written by the k8slan agent or the MAC that `prevResult` recorded for it.
-/// A DEL never takes away an interface some other plugin created under the same name.
+/// and either the alias the k8slan agent writes on this spoke's link or the MAC that
+/// `prevResult` recorded for it. A DEL never takes away an interface some other plugin created
+/// under the same name, nor one that a pod labelled with another spoke's or role's alias.
 fn is_ours(att: &Attachment, sandbox: Option<&str>, link: &LinkState) -> bool {
     if link.kind.as_deref() != Some(att.target.plugin.link_kind()) {
         return false;
     }
-    if link
-        .alias
-        .as_deref()
-        .is_some_and(|a| a.starts_with(LINK_ALIAS_PREFIX))
-    {
-        return true;
+    if let Some(alias) = link.alias.as_deref() {
+        return prepared::alias_is_the_spokes(alias, &att.target);
     }
     let (Some(prev), Some(sandbox), Some(mac)) = (&att.prev_result, sandbox, link.mac) else {
         return false;
@@ -429,211 +456,32 @@ mod tests {
     use crate::mac::MacAddr;
     use crate::result::IpNet;
     use crate::tap::DevNum;
+    use crate::testing::{FakeIpam, RecordingLinks, prepared_link, record};
+    use k8slan_api::naming::SpokeKind;
     use std::collections::HashMap;
-
-    /// Two namespaces of links in memory; `fail` makes the named operation fail.
-    #[derive(Default)]
-    struct FakeKernel {
-        host: HashMap<String, (LinkState, Vec<IpNet>)>,
-        pod: HashMap<String, (LinkState, Vec<IpNet>)>,
-        fail: Option<&'static str>,
-        next_index: u32,
-        /// Every operation, as "<op> <side> <link>", in order.
-        log: Vec<String>,
-        /// The minor a macvtap's tap gets in the pod (7 in the node's namespace).
-        minor_in_pod: u64,
-        repointed: Vec<(DevNum, DevNum)>,
-    }
-
-    impl FakeKernel {
-        fn ns(&mut self, side: Side) -> &mut HashMap<String, (LinkState, Vec<IpNet>)> {
-            match side {
-                Side::Host => &mut self.host,
-                Side::Sandbox => &mut self.pod,
-            }
-        }
-        /// The injected failure happens once, on the first call of its operation.
-        fn op(&mut self, op: &'static str, side: Side, link: &str) -> Result<(), LinkError> {
-            self.log.push(format!("{op} {side} {link}"));
-            if self.fail == Some(op) {
-                self.fail = None;
-                Err(LinkError::new(op, side, link, Some(1), "injected failure"))
-            } else {
-                Ok(())
-            }
-        }
-        fn with<T>(
-            &mut self,
-            op: &'static str,
-            side: Side,
-            link: &LinkState,
-            f: impl FnOnce(&mut (LinkState, Vec<IpNet>)) -> T,
-        ) -> Result<T, LinkError> {
-            self.op(op, side, &link.name)?;
-            let entry = self
-                .ns(side)
-                .get_mut(&link.name)
-                .ok_or_else(|| LinkError::new(op, side, &link.name, Some(19), "no such device"))?;
-            Ok(f(entry))
-        }
-    }
-
-    impl LinkOps for FakeKernel {
-        fn get(&mut self, side: Side, name: &str) -> Result<Option<LinkState>, LinkError> {
-            Ok(self.ns(side).get(name).map(|(l, _)| l.clone()))
-        }
-        fn move_to(
-            &mut self,
-            from: Side,
-            link: &LinkState,
-            new_name: &str,
-        ) -> Result<(), LinkError> {
-            self.op("move link", from, &link.name)?;
-            if self.ns(from.other()).contains_key(new_name) {
-                return Err(LinkError::new(
-                    "move link",
-                    from,
-                    &link.name,
-                    Some(17),
-                    "exists",
-                ));
-            }
-            let (mut l, _) = self.ns(from).remove(&link.name).unwrap();
-            l.name = new_name.to_owned();
-            l.up = false; // moving closes the device and flushes its addresses
-            if self
-                .ns(from.other())
-                .values()
-                .any(|(o, _)| o.index == l.index)
-            {
-                self.next_index += 1;
-                l.index = 1000 + self.next_index;
-            }
-            self.ns(from.other())
-                .insert(new_name.to_owned(), (l, vec![]));
-            Ok(())
-        }
-        fn set_mtu(&mut self, side: Side, link: &LinkState, mtu: u32) -> Result<(), LinkError> {
-            self.with("set MTU", side, link, |e| e.0.mtu = Some(mtu))
-        }
-        fn set_mac(&mut self, side: Side, link: &LinkState, mac: MacAddr) -> Result<(), LinkError> {
-            self.with("set MAC", side, link, |e| e.0.mac = Some(mac))
-        }
-        fn set_promisc(&mut self, side: Side, link: &LinkState, on: bool) -> Result<(), LinkError> {
-            self.with("set promiscuous mode", side, link, |e| e.0.promisc = on)
-        }
-        fn set_ipv6(&mut self, side: Side, link: &LinkState, on: bool) -> Result<(), LinkError> {
-            let op = if on { "enable IPv6" } else { "disable IPv6" };
-            self.with(op, side, link, |_| ())
-        }
-        fn tap_devnum(
-            &mut self,
-            side: Side,
-            link: &LinkState,
-        ) -> Result<Option<DevNum>, LinkError> {
-            self.op("read the tap device number", side, &link.name)?;
-            // As the kernel does: a macvtap's tap gets the lowest free minor when it enters a
-            // namespace; the test sets what that is.
-            Ok((link.kind.as_deref() == Some("macvtap")).then_some(DevNum {
-                major: 246,
-                minor: match side {
-                    Side::Host => 7,
-                    Side::Sandbox => self.minor_in_pod,
-                },
-            }))
-        }
-        fn repoint_tap_nodes(
-            &mut self,
-            dir: &std::path::Path,
-            old: DevNum,
-            new: DevNum,
-        ) -> Result<Vec<std::path::PathBuf>, LinkError> {
-            self.op(
-                "re-point the tap device nodes",
-                Side::Host,
-                &dir.display().to_string(),
-            )?;
-            self.repointed.push((old, new));
-            Ok(vec![dir.join("tap-vm")])
-        }
-        fn set_up(&mut self, side: Side, link: &LinkState, up: bool) -> Result<(), LinkError> {
-            self.with(if up { "set up" } else { "set down" }, side, link, |e| {
-                e.0.up = up
-            })
-        }
-        fn addresses(&mut self, side: Side, link: &LinkState) -> Result<Vec<IpNet>, LinkError> {
-            self.with("list addresses", side, link, |e| e.1.clone())
-        }
-        fn add_address(
-            &mut self,
-            side: Side,
-            link: &LinkState,
-            addr: IpNet,
-        ) -> Result<(), LinkError> {
-            self.with("add address", side, link, |e| e.1.push(addr))
-        }
-        fn add_route(
-            &mut self,
-            side: Side,
-            link: &LinkState,
-            _dst: IpNet,
-            _gw: Option<IpAddr>,
-        ) -> Result<(), LinkError> {
-            self.with("add route", side, link, |_| ())
-        }
-        fn delete(&mut self, side: Side, link: &LinkState) -> Result<(), LinkError> {
-            self.op("delete link", side, &link.name)?;
-            self.ns(side).remove(&link.name);
-            Ok(())
-        }
-    }
-
-    #[derive(Default)]
-    struct FakeIpam {
-        leased: bool,
-        dels: u32,
-        fail_add: bool,
-    }
-
-    impl Ipam for FakeIpam {
-        fn add(&mut self) -> Result<CniResult, CniError> {
-            if self.fail_add {
-                return Err(CniError::new(ErrorCode::Other(999), "range exhausted"));
-            }
-            self.leased = true;
-            let v = serde_json::json!({"ips": [{"address": "198.18.3.2/24", "gateway": "198.18.3.1"}], "routes": [{"dst": "198.19.0.0/16"}]});
-            Ok(CniResult::from_value("fake", &v).unwrap())
-        }
-        fn del(&mut self) -> Result<(), CniError> {
-            self.leased = false;
-            self.dels += 1;
-            Ok(())
-        }
-        fn check(&mut self) -> Result<(), CniError> {
-            Ok(())
-        }
-    }
 
     const PREPARED: MacAddr = MacAddr([2, 0x11, 0, 0, 0, 1]);
     const POD: &str = "/var/run/netns/pod";
 
-    fn kernel(kind: &str, name: &str) -> FakeKernel {
-        let mut k = FakeKernel {
-            minor_in_pod: 7,
-            ..Default::default()
+    /// The record of the spoke `att` binds (LAN lab/lan1).
+    fn rec(att: &Attachment) -> PreparedSpoke {
+        record(
+            att.target.plugin.spoke_kind(),
+            att.target.spoke.as_deref().unwrap(),
+        )
+    }
+
+    fn binding<'a>(att: &Attachment, record: &'a PreparedSpoke) -> Binding<'a> {
+        Binding::authorize(att, record, Path::new("/run/k8slan/dev")).unwrap()
+    }
+
+    /// A node namespace holding the link `kind` the agent prepared under `name`.
+    fn kernel(kind: &str, name: &str) -> RecordingLinks {
+        let r = match kind {
+            "veth" => record(SpokeKind::Veth, name),
+            _ => record(SpokeKind::Mac, name.strip_prefix("mvt-").unwrap()),
         };
-        let l = LinkState {
-            index: 7,
-            name: name.into(),
-            kind: Some(kind.into()),
-            mac: Some(PREPARED),
-            mtu: Some(1430),
-            up: true,
-            promisc: false,
-            alias: None,
-        };
-        k.host.insert(name.into(), (l, vec![]));
-        k
+        RecordingLinks::with_host_links([prepared_link(&r, PREPARED, 1430)])
     }
 
     fn attachment(plugin: PluginKind, conf: &str) -> Attachment {
@@ -642,6 +490,7 @@ mod tests {
             ("CNI_CONTAINERID", "c1"),
             ("CNI_NETNS", POD),
             ("CNI_IFNAME", "e1-1"),
+            ("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAMESPACE=lab"),
         ]
         .into();
         match parse_request(
@@ -661,7 +510,14 @@ mod tests {
         let att = attachment(PluginKind::Veth, VETH_IPAM);
         let mut k = kernel("veth", "srl");
         let mut ipam = FakeIpam::default();
-        let r = add(&att, POD, &mut k, Some(&mut ipam)).unwrap();
+        let r = add(
+            &att,
+            &binding(&att, &rec(&att)),
+            POD,
+            &mut k,
+            Some(&mut ipam),
+        )
+        .unwrap();
         let (l, addrs) = &k.pod["e1-1"];
         assert_eq!(
             (l.mtu, l.mac, l.up),
@@ -692,7 +548,14 @@ mod tests {
             let mut k = kernel("veth", "srl");
             k.fail = Some(step);
             let mut ipam = FakeIpam::default();
-            let err = add(&att, POD, &mut k, Some(&mut ipam)).unwrap_err();
+            let err = add(
+                &att,
+                &binding(&att, &rec(&att)),
+                POD,
+                &mut k,
+                Some(&mut ipam),
+            )
+            .unwrap_err();
             assert_eq!(err.code, ErrorCode::IoFailure, "{step}");
             assert!(err.details.contains(step), "{step}: {err}");
             let (l, addrs) = k
@@ -718,7 +581,14 @@ mod tests {
             fail_add: true,
             ..Default::default()
         };
-        let err = add(&att, POD, &mut k, Some(&mut ipam)).unwrap_err();
+        let err = add(
+            &att,
+            &binding(&att, &rec(&att)),
+            POD,
+            &mut k,
+            Some(&mut ipam),
+        )
+        .unwrap_err();
         assert_eq!(
             err.code.code(),
             999,
@@ -730,11 +600,10 @@ mod tests {
 
     #[test]
     fn macvtap_is_promiscuous_and_del_gives_it_back() {
-        let conf =
-            r#"{"cniVersion":"1.0.0","name":"k8slan-mac-vm","type":"macvtap","deviceID":"mvt-vm"}"#;
+        let conf = r#"{"cniVersion":"1.0.0","name":"k8slan-mac-vm","type":"k8slanmacvtap","deviceID":"mvt-vm"}"#;
         let att = attachment(PluginKind::Macvtap, conf);
         let mut k = kernel("macvtap", "mvt-vm");
-        let r = add(&att, POD, &mut k, None).unwrap();
+        let r = add(&att, &binding(&att, &rec(&att)), POD, &mut k, None).unwrap();
         assert!(k.pod["e1-1"].0.promisc);
         // Its tap kept its number: no node is touched.
         assert!(k.repointed.is_empty());
@@ -754,26 +623,24 @@ mod tests {
 
     #[test]
     fn macvtap_whose_tap_got_another_number_gets_its_node_repointed() {
-        let conf =
-            r#"{"cniVersion":"1.0.0","name":"k8slan-mac-vm","type":"macvtap","deviceID":"mvt-vm"}"#;
+        let conf = r#"{"cniVersion":"1.0.0","name":"k8slan-mac-vm","type":"k8slanmacvtap","deviceID":"mvt-vm"}"#;
         let att = attachment(PluginKind::Macvtap, conf);
         let mut k = kernel("macvtap", "mvt-vm");
         k.minor_in_pod = 2;
-        add(&att, POD, &mut k, None).unwrap();
+        add(&att, &binding(&att, &rec(&att)), POD, &mut k, None).unwrap();
         let tap = |minor| DevNum { major: 246, minor };
         assert_eq!(k.repointed, vec![(tap(7), tap(2))]);
         // A failure to re-point fails the ADD and puts the macvtap back.
         let mut k = kernel("macvtap", "mvt-vm");
         k.minor_in_pod = 2;
         k.fail = Some("re-point the tap device nodes");
-        assert!(add(&att, POD, &mut k, None).is_err());
+        assert!(add(&att, &binding(&att, &rec(&att)), POD, &mut k, None).is_err());
         assert!(k.host.contains_key("mvt-vm") && k.pod.is_empty());
     }
 
     #[test]
     fn macvtap_whose_ifindex_changes_is_refused() {
-        let conf =
-            r#"{"cniVersion":"1.0.0","name":"k8slan-mac-vm","type":"macvtap","deviceID":"mvt-vm"}"#;
+        let conf = r#"{"cniVersion":"1.0.0","name":"k8slan-mac-vm","type":"k8slanmacvtap","deviceID":"mvt-vm"}"#;
         let att = attachment(PluginKind::Macvtap, conf);
         let mut k = kernel("macvtap", "mvt-vm");
         let other = LinkState {
@@ -787,7 +654,7 @@ mod tests {
             alias: None,
         };
         k.pod.insert("eth0".into(), (other, vec![]));
-        let err = add(&att, POD, &mut k, None).unwrap_err();
+        let err = add(&att, &binding(&att, &rec(&att)), POD, &mut k, None).unwrap_err();
         assert!(err.details.contains("/dev/tap7"), "{err}");
         assert!(k.host.contains_key("mvt-vm"), "rolled back");
     }
@@ -799,7 +666,7 @@ mod tests {
             r#"{"cniVersion":"1.0.0","name":"k8slan-veth-srl","type":"k8slanveth","veth":"srl"}"#,
         );
         let mut k = kernel("veth", "srl");
-        let r = add(&att, POD, &mut k, None).unwrap();
+        let r = add(&att, &binding(&att, &rec(&att)), POD, &mut k, None).unwrap();
         // The agent recreated the spoke meanwhile.
         k.host.insert(
             "srl".into(),

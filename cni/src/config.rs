@@ -1,10 +1,10 @@
 //! The network configuration on stdin and its validation into an [`Attachment`]: everything the
 //! plugins need, checked before any system call. [`parse_request`] is the single parse entry
-//! point (also driven by the fuzz target and the property tests).
-
-use std::path::PathBuf;
+//! point (also driven by the fuzz target and the property tests). Every step returns a
+//! [`CniError`]; only [`parse_request`] pairs it with the version to answer in ([`Failure`]).
 
 use k8slan_api::naming::{self, SpokeKind};
+use k8slan_api::prepared::CNI_SETTINGS_FILE;
 use k8slan_api::validate;
 use serde::Deserialize;
 use serde_json::Value;
@@ -19,13 +19,21 @@ use crate::version::{CniVersion, VersionInfo};
 pub const MAX_CONFIG_BYTES: usize = 1024 * 1024;
 /// Accepted MTU range (IPv4 minimum to the largest 16-bit value).
 pub const MTU_RANGE: std::ops::RangeInclusive<u32> = 68..=65535;
+/// Keys that earlier versions read from the network configuration and that now come only from
+/// the node's settings file ([`CNI_SETTINGS_FILE`]), with the `install-cni` flag that sets each.
+pub const NODE_KEYS: [(&str, &str); 4] = [
+    ("logFile", "--cni-log-file"),
+    ("logLevel", "--cni-log-level"),
+    ("devDir", "--dev-dir"),
+    ("preparedDir", "--prepared-dir"),
+];
 
 /// Which of the two plugins is running.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PluginKind {
     /// `k8slanveth`: moves the spoke's host veth end into a pod.
     Veth,
-    /// `macvtap`: moves the spoke's macvtap into a (KubeVirt virt-launcher) pod.
+    /// `k8slanmacvtap`: moves the spoke's macvtap into a (KubeVirt virt-launcher) pod.
     Macvtap,
 }
 
@@ -71,12 +79,6 @@ struct NetConf {
     runtime_config: Option<RuntimeConfig>,
     #[serde(default)]
     prev_result: Option<Value>,
-    #[serde(default)]
-    log_file: Option<String>,
-    #[serde(default)]
-    log_level: Option<String>,
-    #[serde(default)]
-    dev_dir: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -97,8 +99,8 @@ pub struct Target {
     pub plugin: PluginKind,
     /// Name of the prepared link in the host (node) namespace.
     pub host_link: String,
-    /// The spoke, when known (always for `k8slanveth`; for `macvtap` when the network name is
-    /// `k8slan-mac-<spoke>`). Used in messages.
+    /// The spoke, when known (always for `k8slanveth`; for `k8slanmacvtap` when the network
+    /// name is `k8slan-mac-<spoke>` or the device is `mvt-<spoke>`).
     pub spoke: Option<String>,
 }
 
@@ -114,6 +116,14 @@ impl Target {
             ),
         }
     }
+
+    /// The spoke for messages: its name, or the link when the spoke is not known.
+    pub fn shown(&self) -> String {
+        match &self.spoke {
+            Some(s) => format!("spoke {s:?}"),
+            None => format!("the spoke of device {:?}", self.host_link),
+        }
+    }
 }
 
 /// Where a MAC address came from (for logs and the README's precedence rule).
@@ -122,13 +132,6 @@ pub enum MacSource {
     RuntimeConfig,
     CniArgs,
     Config,
-}
-
-/// Log destination and level chosen by the configuration or the environment.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LogSettings {
-    pub file: Option<PathBuf>,
-    pub level: Option<String>,
 }
 
 /// A validated `ADD`, `DEL` or `CHECK`.
@@ -146,10 +149,9 @@ pub struct Attachment {
     pub prev_result: Option<CniResult>,
     /// The configuration exactly as received, handed to the IPAM plugin.
     pub raw_config: Vec<u8>,
-    /// The node agent's directory of VM spokes' tap device nodes (config `devDir`, default
-    /// `/run/k8slan/dev`): `macvtap` refreshes the node there when moving the macvtap into the
-    /// pod gave its tap device another number.
-    pub dev_dir: PathBuf,
+    /// Node keys ([`NODE_KEYS`]) a `DEL` found in the configuration and ignored (an attachment
+    /// made by an earlier version); `ADD` and `CHECK` refuse them.
+    pub ignored_keys: Vec<&'static str>,
 }
 
 /// A parsed invocation.
@@ -166,17 +168,16 @@ pub struct Failure {
     pub error: CniError,
 }
 
-impl Failure {
-    fn new(version: Option<CniVersion>, code: ErrorCode, details: impl Into<String>) -> Self {
-        Failure {
-            version,
-            error: CniError::new(code, details),
-        }
-    }
-}
-
 fn shown(s: &str) -> String {
     s.chars().take(64).collect()
+}
+
+fn invalid(details: impl Into<String>) -> CniError {
+    CniError::new(ErrorCode::InvalidConfig, details)
+}
+
+fn field(e: validate::FieldError) -> CniError {
+    invalid(e.to_string())
 }
 
 /// Parses the environment and the configuration of one execution of `plugin`. Pure: no file,
@@ -186,280 +187,316 @@ pub fn parse_request(
     get: &dyn Fn(&str) -> Option<String>,
     stdin: &[u8],
 ) -> Result<Request, Failure> {
-    let command = invocation::command(get).map_err(|error| Failure {
+    let unversioned = |error| Failure {
         version: None,
         error,
-    })?;
+    };
+    let command = invocation::command(get).map_err(unversioned)?;
+    check_size(stdin).map_err(unversioned)?;
+    if command == Command::Version {
+        return Ok(Request::Version(version_answer(stdin)));
+    }
+    let value = decode(stdin).map_err(unversioned)?;
+    let version = cni_version(&value).map_err(unversioned)?;
+    attachment(plugin, command, get, stdin, &value, version)
+        .map(|a| Request::Attachment(Box::new(a)))
+        .map_err(|error| Failure {
+            version: Some(version),
+            error,
+        })
+}
+
+fn check_size(stdin: &[u8]) -> Result<(), CniError> {
     if stdin.len() > MAX_CONFIG_BYTES {
-        return Err(Failure::new(
-            None,
+        return Err(CniError::new(
             ErrorCode::DecodeFailure,
             format!("the network configuration on stdin is larger than {MAX_CONFIG_BYTES} bytes"),
         ));
     }
-    if command == Command::Version {
-        // VERSION may come with `{"cniVersion": ...}` or nothing at all.
-        let requested = serde_json::from_slice::<Value>(stdin).ok().and_then(|v| {
-            v.get("cniVersion")
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        });
-        return Ok(Request::Version(VersionInfo::answer(requested.as_deref())));
-    }
+    Ok(())
+}
+
+/// VERSION may come with `{"cniVersion": ...}` or nothing at all.
+fn version_answer(stdin: &[u8]) -> VersionInfo {
+    let requested = serde_json::from_slice::<Value>(stdin).ok().and_then(|v| {
+        v.get("cniVersion")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    });
+    VersionInfo::answer(requested.as_deref())
+}
+
+fn decode(stdin: &[u8]) -> Result<Value, CniError> {
+    let decode_failure = |d: String| CniError::new(ErrorCode::DecodeFailure, d);
     let value: Value = serde_json::from_slice(stdin).map_err(|e| {
-        Failure::new(
-            None,
-            ErrorCode::DecodeFailure,
-            format!("the network configuration on stdin is not JSON: {e}"),
-        )
+        decode_failure(format!(
+            "the network configuration on stdin is not JSON: {e}"
+        ))
     })?;
-    let Some(obj) = value.as_object() else {
-        return Err(Failure::new(
-            None,
-            ErrorCode::DecodeFailure,
-            "the network configuration on stdin is not a JSON object",
+    if !value.is_object() {
+        return Err(decode_failure(
+            "the network configuration on stdin is not a JSON object".into(),
         ));
-    };
-    let version = match obj.get("cniVersion") {
+    }
+    Ok(value)
+}
+
+fn cni_version(value: &Value) -> Result<CniVersion, CniError> {
+    let incompatible = |d: String| CniError::new(ErrorCode::IncompatibleVersion, d);
+    match value.get("cniVersion") {
         Some(Value::String(v)) => CniVersion::parse(v).ok_or_else(|| {
-            Failure::new(
-                None,
-                ErrorCode::IncompatibleVersion,
-                format!(
-                    "cniVersion {:?} is not supported; use one of {}",
-                    shown(v),
-                    CniVersion::supported_list()
-                ),
-            )
-        })?,
-        Some(_) => {
-            return Err(Failure::new(
-                None,
-                ErrorCode::IncompatibleVersion,
-                "cniVersion must be a string such as \"1.0.0\"",
-            ));
-        }
-        None => {
-            return Err(Failure::new(
-                None,
-                ErrorCode::IncompatibleVersion,
-                format!(
-                    "cniVersion is missing; set one of {}",
-                    CniVersion::supported_list()
-                ),
-            ));
-        }
-    };
-    let v = Some(version);
-    let env = Environment::parse(command, get).map_err(|error| Failure { version: v, error })?;
+            incompatible(format!(
+                "cniVersion {:?} is not supported; use one of {}",
+                shown(v),
+                CniVersion::supported_list()
+            ))
+        }),
+        Some(_) => Err(incompatible(
+            "cniVersion must be a string such as \"1.0.0\"".into(),
+        )),
+        None => Err(incompatible(format!(
+            "cniVersion is missing; set one of {}",
+            CniVersion::supported_list()
+        ))),
+    }
+}
+
+fn attachment(
+    plugin: PluginKind,
+    command: Command,
+    get: &dyn Fn(&str) -> Option<String>,
+    stdin: &[u8],
+    value: &Value,
+    version: CniVersion,
+) -> Result<Attachment, CniError> {
+    let env = Environment::parse(command, get)?;
+    check_command_version(command, version)?;
+    let ignored_keys = node_keys(command, value)?;
+    let conf: NetConf = serde_json::from_value(value.clone())
+        .map_err(|e| invalid(format!("network configuration: {e}")))?;
+    let network = network_name(&conf)?;
+    plugin_type(plugin, &conf)?;
+    let target = resolve_target(plugin, &conf, &network)?;
+    Ok(Attachment {
+        version,
+        mtu: mtu(conf.mtu)?,
+        ipam: ipam(plugin, &conf, value)?,
+        mac: resolve_mac(&conf, &env)?,
+        prev_result: prev_result(command, &conf)?,
+        env,
+        network,
+        target,
+        raw_config: stdin.to_vec(),
+        ignored_keys,
+    })
+}
+
+fn check_command_version(command: Command, version: CniVersion) -> Result<(), CniError> {
     if command == Command::Check && !version.has_check() {
-        return Err(Failure::new(
-            v,
+        return Err(CniError::new(
             ErrorCode::IncompatibleVersion,
             format!("CHECK is not part of CNI {version}; it needs cniVersion 0.4.0 or later"),
         ));
     }
-    let conf: NetConf = serde_json::from_value(value.clone()).map_err(|e| {
-        Failure::new(
-            v,
-            ErrorCode::InvalidConfig,
-            format!("network configuration: {e}"),
-        )
-    })?;
-    let invalid = |details: String| Failure::new(v, ErrorCode::InvalidConfig, details);
+    Ok(())
+}
 
-    let network = conf.name.clone().ok_or_else(|| {
-        invalid("name is missing; the network needs a name such as k8slan-veth-<spoke>".into())
-    })?;
-    network_name_rule(&network).map_err(invalid)?;
-    match &conf.plugin_type {
-        Some(t) if !t.is_empty() && !t.contains('/') && t != "." && t != ".." => {}
-        other => {
-            return Err(invalid(format!(
-                "type {:?} must be the plugin's binary name, here {:?}",
-                other.as_deref().map(shown),
-                plugin.cni_type()
-            )));
-        }
+/// Node keys ([`NODE_KEYS`]) in the configuration: refused on `ADD` and `CHECK` (a network
+/// author must not choose where a root process writes), returned to be ignored on `DEL` (so
+/// that attachments made by an earlier version can still be cleaned up).
+fn node_keys(command: Command, value: &Value) -> Result<Vec<&'static str>, CniError> {
+    let found: Vec<(&'static str, &'static str)> = NODE_KEYS
+        .into_iter()
+        .filter(|(key, _)| value.get(key).is_some())
+        .collect();
+    match found.first() {
+        Some((key, flag)) if command != Command::Del => Err(CniError::new(
+            ErrorCode::UnsupportedField,
+            format!(
+                "{key} is no longer read from the network configuration: it comes from the node's {CNI_SETTINGS_FILE} beside the plugin binaries (k8slan-agent install-cni {flag}, chart values under agent/cni); remove {key} from the NetworkAttachmentDefinition"
+            ),
+        )),
+        _ => Ok(found.into_iter().map(|(key, _)| key).collect()),
     }
-    let target =
-        resolve_target(plugin, &conf, &network).map_err(|(code, d)| Failure::new(v, code, d))?;
-    if let Some(mtu) = conf.mtu
-        && !MTU_RANGE.contains(&mtu)
-    {
-        return Err(invalid(format!(
-            "mtu {mtu} is out of range {}-{}; omit it to keep the prepared link's MTU",
+}
+
+fn network_name(conf: &NetConf) -> Result<String, CniError> {
+    let network = conf.name.clone().ok_or_else(|| {
+        invalid("name is missing; the network needs a name such as k8slan-veth-<spoke>")
+    })?;
+    validate::cni_network_name("name", &network).map_err(field)?;
+    Ok(network)
+}
+
+fn plugin_type(plugin: PluginKind, conf: &NetConf) -> Result<(), CniError> {
+    match conf.plugin_type.as_deref() {
+        Some(t) if validate::file_name("type", t).is_ok() => Ok(()),
+        other => Err(invalid(format!(
+            "type {:?} must be the plugin's binary name, here {:?}",
+            other.map(shown),
+            plugin.cni_type()
+        ))),
+    }
+}
+
+fn mtu(mtu: Option<u32>) -> Result<Option<u32>, CniError> {
+    match mtu {
+        Some(m) if !MTU_RANGE.contains(&m) => Err(invalid(format!(
+            "mtu {m} is out of range {}-{}; omit it to keep the prepared link's MTU",
             MTU_RANGE.start(),
             MTU_RANGE.end()
-        )));
+        ))),
+        other => Ok(other),
     }
-    let ipam = match &conf.ipam {
-        None => None,
-        Some(_) if plugin == PluginKind::Macvtap => {
-            let shown_ipam = obj
-                .get("ipam")
-                .map(|i| shown(&i.to_string()))
-                .unwrap_or_default();
-            return Err(Failure::new(
-                v,
-                ErrorCode::UnsupportedField,
-                format!(
-                    "ipam = {shown_ipam}: the macvtap plugin hands a layer-2 link to a VM and configures no addresses; remove ipam (configure addresses inside the VM)"
-                ),
-            ));
-        }
-        Some(ipam) => match ipam.plugin_type.as_deref() {
-            Some(t) if plugin_name_ok(t) => Some(t.to_owned()),
-            other => {
-                return Err(invalid(format!(
-                    "ipam.type {:?} must be the name of an IPAM plugin binary in CNI_PATH, e.g. \"host-local\"",
-                    other.map(shown)
-                )));
-            }
-        },
+}
+
+fn ipam(plugin: PluginKind, conf: &NetConf, value: &Value) -> Result<Option<String>, CniError> {
+    let Some(ipam) = &conf.ipam else {
+        return Ok(None);
     };
-    let mac = resolve_mac(&conf, &env).map_err(|(code, d)| Failure::new(v, code, d))?;
-    let prev_result = conf
+    if plugin == PluginKind::Macvtap {
+        let shown_ipam = value
+            .get("ipam")
+            .map(|i| shown(&i.to_string()))
+            .unwrap_or_default();
+        return Err(CniError::new(
+            ErrorCode::UnsupportedField,
+            format!(
+                "ipam = {shown_ipam}: the {} plugin hands a layer-2 link to a VM and configures no addresses; remove ipam (configure addresses inside the VM)",
+                plugin.cni_type()
+            ),
+        ));
+    }
+    match ipam.plugin_type.as_deref() {
+        Some(t) if validate::file_name("ipam.type", t).is_ok() => Ok(Some(t.to_owned())),
+        other => Err(invalid(format!(
+            "ipam.type {:?} must be the name of an IPAM plugin binary in CNI_PATH, e.g. \"host-local\"",
+            other.map(shown)
+        ))),
+    }
+}
+
+fn prev_result(command: Command, conf: &NetConf) -> Result<Option<CniResult>, CniError> {
+    let prev = conf
         .prev_result
         .as_ref()
         .filter(|p| !p.is_null())
         .map(|p| CniResult::from_value("prevResult", p))
         .transpose()
-        .map_err(|e| Failure::new(v, ErrorCode::DecodeFailure, e.to_string()))?;
-    if command == Command::Check && prev_result.is_none() {
-        return Err(invalid("prevResult is missing; CHECK compares the attachment with the result of the preceding ADD".into()));
+        .map_err(|e| CniError::new(ErrorCode::DecodeFailure, e.to_string()))?;
+    if command == Command::Check && prev.is_none() {
+        return Err(invalid(
+            "prevResult is missing; CHECK compares the attachment with the result of the preceding ADD",
+        ));
     }
-    log_settings_of(conf.log_file.as_deref(), conf.log_level.as_deref()).map_err(invalid)?;
-    let dev_dir = match conf.dev_dir.as_deref() {
-        None => PathBuf::from(naming::DEFAULT_DEV_DIR),
-        Some(d) if absolute_clean(d) => PathBuf::from(d),
-        Some(d) => {
-            return Err(invalid(format!(
-                "devDir {:?} must be an absolute path without '..' (the node agent's --dev-dir, default {})",
-                shown(d),
-                naming::DEFAULT_DEV_DIR
-            )));
-        }
-    };
-    Ok(Request::Attachment(Box::new(Attachment {
-        version,
-        env,
-        network,
-        target,
-        mtu: conf.mtu,
-        mac,
-        ipam,
-        prev_result,
-        raw_config: stdin.to_vec(),
-        dev_dir,
-    })))
+    Ok(prev)
 }
 
-/// An absolute path without `..` components or control characters.
-fn absolute_clean(p: &str) -> bool {
-    p.starts_with('/') && !p.split('/').any(|c| c == "..") && !p.chars().any(|c| c.is_control())
-}
-
-/// Network names: a letter or digit, then letters, digits, `_`, `.`, `-` (CNI 1.0.0).
-fn network_name_rule(name: &str) -> Result<(), String> {
-    let ok = name.len() <= 253
-        && name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "name {:?} must start with a letter or digit and contain only letters, digits, '_', '.' or '-'",
-            shown(name)
-        ))
-    }
-}
-
-fn plugin_name_ok(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 255
-        && name != "."
-        && name != ".."
-        && !name.contains('/')
-        && !name.chars().any(|c| c.is_control())
-}
-
-fn resolve_target(
-    plugin: PluginKind,
-    conf: &NetConf,
-    network: &str,
-) -> Result<Target, (ErrorCode, String)> {
-    let invalid = |d: String| (ErrorCode::InvalidConfig, d);
-    let from_name = naming::parse_resource_name(network)
+/// The spoke named by the network: `k8slan-veth-<spoke>` or `k8slan-mac-<spoke>`.
+fn spoke_of_network(plugin: PluginKind, network: &str) -> Option<String> {
+    naming::parse_resource_name(network)
         .filter(|(kind, spoke)| {
             *kind == plugin.spoke_kind() && validate::spoke_name("name", spoke).is_ok()
         })
-        .map(|(_, spoke)| spoke.to_owned());
+        .map(|(_, spoke)| spoke.to_owned())
+}
+
+fn resolve_target(plugin: PluginKind, conf: &NetConf, network: &str) -> Result<Target, CniError> {
+    let from_name = spoke_of_network(plugin, network);
     match plugin {
-        PluginKind::Veth => {
-            if let Some(v) = &conf.veth {
-                validate::spoke_name("veth", v).map_err(|e| invalid(e.to_string()))?;
-            }
-            if let Some(d) = &conf.device_id {
-                validate::spoke_name("deviceID", d).map_err(|e| {
-                    invalid(format!(
-                        "{e} (for k8slanveth, Multus passes the spoke name as deviceID)"
-                    ))
-                })?;
-            }
-            let spoke = match (&conf.veth, &conf.device_id) {
-                (Some(v), Some(d)) if v != d => {
-                    return Err(invalid(format!(
-                        "veth {v:?} and deviceID {d:?} differ: the pod was allocated spoke {d:?} but the network binds {v:?}; fix the NetworkAttachmentDefinition's resourceName annotation or its veth key"
-                    )));
-                }
-                (Some(v), _) => v.clone(),
-                (None, Some(d)) => d.clone(),
-                (None, None) => from_name.ok_or_else(|| invalid(format!(
-                    "veth is missing: set \"veth\": \"<spoke>\" (network {network:?} is not named k8slan-veth-<spoke> either)"
-                )))?,
-            };
-            Ok(Target {
-                plugin,
-                host_link: naming::host_veth_name(&spoke).to_owned(),
-                spoke: Some(spoke),
-            })
-        }
-        PluginKind::Macvtap => {
-            let expected = from_name.as_deref().map(naming::macvtap_name);
-            let host_link = match (&conf.device_id, &expected) {
-                (Some(d), _) => {
-                    validate::interface_name("deviceID", d).map_err(|e| invalid(e.to_string()))?;
-                    if let Some(exp) = &expected
-                        && exp != d
-                    {
-                        return Err(invalid(format!(
-                            "deviceID {d:?} is not the macvtap of network {network:?} (expected {exp:?}): the pod was allocated another spoke's device; check the NetworkAttachmentDefinition's resourceName annotation"
-                        )));
-                    }
-                    d.clone()
-                }
-                (None, Some(exp)) => exp.clone(),
-                (None, None) => {
-                    return Err(invalid(format!(
-                        "deviceID is missing: Multus adds it when the NetworkAttachmentDefinition is annotated {}: {}/k8slan-mac-<spoke> and the pod requests that resource (network {network:?} is not named k8slan-mac-<spoke> either)",
-                        naming::RESOURCE_NAME_ANNOTATION,
-                        naming::RESOURCE_DOMAIN
-                    )));
-                }
-            };
-            Ok(Target {
-                plugin,
-                host_link,
-                spoke: from_name,
-            })
-        }
+        PluginKind::Veth => veth_target(conf, network, from_name),
+        PluginKind::Macvtap => macvtap_target(conf, network, from_name),
     }
+}
+
+/// `k8slanveth`: `veth`, else `deviceID` (Multus passes the spoke), else the network's spoke.
+fn veth_target(
+    conf: &NetConf,
+    network: &str,
+    from_name: Option<String>,
+) -> Result<Target, CniError> {
+    if let Some(v) = &conf.veth {
+        validate::spoke_name("veth", v).map_err(field)?;
+    }
+    if let Some(d) = &conf.device_id {
+        validate::spoke_name("deviceID", d).map_err(|e| {
+            invalid(format!(
+                "{e} (for k8slanveth, Multus passes the spoke name as deviceID)"
+            ))
+        })?;
+    }
+    let spoke = match (&conf.veth, &conf.device_id) {
+        (Some(v), Some(d)) if v != d => {
+            return Err(invalid(format!(
+                "veth {v:?} and deviceID {d:?} differ: the pod was allocated spoke {d:?} but the network binds {v:?}; fix the NetworkAttachmentDefinition's resourceName annotation or its veth key"
+            )));
+        }
+        (Some(v), _) => v.clone(),
+        (None, Some(d)) => d.clone(),
+        (None, None) => from_name.ok_or_else(|| {
+            invalid(format!(
+                "veth is missing: set \"veth\": \"<spoke>\" (network {network:?} is not named k8slan-veth-<spoke> either)"
+            ))
+        })?,
+    };
+    Ok(Target {
+        plugin: PluginKind::Veth,
+        host_link: naming::host_veth_name(&spoke).to_owned(),
+        spoke: Some(spoke),
+    })
+}
+
+/// `k8slanmacvtap`: `deviceID` (the macvtap's name), else the macvtap of the network's spoke;
+/// both given must agree.
+fn macvtap_target(
+    conf: &NetConf,
+    network: &str,
+    from_name: Option<String>,
+) -> Result<Target, CniError> {
+    let expected = from_name.as_deref().map(naming::macvtap_name);
+    let host_link = match (&conf.device_id, expected) {
+        (Some(d), expected) => {
+            validate::interface_name("deviceID", d).map_err(field)?;
+            if let Some(exp) = expected.filter(|exp| exp != d) {
+                return Err(invalid(format!(
+                    "deviceID {d:?} is not the macvtap of network {network:?} (expected {exp:?}): the pod was allocated another spoke's device; check the NetworkAttachmentDefinition's resourceName annotation"
+                )));
+            }
+            d.clone()
+        }
+        (None, Some(exp)) => exp,
+        (None, None) => {
+            return Err(invalid(format!(
+                "deviceID is missing: Multus adds it when the NetworkAttachmentDefinition is annotated {}: {}/k8slan-mac-<spoke> and the pod requests that resource (network {network:?} is not named k8slan-mac-<spoke> either)",
+                naming::RESOURCE_NAME_ANNOTATION,
+                naming::RESOURCE_DOMAIN
+            )));
+        }
+    };
+    let spoke = from_name.or_else(|| spoke_of_macvtap(&host_link));
+    Ok(Target {
+        plugin: PluginKind::Macvtap,
+        host_link,
+        spoke,
+    })
+}
+
+/// The spoke of a macvtap named `mvt-<spoke>` (short spokes); `mvh-<hash>` names none.
+fn spoke_of_macvtap(link: &str) -> Option<String> {
+    link.strip_prefix("mvt-")
+        .filter(|s| validate::spoke_name("deviceID", s).is_ok())
+        .filter(|s| naming::macvtap_name(s) == link)
+        .map(str::to_owned)
+}
+
+fn parse_mac(
+    value: Option<&str>,
+    code: ErrorCode,
+    what: &str,
+) -> Result<Option<MacAddr>, CniError> {
+    value
+        .map(|m| MacAddr::parse_unicast(m).map_err(|e| CniError::new(code, format!("{what}: {e}"))))
+        .transpose()
 }
 
 /// MAC precedence: `runtimeConfig.mac` > `CNI_ARGS` `MAC` > config `mac`. Every given value must
@@ -467,82 +504,19 @@ fn resolve_target(
 fn resolve_mac(
     conf: &NetConf,
     env: &Environment,
-) -> Result<Option<(MacAddr, MacSource)>, (ErrorCode, String)> {
-    let rc = conf
-        .runtime_config
-        .as_ref()
-        .and_then(|r| r.mac.as_deref())
-        .map(|m| {
-            MacAddr::parse_unicast(m)
-                .map_err(|e| (ErrorCode::InvalidConfig, format!("runtimeConfig.mac: {e}")))
-        })
-        .transpose()?;
-    let args = env
-        .arg("MAC")
-        .map(|m| {
-            MacAddr::parse_unicast(m)
-                .map_err(|e| (ErrorCode::InvalidEnvironment, format!("CNI_ARGS: MAC: {e}")))
-        })
-        .transpose()?;
-    let cfg = conf
-        .mac
-        .as_deref()
-        .map(|m| {
-            MacAddr::parse_unicast(m).map_err(|e| (ErrorCode::InvalidConfig, format!("mac: {e}")))
-        })
-        .transpose()?;
+) -> Result<Option<(MacAddr, MacSource)>, CniError> {
+    let rc_mac = conf.runtime_config.as_ref().and_then(|r| r.mac.as_deref());
+    let rc = parse_mac(rc_mac, ErrorCode::InvalidConfig, "runtimeConfig.mac")?;
+    let args = parse_mac(
+        env.arg("MAC"),
+        ErrorCode::InvalidEnvironment,
+        "CNI_ARGS: MAC",
+    )?;
+    let cfg = parse_mac(conf.mac.as_deref(), ErrorCode::InvalidConfig, "mac")?;
     Ok(rc
         .map(|m| (m, MacSource::RuntimeConfig))
         .or(args.map(|m| (m, MacSource::CniArgs)))
         .or(cfg.map(|m| (m, MacSource::Config))))
-}
-
-fn log_settings_of(file: Option<&str>, level: Option<&str>) -> Result<LogSettings, String> {
-    if let Some(f) = file
-        && !absolute_clean(f)
-    {
-        return Err(format!(
-            "logFile {:?} must be an absolute path without '..'",
-            shown(f)
-        ));
-    }
-    if let Some(l) = level
-        && !matches!(l, "trace" | "debug" | "info" | "warn" | "error")
-    {
-        return Err(format!(
-            "logLevel {:?} must be one of trace, debug, info, warn, error",
-            shown(l)
-        ));
-    }
-    Ok(LogSettings {
-        file: file.map(PathBuf::from),
-        level: level.map(str::to_owned),
-    })
-}
-
-/// Log settings for this execution, read leniently (before validation, so that a rejected
-/// configuration is still logged where the operator looks): config keys `logFile`/`logLevel`
-/// win over the environment's `K8SLAN_CNI_LOG`/`K8SLAN_CNI_LOG_LEVEL`; invalid values are ignored.
-pub fn log_settings(get: &dyn Fn(&str) -> Option<String>, stdin: &[u8]) -> LogSettings {
-    let conf = serde_json::from_slice::<Value>(stdin).ok();
-    let key = |k: &str| {
-        conf.as_ref()
-            .and_then(|c| c.get(k))
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-    };
-    let file = key("logFile").or_else(|| get("K8SLAN_CNI_LOG").filter(|s| !s.is_empty()));
-    let level = key("logLevel").or_else(|| get("K8SLAN_CNI_LOG_LEVEL").filter(|s| !s.is_empty()));
-    let file_ok = file
-        .as_deref()
-        .filter(|f| log_settings_of(Some(f), None).is_ok());
-    let level_ok = level
-        .as_deref()
-        .filter(|l| log_settings_of(None, Some(l)).is_ok());
-    LogSettings {
-        file: file_ok.map(PathBuf::from),
-        level: level_ok.map(str::to_owned),
-    }
 }
 
 #[cfg(test)]
@@ -582,8 +556,7 @@ mod tests {
 
     const VETH: &str =
         r#"{"cniVersion":"1.0.0","name":"k8slan-veth-srl","type":"k8slanveth","veth":"srl"}"#;
-    const MAC: &str =
-        r#"{"cniVersion":"1.0.0","name":"k8slan-mac-vm","type":"macvtap","deviceID":"mvt-vm"}"#;
+    const MAC: &str = r#"{"cniVersion":"1.0.0","name":"k8slan-mac-vm","type":"k8slanmacvtap","deviceID":"mvt-vm"}"#;
 
     /// Malformed inputs and the error code each must get: (case, plugin, env changes, stdin, code).
     #[test]
@@ -861,25 +834,39 @@ mod tests {
                 7,
             ),
             (
-                "relative logFile",
+                "logFile in the NAD",
                 v,
                 vec![],
-                VETH.replace("}", ",\"logFile\":\"x.log\"}"),
-                7,
+                VETH.replace("}", ",\"logFile\":\"/etc/passwd\"}"),
+                2,
             ),
             (
-                "relative devDir",
-                m,
+                "logLevel in the NAD",
+                v,
                 vec![],
-                MAC.replace("}", ",\"devDir\":\"run/k8slan/dev\"}"),
-                7,
+                VETH.replace("}", ",\"logLevel\":\"debug\"}"),
+                2,
             ),
             (
-                "devDir with ..",
+                "devDir in the NAD",
                 m,
                 vec![],
-                MAC.replace("}", ",\"devDir\":\"/run/../etc\"}"),
-                7,
+                MAC.replace("}", ",\"devDir\":\"/run/k8slan/dev\"}"),
+                2,
+            ),
+            (
+                "preparedDir in the NAD",
+                m,
+                vec![],
+                MAC.replace("}", ",\"preparedDir\":\"/tmp/x\"}"),
+                2,
+            ),
+            (
+                "devDir on CHECK",
+                m,
+                vec![("CNI_COMMAND", Some("CHECK"))],
+                MAC.replace("}", ",\"devDir\":\"/x\"}"),
+                2,
             ),
             (
                 "bad prevResult",
@@ -899,7 +886,7 @@ mod tests {
                 "macvtap without deviceID",
                 m,
                 vec![],
-                r#"{"cniVersion":"1.0.0","name":"vmnet","type":"macvtap"}"#.into(),
+                r#"{"cniVersion":"1.0.0","name":"vmnet","type":"k8slanmacvtap"}"#.into(),
                 7,
             ),
             (
@@ -984,7 +971,7 @@ mod tests {
         let mac = attachment(
             PluginKind::Macvtap,
             &env,
-            r#"{"cniVersion":"1.0.0","name":"k8slan-mac-abcdefghijklmno","type":"macvtap"}"#,
+            r#"{"cniVersion":"1.0.0","name":"k8slan-mac-abcdefghijklmno","type":"k8slanmacvtap"}"#,
         );
         assert_eq!(
             mac.target.host_link,
@@ -994,10 +981,20 @@ mod tests {
         let custom = attachment(
             PluginKind::Macvtap,
             &env,
-            r#"{"cniVersion":"1.0.0","name":"my-vm-net","type":"macvtap","deviceID":"mvt-x"}"#,
+            r#"{"cniVersion":"1.0.0","name":"my-vm-net","type":"k8slanmacvtap","deviceID":"mvt-x"}"#,
         );
         assert_eq!(custom.target.host_link, "mvt-x");
-        assert_eq!(custom.target.spoke, None);
+        assert_eq!(
+            custom.target.spoke.as_deref(),
+            Some("x"),
+            "mvt-<spoke> names it"
+        );
+        let hashed = attachment(
+            PluginKind::Macvtap,
+            &env,
+            r#"{"cniVersion":"1.0.0","name":"my-vm-net","type":"k8slanmacvtap","deviceID":"mvh-0123abcd"}"#,
+        );
+        assert_eq!(hashed.target.spoke, None);
     }
 
     #[test]
@@ -1051,27 +1048,16 @@ mod tests {
     }
 
     #[test]
-    fn log_settings_prefer_config_and_ignore_bad_values() {
-        let env: HashMap<String, String> = [(
-            "K8SLAN_CNI_LOG".to_owned(),
-            "/var/log/k8slan-cni.log".to_owned(),
-        )]
-        .into();
-        let get = |k: &str| env.get(k).cloned();
-        assert_eq!(
-            log_settings(&get, b"{}").file,
-            Some(PathBuf::from("/var/log/k8slan-cni.log"))
+    fn node_keys_are_refused_on_add_and_ignored_on_del() {
+        let conf = MAC.replace("}", ",\"devDir\":\"/run/k8slan/dev\",\"logFile\":\"/x\"}");
+        let f = parse(PluginKind::Macvtap, &base_env("ADD"), &conf).unwrap_err();
+        assert!(
+            f.error.details.starts_with("logFile is no longer read"),
+            "{}",
+            f.error
         );
-        assert_eq!(
-            log_settings(&get, br#"{"logFile":"/tmp/x.log","logLevel":"debug"}"#),
-            LogSettings {
-                file: Some("/tmp/x.log".into()),
-                level: Some("debug".into())
-            }
-        );
-        assert_eq!(
-            log_settings(&get, br#"{"logFile":"../x","logLevel":"loud"}"#).level,
-            None
-        );
+        assert!(f.error.details.contains("k8slan-cni.json"), "{}", f.error);
+        let del = attachment(PluginKind::Macvtap, &base_env("DEL"), &conf);
+        assert_eq!(del.ignored_keys, vec!["logFile", "devDir"]);
     }
 }

@@ -1,7 +1,18 @@
-//! The parse entry point as fuzz targets and property tests drive it: one byte string decoded
-//! into a plugin, an environment and stdin, and the invariants every answer must keep.
+//! The parse entry point and the whole plugin as fuzz targets and property tests drive them:
+//! one byte string decoded into a plugin, an environment and stdin, and the invariants every
+//! answer must keep ([`check`] for the parser, [`check_plugin`] for a whole execution over the
+//! recording doubles of [`crate::testing`]).
 
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use k8slan_api::naming::SpokeKind;
+use k8slan_api::prepared::{CniNodeSettings, prepared_file};
 use k8slan_api::validate;
+
+use crate::mac::MacAddr;
+use crate::plugin::run_on;
+use crate::testing::{FakeHost, RecordingLinks, SharedLinks, prepared_link, record};
 
 use crate::config::{PluginKind, Request, parse_request};
 use crate::invocation;
@@ -105,6 +116,107 @@ pub fn check(input: &Input) {
     }
 }
 
+/// A prepared directory (made once per process) with the records of `srl` (veth) and `vm`
+/// (mac) of LAN `lab/lan1`.
+pub fn fuzz_prepared_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("k8slan-cni-fuzz-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("fuzz prepared dir");
+        for r in [record(SpokeKind::Veth, "srl"), record(SpokeKind::Mac, "vm")] {
+            std::fs::write(dir.join(prepared_file(&r.spoke)), r.to_json()).expect("record");
+        }
+        dir
+    })
+}
+
+/// Runs `input` through the whole plugin over a node holding the prepared `srl` and `vm` and
+/// foreign links (another pod's veth, `eth0`, a bridge, a foreign macvtap), and panics when an
+/// invariant breaks: a rejected input changed no link and called no IPAM; an accepted ADD moved
+/// exactly one recorded link; a foreign link is never touched.
+pub fn check_plugin(input: &Input) {
+    let dir = fuzz_prepared_dir();
+    let mac = MacAddr([2, 0x11, 0, 0, 0, 1]);
+    let srl = record(SpokeKind::Veth, "srl");
+    let mut vm = record(SpokeKind::Mac, "vm");
+    vm.ifindex = 7;
+    let mut links = vec![prepared_link(&srl, mac, 1430)];
+    let mut vm_link = prepared_link(&vm, mac, 1430);
+    vm_link.index = 8;
+    links.push(vm_link);
+    let foreign = |name: &str, index, kind: Option<&str>| crate::link::LinkState {
+        index,
+        name: name.into(),
+        kind: kind.map(str::to_owned),
+        mac: Some(mac),
+        mtu: Some(1500),
+        up: true,
+        promisc: false,
+        alias: None,
+    };
+    links.extend([
+        foreign("cali1a2b", 11, Some("veth")),
+        foreign("eth0", 2, None),
+        foreign("br0", 3, Some("bridge")),
+        foreign("mvt-x", 12, Some("macvtap")),
+    ]);
+    let mut host = FakeHost {
+        links: SharedLinks(std::rc::Rc::new(std::cell::RefCell::new(
+            RecordingLinks::with_host_links(links),
+        ))),
+        sandbox_exists: true,
+        ..Default::default()
+    };
+    let settings = Ok(CniNodeSettings {
+        log_file: None,
+        log_level: None,
+        dev_dir: dir.join("dev"),
+        prepared_dir: dir.to_owned(),
+    });
+    let get = |k: &str| {
+        input
+            .env
+            .iter()
+            .rev()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+    };
+    let out = run_on(input.plugin, &get, &input.stdin, &settings, &mut host);
+    let k = host.links.0.borrow();
+    for name in ["cali1a2b", "eth0", "br0", "mvt-x"] {
+        assert!(
+            k.host.contains_key(name),
+            "foreign {name} moved: {:?}",
+            k.log
+        );
+        let suffix = format!("node namespace {name}");
+        assert!(
+            !k.log.iter().any(|l| l.ends_with(&suffix)),
+            "{name} changed: {:?}",
+            k.log
+        );
+    }
+    if !out.success {
+        assert!(k.changes().is_empty(), "rejected, yet changed: {:?}", k.log);
+        assert!(
+            host.ipam_calls.borrow().is_empty(),
+            "rejected, yet IPAM ran"
+        );
+    } else if get("CNI_COMMAND").as_deref() == Some("ADD") {
+        let moved: Vec<_> = k
+            .log
+            .iter()
+            .filter(|l| l.starts_with("move link node namespace"))
+            .collect();
+        assert_eq!(moved.len(), 1, "{:?}", k.log);
+        assert!(
+            moved[0].ends_with(" srl") || moved[0].ends_with(" mvt-vm"),
+            "moved {}",
+            moved[0]
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,5 +237,7 @@ mod tests {
         assert_eq!(back.stdin, input.stdin);
         check(&back);
         check(&decode(&[]));
+        check_plugin(&back);
+        check_plugin(&decode(&[]));
     }
 }

@@ -27,11 +27,14 @@ impl Command {
 }
 
 /// Longest accepted `CNI_NETNS`.
-pub const MAX_NETNS_PATH: usize = 4095;
+pub const MAX_NETNS_PATH: usize = validate::MAX_PATH_LEN;
 /// Longest accepted `CNI_CONTAINERID`.
-pub const MAX_CONTAINER_ID: usize = 1024;
+pub const MAX_CONTAINER_ID: usize = validate::MAX_CONTAINER_ID;
 /// Longest accepted `CNI_ARGS`.
 pub const MAX_CNI_ARGS: usize = 64 * 1024;
+
+/// The `CNI_ARGS` key that names the pod's Kubernetes namespace.
+pub const POD_NAMESPACE_ARG: &str = "K8S_POD_NAMESPACE";
 
 /// The checked environment of an `ADD`, `DEL` or `CHECK`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,6 +112,11 @@ impl Environment {
         })
     }
 
+    /// `K8S_POD_NAMESPACE` from `CNI_ARGS` (Multus and the Kubernetes runtimes pass it).
+    pub fn pod_namespace(&self) -> Option<&str> {
+        self.arg(POD_NAMESPACE_ARG)
+    }
+
     /// The value of `key` in `CNI_ARGS` (the last one when repeated).
     pub fn arg(&self, key: &str) -> Option<&str> {
         self.args
@@ -120,54 +128,25 @@ impl Environment {
 }
 
 fn container_id_rule(id: &str) -> Result<(), CniError> {
-    let ok = id.len() <= MAX_CONTAINER_ID
-        && id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(env_error(
-            "CNI_CONTAINERID",
-            format!(
-                "{:?} must start with a letter or digit and contain only letters, digits, '_', '.' or '-' (at most {MAX_CONTAINER_ID} characters)",
-                id.chars().take(64).collect::<String>()
-            ),
-        ))
-    }
+    validate::container_id("CNI_CONTAINERID", id).map_err(field)
+}
+
+fn field(e: validate::FieldError) -> CniError {
+    CniError::new(ErrorCode::InvalidEnvironment, e.to_string())
 }
 
 /// `CNI_NETNS` must be an absolute, normalized path: no `.`/`..` components, no empty components,
 /// no control characters. It is opened later and must then be a network namespace.
 pub fn netns_path_rule(path: &str) -> Result<(), CniError> {
-    let shown: String = path.chars().take(128).collect();
-    let fail = |why: &str| {
-        Err(env_error(
+    validate::normalized_absolute_path("CNI_NETNS", path).map_err(|e| {
+        env_error(
             "CNI_NETNS",
             format!(
-                "{shown:?} {why}; pass the path of the pod's network namespace, e.g. /var/run/netns/cni-1234 or /proc/<pid>/ns/net"
+                "{}; pass the path of the pod's network namespace, e.g. /var/run/netns/cni-1234 or /proc/<pid>/ns/net",
+                e.message
             ),
-        ))
-    };
-    if path.len() > MAX_NETNS_PATH {
-        return fail("is too long");
-    }
-    if !path.starts_with('/') {
-        return fail("is not an absolute path");
-    }
-    if path.chars().any(|c| c.is_control()) {
-        return fail("contains control characters");
-    }
-    let rest = &path[1..];
-    if rest.is_empty()
-        || rest
-            .split('/')
-            .any(|c| c.is_empty() || c == "." || c == "..")
-    {
-        return fail("is not a normalized path (empty, '.' or '..' components)");
-    }
-    Ok(())
+        )
+    })
 }
 
 /// Parses `CNI_ARGS`: `KEY=VALUE` pairs separated by `;`.
@@ -189,19 +168,7 @@ pub fn parse_cni_args(raw: &str) -> Result<Vec<(String, String)>, CniError> {
                 ),
             ));
         };
-        if k.is_empty()
-            || !k
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        {
-            return Err(env_error(
-                "CNI_ARGS",
-                format!(
-                    "key {:?} must be letters, digits, '_' or '-'",
-                    k.chars().take(64).collect::<String>()
-                ),
-            ));
-        }
+        validate::cni_args_key("CNI_ARGS", k).map_err(field)?;
         out.push((k.to_owned(), v.to_owned()));
     }
     Ok(out)
@@ -212,20 +179,9 @@ pub fn parse_cni_path(raw: &str) -> Result<Vec<PathBuf>, CniError> {
     raw.split(':')
         .filter(|p| !p.is_empty())
         .map(|p| {
-            if p.starts_with('/')
-                && !p.split('/').any(|c| c == "..")
-                && !p.chars().any(|c| c.is_control())
-            {
-                Ok(PathBuf::from(p))
-            } else {
-                Err(env_error(
-                    "CNI_PATH",
-                    format!(
-                        "entry {:?} is not an absolute directory without '..'",
-                        p.chars().take(128).collect::<String>()
-                    ),
-                ))
-            }
+            validate::absolute_dir("CNI_PATH", p)
+                .map(|()| PathBuf::from(p))
+                .map_err(field)
         })
         .collect()
 }

@@ -1,10 +1,14 @@
 //! Delegation of address management to an IPAM plugin (CNI 1.0.0, section 4): the plugin is
 //! looked up in `CNI_PATH`, run with this process's environment (only `CNI_COMMAND` may differ)
-//! and the complete network configuration on stdin; its stderr goes to ours.
+//! and the complete network configuration on stdin; its stderr goes to ours. Its answer is
+//! bounded: at most [`MAX_IPAM_OUTPUT`] bytes within [`IPAM_TIMEOUT`], else it is killed and the
+//! command fails with a message saying which bound it broke.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command as Process, Stdio};
+use std::process::{Child, Command as Process, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use crate::error::{CniError, ErrorCode, ErrorObject};
 use crate::invocation::Command;
@@ -17,11 +21,18 @@ pub trait Ipam {
     fn check(&mut self) -> Result<(), CniError>;
 }
 
+/// Largest answer read from an IPAM plugin.
+pub const MAX_IPAM_OUTPUT: usize = 1024 * 1024;
+/// Longest an IPAM plugin may take for one command.
+pub const IPAM_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// An IPAM plugin executable from `CNI_PATH`.
 pub struct Delegate {
     plugin: String,
     search: Vec<PathBuf>,
     config: Vec<u8>,
+    timeout: Duration,
+    max_output: usize,
 }
 
 impl Delegate {
@@ -31,7 +42,16 @@ impl Delegate {
             plugin: plugin.to_owned(),
             search: search.to_vec(),
             config: config.to_vec(),
+            timeout: IPAM_TIMEOUT,
+            max_output: MAX_IPAM_OUTPUT,
         }
+    }
+
+    /// The same with other bounds (tests).
+    pub fn with_bounds(mut self, timeout: Duration, max_output: usize) -> Delegate {
+        self.timeout = timeout;
+        self.max_output = max_output;
+        self
     }
 
     fn find(&self) -> Result<PathBuf, CniError> {
@@ -73,21 +93,19 @@ impl Delegate {
                 ),
             )
         };
-        let mut child = Process::new(&exe)
+        let child = Process::new(&exe)
             .env("CNI_COMMAND", command.as_str())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .map_err(|e| io("cannot start it", e))?;
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin
-                .write_all(&self.config)
-                .map_err(|e| io("cannot write the configuration to it", e))?;
-        }
-        let out = child
-            .wait_with_output()
-            .map_err(|e| io("cannot read its answer", e))?;
+        let out = bounded(child, &self.config, self.timeout, self.max_output).map_err(|e| {
+            CniError::new(
+                ErrorCode::IoFailure,
+                format!("IPAM plugin {} {}: {e}", exe.display(), command.as_str()),
+            )
+        })?;
         if out.status.success() {
             tracing::debug!(status = %out.status, "IPAM plugin succeeded");
             return Ok(out.stdout);
@@ -118,6 +136,79 @@ impl Delegate {
                         .collect::<String>()
                 ),
             )),
+        }
+    }
+}
+
+/// What a delegated plugin answered: its exit status and stdout.
+struct Answer {
+    status: ExitStatus,
+    stdout: Vec<u8>,
+}
+
+/// Why a delegated plugin's answer was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum BoundedError {
+    #[error("gave no answer within {0:?}; it was killed")]
+    Timeout(Duration),
+    #[error("answered more than {0} bytes; it was killed")]
+    TooLarge(usize),
+    #[error("cannot read its answer: {0}")]
+    Io(std::io::Error),
+}
+
+/// Feeds `input` to `child`, reads at most `limit` bytes of its stdout and waits for it to exit,
+/// all within `timeout`; kills it when it breaks either bound.
+fn bounded(
+    mut child: Child,
+    input: &[u8],
+    timeout: Duration,
+    limit: usize,
+) -> Result<Answer, BoundedError> {
+    let deadline = Instant::now() + timeout;
+    if let Some(mut stdin) = child.stdin.take() {
+        let input = input.to_vec();
+        // A plugin that does not read its stdin must not block us: write from a thread.
+        std::thread::spawn(move || stdin.write_all(&input));
+    }
+    let (tx, rx) = mpsc::channel();
+    if let Some(stdout) = child.stdout.take() {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let read = stdout.take(limit as u64 + 1).read_to_end(&mut buf);
+            let _ = tx.send(read.map(|_| buf));
+        });
+    }
+    let stdout = match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        Ok(Ok(buf)) if buf.len() > limit => Err(BoundedError::TooLarge(limit)),
+        Ok(Ok(buf)) => Ok(buf),
+        Ok(Err(e)) => Err(BoundedError::Io(e)),
+        Err(_) => Err(BoundedError::Timeout(timeout)),
+    };
+    let stdout = stdout.inspect_err(|_| kill(&mut child))?;
+    let status = wait_until(&mut child, deadline, timeout)?;
+    Ok(Answer { status, stdout })
+}
+
+fn kill(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn wait_until(
+    child: &mut Child,
+    deadline: Instant,
+    timeout: Duration,
+) -> Result<ExitStatus, BoundedError> {
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Ok(status),
+            Ok(None) if Instant::now() >= deadline => {
+                kill(child);
+                return Err(BoundedError::Timeout(timeout));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) => return Err(BoundedError::Io(e)),
         }
     }
 }
@@ -160,5 +251,74 @@ impl Ipam for Delegate {
 
     fn check(&mut self) -> Result<(), CniError> {
         self.run(Command::Check).map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn plugin(dir: &Path, script: &str) -> Delegate {
+        let path = dir.join("ipam-test");
+        std::fs::write(&path, format!("#!/bin/sh\n{script}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Delegate::new("ipam-test", &[dir.to_owned()], b"{}")
+            .with_bounds(Duration::from_millis(500), 4096)
+    }
+
+    fn run_retrying(d: &mut Delegate) -> Result<CniResult, CniError> {
+        // ETXTBSY while another test thread forks: retry (the script was just written).
+        for _ in 0..50 {
+            match d.add() {
+                Err(e) if e.details.contains("Text file busy") => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                other => return other,
+            }
+        }
+        d.add()
+    }
+
+    #[test]
+    fn a_plugin_that_never_answers_is_killed_at_the_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = plugin(dir.path(), "exec sleep 30");
+        let start = Instant::now();
+        let e = run_retrying(&mut d).unwrap_err();
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
+        );
+        assert_eq!(e.code, ErrorCode::IoFailure);
+        assert!(e.details.contains("no answer within"), "{e}");
+    }
+
+    #[test]
+    fn a_plugin_that_answers_too_much_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = plugin(dir.path(), "head -c 100000 /dev/zero; sleep 30");
+        let e = run_retrying(&mut d).unwrap_err();
+        assert!(e.details.contains("more than 4096 bytes"), "{e}");
+    }
+
+    #[test]
+    fn a_plugin_that_exits_without_closing_stdout_in_a_child_is_bounded_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = plugin(dir.path(), "echo '{}'; (sleep 30 &)");
+        let e = run_retrying(&mut d).unwrap_err();
+        assert!(e.details.contains("no answer within"), "{e}");
+    }
+
+    #[test]
+    fn a_prompt_answer_is_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = plugin(
+            dir.path(),
+            r#"cat >/dev/null; echo '{"cniVersion":"1.0.0","ips":[{"address":"198.18.0.2/24"}]}'"#,
+        );
+        let r = run_retrying(&mut d).unwrap();
+        assert_eq!(r.ips.len(), 1);
     }
 }

@@ -6,13 +6,14 @@ mod common;
 use common::*;
 use serde_json::{Value, json};
 
-const BIN: &str = env!("CARGO_BIN_EXE_macvtap");
+const BIN: &str = env!("CARGO_BIN_EXE_k8slanmacvtap");
 
 /// A node namespace holding spoke `vm1` as the agent prepares a VM spoke: the host veth end
 /// `vm1` (MTU 1430) and on it the passthru macvtap `mvt-vm1`; and an empty pod namespace.
 struct Fixture {
     node: Ns,
     pod: Ns,
+    files: NodeFiles,
 }
 
 impl Fixture {
@@ -27,12 +28,23 @@ impl Fixture {
             "-n", &node.name, "link", "add", "link", "vm1", "name", "mvt-vm1", "type", "macvtap",
             "mode", "passthru",
         ]);
-        Fixture { node, pod }
+        let files = NodeFiles::new(BIN);
+        ip(&[
+            "-n",
+            &node.name,
+            "link",
+            "set",
+            "vm1",
+            "alias",
+            "k8slan:knl/spoke/vm1",
+        ]);
+        files.prepare(&node.name, "vm1", "mac", "mvt-vm1", &[]);
+        Fixture { node, pod, files }
     }
 
     fn run(&self, command: &str, args: &str, config: &str) -> Run {
         run_plugin(
-            BIN,
+            &self.files.bin,
             Some(&self.node.name),
             &cni_env(command, &self.pod.path(), "net1", args),
             config,
@@ -41,7 +53,7 @@ impl Fixture {
 }
 
 fn config(version: &str) -> Value {
-    json!({"cniVersion": version, "name": "k8slan-mac-vm1", "type": "macvtap", "deviceID": "mvt-vm1"})
+    json!({"cniVersion": version, "name": "k8slan-mac-vm1", "type": "k8slanmacvtap", "deviceID": "mvt-vm1"})
 }
 
 fn flags(l: &Value) -> Vec<String> {
@@ -120,12 +132,12 @@ fn the_tap_node_handed_to_the_pod_follows_the_macvtap_into_the_pod() {
         "mode",
         "passthru",
     ]);
+    f.files.prepare(&f.node.name, "vm1", "mac", "mvt-vm1", &[]);
     let ours_before = tap_devnum(&f.node.name, "mvt-vm1");
     ip(&["-n", &early.name, "link", "del", "m0"]);
 
     // The node the device plugin made at Allocate, as the agent makes it.
-    let dev_dir = TempDir::new();
-    let node = dev_dir.path().join("tap-vm1");
+    let node = f.files.dev_dir().join("tap-vm1");
     let (ma, mi) = ours_before.split_once(':').unwrap();
     nix::sys::stat::mknod(
         &node,
@@ -135,8 +147,7 @@ fn the_tap_node_handed_to_the_pod_follows_the_macvtap_into_the_pod() {
     )
     .unwrap();
 
-    let mut conf = config("1.0.0");
-    conf["devDir"] = json!(dev_dir.path());
+    let conf = config("1.0.0");
     let add = f.run("ADD", "", &conf.to_string());
     assert!(add.success, "{add:?}");
     let in_pod = tap_devnum(&f.pod.name, "net1");

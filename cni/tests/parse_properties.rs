@@ -3,7 +3,7 @@
 //! Any panic (in the parser or a broken invariant) fails the test with a shrunk input.
 
 use k8slan_cni::PluginKind;
-use k8slan_cni::fuzzing::{Input, check, decode};
+use k8slan_cni::fuzzing::{Input, check, check_plugin, decode};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
@@ -16,7 +16,7 @@ fn base_config(plugin: PluginKind) -> Value {
             "prevResult": {"cniVersion": "1.0.0", "interfaces": [{"name": "e1-1", "sandbox": "/run/netns/p"}], "ips": [{"address": "198.18.0.2/24", "interface": 0}]}})
         }
         PluginKind::Macvtap => {
-            json!({"cniVersion": "0.4.0", "name": "k8slan-mac-vm", "type": "macvtap", "deviceID": "mvt-vm"})
+            json!({"cniVersion": "0.4.0", "name": "k8slan-mac-vm", "type": "k8slanmacvtap", "deviceID": "mvt-vm"})
         }
     }
 }
@@ -34,6 +34,8 @@ const KEYS: &[&str] = &[
     "prevResult",
     "logFile",
     "logLevel",
+    "devDir",
+    "preparedDir",
 ];
 const ENV_KEYS: &[&str] = &[
     "CNI_COMMAND",
@@ -97,7 +99,7 @@ fn environment() -> impl Strategy<Value = Vec<(String, String)>> {
         ("CNI_CONTAINERID", "c0ffee"),
         ("CNI_NETNS", "/run/netns/p"),
         ("CNI_IFNAME", "e1-1"),
-        ("CNI_ARGS", "IgnoreUnknown=1"),
+        ("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAMESPACE=lab"),
         ("CNI_PATH", "/opt/cni/bin"),
     ];
     (
@@ -172,5 +174,38 @@ proptest! {
     #[test]
     fn random_bytes_never_panic(data in prop::collection::vec(any::<u8>(), 0..512)) {
         check(&decode(&data));
+    }
+}
+
+/// The fuzz seeds keep the invariants of both targets, and the good ones are accepted.
+#[test]
+fn fuzz_seeds_keep_the_invariants() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds");
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let data = std::fs::read(entry.unwrap().path()).unwrap();
+        let input = decode(&data);
+        check(&input);
+        check_plugin(&input);
+        n += 1;
+    }
+    assert!(n >= 15, "{n} seeds");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1000, .. ProptestConfig::default() })]
+
+    #[test]
+    fn whole_plugin_keeps_the_node_safe_on_random_bytes(data in prop::collection::vec(any::<u8>(), 0..512)) {
+        check_plugin(&decode(&data));
+    }
+
+    #[test]
+    fn whole_plugin_keeps_the_node_safe_on_mutated_configs(
+        plugin in plugin(), env in environment(), seed in any::<bool>(),
+        veth in mutated_config(PluginKind::Veth), mac in mutated_config(PluginKind::Macvtap),
+    ) {
+        let stdin = if seed { veth } else { mac };
+        check_plugin(&Input { plugin, env, stdin });
     }
 }

@@ -15,6 +15,7 @@ const PREPARED_MTU: u64 = 1430;
 struct Fixture {
     node: Ns,
     pod: Ns,
+    files: NodeFiles,
 }
 
 impl Fixture {
@@ -37,12 +38,14 @@ impl Fixture {
             "name",
             "br-srl",
         ]);
-        Fixture { node, pod }
+        let files = NodeFiles::new(BIN);
+        files.prepare(&node.name, "srl", "veth", "srl", &[]);
+        Fixture { node, pod, files }
     }
 
     fn run(&self, command: &str, args: &str, config: &str) -> Run {
         run_plugin(
-            BIN,
+            &self.files.bin,
             Some(&self.node.name),
             &cni_env(command, &self.pod.path(), "e1-1", args),
             config,
@@ -314,16 +317,8 @@ fn interface_name_taken_in_the_pod_is_refused_and_left_alone() {
 #[test]
 #[ignore = "privileged"]
 fn agent_alias_lets_del_work_without_prev_result() {
+    // The fixture gives srl the alias the agent writes (k8slan:knl/spoke/srl).
     let f = Fixture::new();
-    ip(&[
-        "-n",
-        &f.node.name,
-        "link",
-        "set",
-        "srl",
-        "alias",
-        "k8slan:lan1/srl",
-    ]);
     assert!(f.run("ADD", "", &config("0.4.0").to_string()).success);
     f.run("DEL", "", &config("0.4.0").to_string())
         .assert_silent_success();
@@ -378,4 +373,89 @@ fn device_id_must_match_the_spoke() {
     let details = f.run("ADD", "", &conf.to_string()).assert_error(7);
     assert!(details.contains("deviceID \"other\""), "{details}");
     assert!(link_exists(&f.node.name, "srl"));
+}
+
+#[test]
+#[ignore = "privileged"]
+fn links_the_agent_did_not_prepare_for_the_network_are_never_moved() {
+    let f = Fixture::new();
+    let n = &f.node.name;
+    ip(&[
+        "-n", n, "link", "add", "cali1a2b", "type", "veth", "peer", "name", "cali-p",
+    ]);
+    ip(&[
+        "-n", n, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0-p",
+    ]);
+    ip(&["-n", n, "link", "add", "br0", "type", "bridge"]);
+    // Another pod's host veth, the node's uplink, a bridge: no record, nothing moves.
+    for victim in ["cali1a2b", "eth0", "br0"] {
+        let mut conf = config("1.0.0");
+        conf["veth"] = json!(victim);
+        let details = f.run("ADD", "", &conf.to_string()).assert_error(11);
+        assert!(
+            details.contains(&format!("macvtap.k8slan.io/k8slan-veth-{victim}")),
+            "{details}"
+        );
+        assert!(link_exists(n, victim), "{victim} stayed on the node");
+        assert!(!link_exists(&f.pod.name, "e1-1"));
+    }
+    // A record naming srl, but the srl on the node now is another link (ifindex, alias).
+    ip(&["-n", n, "link", "del", "srl"]);
+    ip(&[
+        "-n", n, "link", "add", "srl", "type", "veth", "peer", "name", "srl-p",
+    ]);
+    let details = f
+        .run("ADD", "", &config("1.0.0").to_string())
+        .assert_error(5);
+    assert!(
+        details.contains("not the veth the k8slan agent prepared"),
+        "{details}"
+    );
+    assert!(
+        details.contains("macvtap.k8slan.io/k8slan-veth-srl"),
+        "{details}"
+    );
+    assert!(link_exists(n, "srl"));
+    // Its alias copied onto it does not help: the index is still not the recorded one.
+    ip(&[
+        "-n",
+        n,
+        "link",
+        "set",
+        "srl",
+        "alias",
+        "k8slan:knl/spoke/srl",
+    ]);
+    f.run("ADD", "", &config("1.0.0").to_string())
+        .assert_error(5);
+    assert!(link_exists(n, "srl"));
+}
+
+#[test]
+#[ignore = "privileged"]
+fn a_pod_of_a_namespace_the_lan_does_not_admit_gets_nothing() {
+    let f = Fixture::new();
+    let details = f
+        .run(
+            "ADD",
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE=tenant2",
+            &config("1.0.0").to_string(),
+        )
+        .assert_error(7);
+    assert!(
+        details.contains("LAN lab/lan1") && details.contains("\"tenant2\""),
+        "{details}"
+    );
+    assert!(link_exists(&f.node.name, "srl"));
+    f.files
+        .prepare(&f.node.name, "srl", "veth", "srl", &["tenant2"]);
+    let add = f.run(
+        "ADD",
+        "IgnoreUnknown=1;K8S_POD_NAMESPACE=tenant2",
+        &config("1.0.0").to_string(),
+    );
+    assert!(
+        add.success,
+        "spec.allowedNamespaces admits tenant2: {add:?}"
+    );
 }

@@ -38,11 +38,13 @@ pub enum NadError {
     Unidentified(String),
 }
 
-/// What the node agents are configured with that the CNI plugins must know too.
+/// What the node agents are configured with. No longer written into NADs: the CNI plugins
+/// read every node path from the node's `k8slan-cni.json` (written by `k8slan-agent
+/// install-cni`), never from a network configuration, which a NAD author controls.
+/// `dev_dir` stays only until the controller's `--dev-dir` flag is removed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CniSettings {
-    /// The agents' `--dev-dir` (tap device nodes of VM spokes): `macvtap` re-points the node
-    /// there when the tap's number changes as the macvtap enters the pod.
+    /// The agents' `--dev-dir` (tap device nodes of VM spokes); unused by the NADs.
     pub dev_dir: String,
 }
 
@@ -55,19 +57,14 @@ impl Default for CniSettings {
 }
 
 /// The CNI configuration of one spoke's NAD (keys sorted, as serde_json writes them).
-pub fn cni_config(kind: SpokeKind, spoke: &str, settings: &CniSettings) -> String {
+pub fn cni_config(kind: SpokeKind, spoke: &str, _settings: &CniSettings) -> String {
     let name = nad_name(kind, spoke);
     let mut cfg = serde_json::Map::new();
     cfg.insert("cniVersion".into(), CNI_VERSION.into());
     cfg.insert("name".into(), name.into());
     cfg.insert("type".into(), kind.cni_type().into());
-    match kind {
-        SpokeKind::Veth => {
-            cfg.insert("veth".into(), spoke.into());
-        }
-        SpokeKind::Mac => {
-            cfg.insert("devDir".into(), settings.dev_dir.clone().into());
-        }
+    if kind == SpokeKind::Veth {
+        cfg.insert("veth".into(), spoke.into());
     }
     serde_json::Value::Object(cfg).to_string()
 }
@@ -216,16 +213,17 @@ mod tests {
     use crate::testutil::lan;
 
     #[test]
-    fn macvtap_nads_carry_the_agents_dev_dir() {
+    fn nads_carry_no_node_path() {
         let custom = CniSettings {
             dev_dir: "/var/lib/k8slan/dev".into(),
         };
-        let cfg: serde_json::Value =
-            serde_json::from_str(&cni_config(SpokeKind::Mac, "vm", &custom)).unwrap();
-        assert_eq!(cfg["devDir"], "/var/lib/k8slan/dev");
-        let veth: serde_json::Value =
-            serde_json::from_str(&cni_config(SpokeKind::Veth, "vm", &custom)).unwrap();
-        assert!(veth.get("devDir").is_none());
+        for kind in SpokeKind::ALL {
+            let cfg: serde_json::Value =
+                serde_json::from_str(&cni_config(kind, "vm", &custom)).unwrap();
+            for key in ["devDir", "logFile", "logLevel", "preparedDir"] {
+                assert!(cfg.get(key).is_none(), "{kind}: {key} in {cfg}");
+            }
+        }
     }
 
     #[test]
@@ -248,7 +246,7 @@ mod tests {
         );
         assert_eq!(
             nads[3].spec.config,
-            r#"{"cniVersion":"1.0.0","devDir":"/run/k8slan/dev","name":"k8slan-mac-vm","type":"macvtap"}"#
+            r#"{"cniVersion":"1.0.0","name":"k8slan-mac-vm","type":"k8slanmacvtap"}"#
         );
         let n = &nads[1];
         assert_eq!(n.namespace().as_deref(), Some("default"));

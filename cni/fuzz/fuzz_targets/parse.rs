@@ -1,9 +1,12 @@
-//! Fuzzes the CNI plugins' parse entry point (environment + network configuration), checking
-//! the same invariants as the stable property test `cni/tests/parse_properties.rs`.
+//! Fuzzes the CNI plugins' parse entry point (environment + network configuration) and a whole
+//! execution over the recording doubles, checking the same invariants as the stable property
+//! tests `cni/tests/parse_properties.rs` and `cni/tests/rejections.rs`.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    k8slan_cni::fuzzing::check(&k8slan_cni::fuzzing::decode(data));
+    let input = k8slan_cni::fuzzing::decode(data);
+    k8slan_cni::fuzzing::check(&input);
+    k8slan_cni::fuzzing::check_plugin(&input);
 });

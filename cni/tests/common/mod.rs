@@ -186,7 +186,18 @@ pub fn run_plugin(binary: &str, node: Option<&str>, env: &[(&str, String)], stdi
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("start plugin");
+    // A binary copied by another test thread may still be open for writing in a child forked
+    // meanwhile (ETXTBSY); that clears when the child execs.
+    let mut child = (0..100)
+        .find_map(|_| match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(26) => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                None
+            }
+            other => Some(other),
+        })
+        .expect("ETXTBSY for 2 s")
+        .expect("start plugin");
     child
         .stdin
         .take()
@@ -201,17 +212,101 @@ pub fn run_plugin(binary: &str, node: Option<&str>, env: &[(&str, String)], stdi
     }
 }
 
-/// The standard runtime environment of one attachment.
+/// The namespace of the test LAN's pods (`K8S_POD_NAMESPACE`) and the LAN's network namespace.
+pub const POD_NAMESPACE: &str = "lab";
+pub const LAN_NETNS: &str = "knl";
+
+/// The standard runtime environment of one attachment; `K8S_POD_NAMESPACE=lab` is added to
+/// `args` unless they name a pod namespace themselves.
 pub fn cni_env(command: &str, pod: &str, ifname: &str, args: &str) -> Vec<(&'static str, String)> {
+    // As Multus passes them: IgnoreUnknown=1 (so that IPAM plugins accept the K8S_* keys).
+    let args = if args.contains("K8S_POD_NAMESPACE") {
+        args.to_owned()
+    } else if args.contains("IgnoreUnknown") {
+        format!("{args};K8S_POD_NAMESPACE={POD_NAMESPACE}")
+    } else if args.is_empty() {
+        format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={POD_NAMESPACE}")
+    } else {
+        format!("IgnoreUnknown=1;{args};K8S_POD_NAMESPACE={POD_NAMESPACE}")
+    };
     vec![
         ("CNI_COMMAND", command.to_owned()),
         ("CNI_CONTAINERID", "k8slantest0123".to_owned()),
         ("CNI_NETNS", pod.to_owned()),
         ("CNI_IFNAME", ifname.to_owned()),
-        ("CNI_ARGS", args.to_owned()),
+        ("CNI_ARGS", args),
         ("CNI_PATH", "/usr/lib/cni:/opt/cni/bin".to_owned()),
-        ("K8SLAN_CNI_LOG_LEVEL", "debug".to_owned()),
     ]
+}
+
+/// A node's k8slan files: the plugin binary installed with its `k8slan-cni.json`, the
+/// prepared-spoke records and the tap device directory, all in one temporary directory.
+pub struct NodeFiles {
+    pub dir: TempDir,
+    pub bin: String,
+}
+
+impl NodeFiles {
+    pub fn new(binary: &str) -> NodeFiles {
+        let dir = TempDir::new();
+        for sub in ["prepared", "dev"] {
+            std::fs::create_dir(dir.path().join(sub)).unwrap();
+        }
+        let bin = dir.path().join(Path::new(binary).file_name().unwrap());
+        std::fs::copy(binary, &bin).unwrap();
+        let settings = serde_json::json!({
+            "logLevel": "debug",
+            "devDir": dir.path().join("dev"),
+            "preparedDir": dir.path().join("prepared"),
+        });
+        std::fs::write(dir.path().join("k8slan-cni.json"), settings.to_string()).unwrap();
+        NodeFiles {
+            bin: bin.to_str().unwrap().to_owned(),
+            dir,
+        }
+    }
+
+    pub fn dev_dir(&self) -> PathBuf {
+        self.dir.path().join("dev")
+    }
+
+    /// Records `link` in `node` as prepared for `spoke` of `kind` (LAN lab/lan1), as the agent
+    /// does at Allocate, and gives it the alias the agent writes.
+    pub fn prepare(&self, node: &str, spoke: &str, kind: &str, link: &str, allowed: &[&str]) {
+        let role = if kind == "veth" { "spoke" } else { "macvtap" };
+        ip(&[
+            "-n",
+            node,
+            "link",
+            "set",
+            link,
+            "alias",
+            &format!("k8slan:{LAN_NETNS}/{role}/{spoke}"),
+        ]);
+        self.record(
+            spoke,
+            kind,
+            link,
+            link_json(node, link)["ifindex"].as_u64().unwrap(),
+            allowed,
+        );
+    }
+
+    /// Writes a record without touching the link.
+    pub fn record(&self, spoke: &str, kind: &str, link: &str, ifindex: u64, allowed: &[&str]) {
+        let record = serde_json::json!({
+            "lanNamespace": POD_NAMESPACE, "lanName": "lan1", "netns": LAN_NETNS, "spoke": spoke,
+            "kind": kind, "link": link, "ifindex": ifindex, "allowedNamespaces": allowed,
+        });
+        std::fs::write(
+            self.dir
+                .path()
+                .join("prepared")
+                .join(format!("{spoke}.json")),
+            record.to_string(),
+        )
+        .unwrap();
+    }
 }
 
 /// `config` with `prevResult` set to `result`.

@@ -1,7 +1,0 @@
-//! CNI plugin `macvtap`: binds a k8slan VM spoke (the macvtap the agent prepared) to a
-//! KubeVirt virt-launcher pod. CNI plugins take no flags: the runtime passes `CNI_*` variables
-//! and JSON on stdin.
-
-fn main() -> std::process::ExitCode {
-    k8slan_cni::main_for(k8slan_cni::PluginKind::Macvtap)
-}
