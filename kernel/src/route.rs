@@ -17,7 +17,7 @@ use netlink_packet_core::{
     NetlinkMessage, NetlinkPayload,
 };
 use netlink_packet_route::RouteNetlinkMessage;
-use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
 /// How long a request may wait for the kernel before it is reported as hung.
@@ -178,6 +178,40 @@ impl RouteSocket {
     pub fn ack(&mut self, msg: RouteNetlinkMessage, flags: u16) -> Result<(), RequestError> {
         self.request(msg, NLM_F_ACK | flags).map(drop)
     }
+}
+
+/// An `RTM_SETLINK`/`RTM_NEWLINK` body addressing the link with ifindex `index`.
+pub fn link_at(index: u32) -> LinkMessage {
+    let mut msg = LinkMessage::default();
+    msg.header.index = index;
+    msg
+}
+
+/// The alias (`IFLA_IFALIAS`) of a link, when it has a non-empty one.
+pub fn link_alias_of(msg: &LinkMessage) -> Option<String> {
+    msg.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfAlias(s) if !s.is_empty() => Some(s.clone()),
+        _ => None,
+    })
+}
+
+/// Sets the alias of link `name` and brings it up, in one request.
+pub fn set_alias_and_up(
+    socket: &mut RouteSocket,
+    name: &str,
+    alias: &str,
+) -> Result<(), RequestError> {
+    let link = socket
+        .link_by_name(name)?
+        .ok_or(RequestError::Kernel {
+            errno: libc::ENODEV,
+            reason: Some(format!("no link {name:?}")),
+        })?;
+    let mut msg = link_at(link.header.index);
+    msg.header.flags = LinkFlags::Up;
+    msg.header.change_mask = LinkFlags::Up;
+    msg.attributes.push(LinkAttribute::IfAlias(alias.to_string()));
+    socket.ack(RouteNetlinkMessage::SetLink(msg), 0)
 }
 
 fn set_rcv_timeout(socket: &Socket, timeout: Duration) -> io::Result<()> {
