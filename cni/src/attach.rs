@@ -441,7 +441,7 @@ mod tests {
         /// Every operation, as "<op> <side> <link>", in order.
         log: Vec<String>,
         /// The minor a macvtap's tap gets in the pod (7 in the node's namespace).
-        minor_in_pod: u64,
+        minor_in_pod: u32,
         repointed: Vec<(DevNum, DevNum)>,
     }
 

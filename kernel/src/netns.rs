@@ -85,7 +85,14 @@ impl fmt::Display for Found {
             Found::DanglingSymlink { target } => {
                 write!(f, "a dangling symlink (to {target:?}, which does not exist)")
             }
-            Found::Namespace { kind } => write!(f, "a {kind} namespace"),
+            Found::Namespace { kind } => {
+                let article = if *kind == "ipc" {
+                    "an"
+                } else {
+                    "a"
+                };
+                write!(f, "{article} {kind} namespace")
+            }
             Found::Unknown => f.write_str("a namespace file of unknown type"),
         }
     }
