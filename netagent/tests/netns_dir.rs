@@ -147,7 +147,8 @@ fn an_entry_planted_before_the_lan_is_created_is_not_mounted_over_or_followed() 
         .into_iter()
         .enumerate()
     {
-        let spec = lan_spec(790 + i as u32, &[]);
+        let s = spoke("p");
+        let spec = lan_spec(790 + i as u32, &[&s]);
         let entry = netns_dir(&n).join(&spec.ns);
         std::os::unix::fs::symlink(&target, &entry).unwrap();
         let err = n.dp.lan_up(&spec, &n.name).unwrap_err().to_string();
@@ -159,7 +160,8 @@ fn an_entry_planted_before_the_lan_is_created_is_not_mounted_over_or_followed() 
     }
     assert!(!elsewhere.exists(), "the symlink was followed");
     // A regular file of someone else's in the LAN's place.
-    let spec = lan_spec(792, &[]);
+    let s = spoke("p");
+    let spec = lan_spec(792, &[&s]);
     let entry = netns_dir(&n).join(&spec.ns);
     std::fs::write(&entry, "mine").unwrap();
     assert!(n.dp.lan_up(&spec, &n.name).is_err());
@@ -172,7 +174,8 @@ fn an_entry_planted_before_the_lan_is_created_is_not_mounted_over_or_followed() 
 fn a_leftover_mount_point_of_k8slans_is_replaced() {
     let ul = Underlay::new();
     let n = Node::new(&ul, "node1", 1500);
-    let spec = lan_spec(793, &[]);
+    let s = spoke("p");
+    let spec = lan_spec(793, &[&s]);
     // What a crash between creating the mount point and mounting leaves: empty, 0400, root's.
     let entry = netns_dir(&n).join(&spec.ns);
     std::fs::write(&entry, "").unwrap();
@@ -189,7 +192,8 @@ fn a_leftover_mount_point_of_k8slans_is_replaced() {
 fn lan_namespaces_carry_the_k8slan_mark_on_lo() {
     let ul = Underlay::new();
     let n = Node::new(&ul, "node1", 1500);
-    let spec = lan_spec(794, &[]);
+    let s = spoke("p");
+    let spec = lan_spec(794, &[&s]);
     n.dp.lan_up(&spec, &n.name).unwrap();
     let lo = n.lan_sh(&spec.ns, "ip -d link show lo");
     assert!(
