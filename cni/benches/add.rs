@@ -75,12 +75,15 @@ fn main() {
     let (node, pod) = (format!("k8b{tag}node"), format!("k8b{tag}pod"));
     ip(&["netns", "add", &node]);
     ip(&["netns", "add", &pod]);
-    ip(&["-n", &node, "link", "add", "srl", "type", "veth", "peer", "name", "br-srl"]);
+    ip(&[
+        "-n", &node, "link", "add", "srl", "type", "veth", "peer", "name", "br-srl",
+    ]);
     // The plugin runs in the node's namespace: this thread enters it, children inherit it.
     let node_ns = File::open(format!("/run/netns/{node}")).unwrap();
     nix::sched::setns(&node_ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
     let pod_path = format!("/run/netns/{pod}");
-    let config = r#"{"cniVersion":"1.0.0","name":"k8slan-veth-srl","type":"k8slanveth","veth":"srl"}"#;
+    let config =
+        r#"{"cniVersion":"1.0.0","name":"k8slan-veth-srl","type":"k8slanveth","veth":"srl"}"#;
     let (mut adds, mut dels) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
         adds.push(run(&bin, "ADD", &pod_path, config));

@@ -177,7 +177,12 @@ impl Netlink {
         })
     }
 
-    fn parts(&mut self, side: Side, op: &'static str, link: &str) -> Result<(&mut RouteSocket, &Netns), LinkError> {
+    fn parts(
+        &mut self,
+        side: Side,
+        op: &'static str,
+        link: &str,
+    ) -> Result<(&mut RouteSocket, &Netns), LinkError> {
         match side {
             Side::Host => Ok((&mut self.host, &self.host_ns)),
             Side::Sandbox => self
@@ -188,7 +193,12 @@ impl Netlink {
         }
     }
 
-    fn socket(&mut self, side: Side, op: &'static str, link: &str) -> Result<&mut RouteSocket, LinkError> {
+    fn socket(
+        &mut self,
+        side: Side,
+        op: &'static str,
+        link: &str,
+    ) -> Result<&mut RouteSocket, LinkError> {
         self.parts(side, op, link).map(|(s, _)| s)
     }
 
@@ -352,7 +362,8 @@ impl LinkOps for Netlink {
         let fd = self.ns(from.other()).ok_or_else(no_ns)?.fd().as_raw_fd();
         self.set("move link", from, link, |m| {
             m.attributes.push(LinkAttribute::NetNsFd(fd));
-            m.attributes.push(LinkAttribute::IfName(new_name.to_string()));
+            m.attributes
+                .push(LinkAttribute::IfName(new_name.to_string()));
         })
     }
 
@@ -473,7 +484,13 @@ impl LinkOps for Netlink {
 
     fn add_address(&mut self, side: Side, link: &LinkState, addr: IpNet) -> Result<(), LinkError> {
         let msg = RouteNetlinkMessage::NewAddress(address_message(link.index, addr));
-        self.ack("add address", side, &link.name, msg, NLM_F_CREATE | NLM_F_EXCL)
+        self.ack(
+            "add address",
+            side,
+            &link.name,
+            msg,
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
     }
 
     fn add_route(
@@ -486,7 +503,13 @@ impl LinkOps for Netlink {
         let msg = route_message(link.index, dst, gw)
             .map_err(|e| LinkError::new("add route", side, &link.name, None, e))?;
         let msg = RouteNetlinkMessage::NewRoute(msg);
-        self.ack("add route", side, &link.name, msg, NLM_F_CREATE | NLM_F_EXCL)
+        self.ack(
+            "add route",
+            side,
+            &link.name,
+            msg,
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
     }
 
     fn delete(&mut self, side: Side, link: &LinkState) -> Result<(), LinkError> {
@@ -519,9 +542,10 @@ mod tests {
                 prefix: 64,
             },
         );
-        assert!(v6
-            .attributes
-            .contains(&AddressAttribute::Flags(AddressFlags::Nodad)));
+        assert!(
+            v6.attributes
+                .contains(&AddressAttribute::Flags(AddressFlags::Nodad))
+        );
     }
 
     #[test]

@@ -24,7 +24,9 @@ pub enum NetnsError {
         "network namespace {path:?} does not exist (the pod sandbox is gone or the path is wrong)"
     )]
     Missing { path: String },
-    #[error("{path:?} cannot be the pod's network namespace: {why}; pass the path of the pod's network namespace")]
+    #[error(
+        "{path:?} cannot be the pod's network namespace: {why}; pass the path of the pod's network namespace"
+    )]
     NotNetns { path: String, why: String },
     #[error("cannot open network namespace {path:?}: {source}")]
     Open {

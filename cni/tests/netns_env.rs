@@ -81,7 +81,10 @@ impl Fixture {
             &config.to_string(),
         );
         let details = run.assert_error(4);
-        assert!(details.contains("CNI_NETNS"), "{command} {netns}: {details}");
+        assert!(
+            details.contains("CNI_NETNS"),
+            "{command} {netns}: {details}"
+        );
         assert!(details.contains(netns), "{command} {netns}: {details}");
         assert!(details.contains(says), "{command} {netns}: {details}");
         assert!(
@@ -101,8 +104,11 @@ impl Fixture {
 fn a_fifo_is_refused_without_hanging() {
     let f = Fixture::new();
     let fifo = f.path("fifo");
-    nix::unistd::mkfifo(Path::new(&fifo), nix::sys::stat::Mode::from_bits_truncate(0o600))
-        .unwrap();
+    nix::unistd::mkfifo(
+        Path::new(&fifo),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
     for command in ["ADD", "DEL"] {
         f.assert_refused(command, &fifo, "a FIFO");
     }
@@ -146,8 +152,16 @@ fn the_nodes_own_namespace_is_refused() {
     std::os::unix::fs::symlink(&node_path, &link).unwrap();
     f.assert_refused("ADD", &link, "the node's own network namespace");
     // The plugin's own, by its /proc path.
-    f.assert_refused("ADD", "/proc/self/ns/net", "the node's own network namespace");
-    f.assert_refused("DEL", "/proc/thread-self/ns/net", "the node's own network namespace");
+    f.assert_refused(
+        "ADD",
+        "/proc/self/ns/net",
+        "the node's own network namespace",
+    );
+    f.assert_refused(
+        "DEL",
+        "/proc/thread-self/ns/net",
+        "the node's own network namespace",
+    );
 }
 
 #[test]

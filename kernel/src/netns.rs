@@ -83,14 +83,13 @@ impl fmt::Display for Found {
             Found::BlockDevice => f.write_str("a block device"),
             Found::Symlink { target } => write!(f, "a symlink (to {target:?})"),
             Found::DanglingSymlink { target } => {
-                write!(f, "a dangling symlink (to {target:?}, which does not exist)")
+                write!(
+                    f,
+                    "a dangling symlink (to {target:?}, which does not exist)"
+                )
             }
             Found::Namespace { kind } => {
-                let article = if *kind == "ipc" {
-                    "an"
-                } else {
-                    "a"
-                };
+                let article = if *kind == "ipc" { "an" } else { "a" };
                 write!(f, "{article} {kind} namespace")
             }
             Found::Unknown => f.write_str("a namespace file of unknown type"),
@@ -192,7 +191,8 @@ impl NetNs {
             .map_err(open_err)?
             .into();
         // SAFETY: the ioctl takes no argument and only reads the namespace type of a valid fd.
-        let kind = unsafe { ns_get_nstype(fd.as_raw_fd()) }.map_err(|_| not_netns(Found::Unknown))?;
+        let kind =
+            unsafe { ns_get_nstype(fd.as_raw_fd()) }.map_err(|_| not_netns(Found::Unknown))?;
         if kind != CloneFlags::CLONE_NEWNET.bits() {
             return Err(not_netns(Found::Namespace {
                 kind: ns_kind(kind),
@@ -229,9 +229,13 @@ impl NetNs {
     /// Whether this is the node's own network namespace: the namespace of this process's
     /// calling thread, of the process (its main thread) or of PID 1 (the node's init).
     pub fn is_node_own(&self) -> bool {
-        ["/proc/thread-self/ns/net", "/proc/self/ns/net", "/proc/1/ns/net"]
-            .iter()
-            .any(|p| NsId::of_path(Path::new(p)).is_ok_and(|id| id == self.id))
+        [
+            "/proc/thread-self/ns/net",
+            "/proc/self/ns/net",
+            "/proc/1/ns/net",
+        ]
+        .iter()
+        .any(|p| NsId::of_path(Path::new(p)).is_ok_and(|id| id == self.id))
     }
 
     pub fn try_clone(&self) -> Result<NetNs, NsError> {

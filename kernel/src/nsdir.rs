@@ -130,11 +130,8 @@ pub fn check_not_runtime_dir(path: &Path, flag: &str) -> Result<(), NsDirError> 
         let below = spellings
             .iter()
             .any(|s| theirs.iter().any(|t| s.starts_with(t)));
-        let same_dir = here.is_some()
-            && fs::metadata(runtime)
-                .ok()
-                .map(|m| (m.dev(), m.ino()))
-                == here;
+        let same_dir =
+            here.is_some() && fs::metadata(runtime).ok().map(|m| (m.dev(), m.ino())) == here;
         if below || same_dir {
             return Err(NsDirError::RuntimeDir {
                 flag: flag.into(),
@@ -333,8 +330,10 @@ impl NsDir {
         if !ours || self.open_at(dir, name).is_ok() {
             return Ok(false);
         }
-        unlinkat(dir.as_fd(), name, UnlinkatFlags::NoRemoveDir)
-            .map_err(sys("remove the leftover mount point", &self.path.join(name)))?;
+        unlinkat(dir.as_fd(), name, UnlinkatFlags::NoRemoveDir).map_err(sys(
+            "remove the leftover mount point",
+            &self.path.join(name),
+        ))?;
         Ok(true)
     }
 
@@ -465,5 +464,4 @@ mod tests {
         fs::remove_file(&link).unwrap();
         assert!(matches!(e, NsDirError::RuntimeDir { .. }), "{e}");
     }
-
 }

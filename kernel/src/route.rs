@@ -23,6 +23,10 @@ use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 /// How long a request may wait for the kernel before it is reported as hung.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Most bytes of replies one request may collect (a dump of every link of a namespace with tens
+/// of thousands of links stays far below it); more is reported instead of filling memory.
+pub const MAX_REPLY_BYTES: usize = 256 << 20;
+
 /// `NLM_F_CAPPED`: the error message carries only the header of the failed request.
 const NLM_F_CAPPED: u16 = 0x100;
 /// `NLM_F_ACK_TLVS`: extended-ack attributes follow the (capped) request.
@@ -97,8 +101,15 @@ impl RouteSocket {
 
         let expects_ack = flags & NLM_F_ACK != 0;
         let mut replies = Vec::new();
+        let mut received = 0usize;
         loop {
             let (datagram, _) = self.socket.recv_from_full()?;
+            received = received.saturating_add(datagram.len());
+            if received > MAX_REPLY_BYTES {
+                return Err(RequestError::Decode(format!(
+                    "the replies exceed {MAX_REPLY_BYTES} bytes"
+                )));
+            }
             let mut offset = 0;
             while offset + NETLINK_HEADER_LEN <= datagram.len() {
                 let bytes = &datagram[offset..];
@@ -201,16 +212,15 @@ pub fn set_alias_and_up(
     name: &str,
     alias: &str,
 ) -> Result<(), RequestError> {
-    let link = socket
-        .link_by_name(name)?
-        .ok_or(RequestError::Kernel {
-            errno: libc::ENODEV,
-            reason: Some(format!("no link {name:?}")),
-        })?;
+    let link = socket.link_by_name(name)?.ok_or(RequestError::Kernel {
+        errno: libc::ENODEV,
+        reason: Some(format!("no link {name:?}")),
+    })?;
     let mut msg = link_at(link.header.index);
     msg.header.flags = LinkFlags::Up;
     msg.header.change_mask = LinkFlags::Up;
-    msg.attributes.push(LinkAttribute::IfAlias(alias.to_string()));
+    msg.attributes
+        .push(LinkAttribute::IfAlias(alias.to_string()));
     socket.ack(RouteNetlinkMessage::SetLink(msg), 0)
 }
 

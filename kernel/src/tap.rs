@@ -311,7 +311,10 @@ mod tests {
         std::fs::write(path.join("tap-file"), "x").unwrap();
         std::os::unix::fs::symlink("/dev/null", path.join("tap-link")).unwrap();
         for f in ["tap-file", "tap-link"] {
-            assert!(matches!(dir.node(f), Err(TapError::NotDevice { .. })), "{f}");
+            assert!(
+                matches!(dir.node(f), Err(TapError::NotDevice { .. })),
+                "{f}"
+            );
             assert!(dir.remove(f).is_err(), "{f}");
             assert!(dir.make(f, DevNum { major: 1, minor: 3 }, 0o600).is_err());
         }

@@ -56,6 +56,10 @@ pub struct ForeignEntry {
     pub what: String,
 }
 
+/// The entries of the netns directory: network namespaces (named; their marks still to be
+/// checked with [`check_mark`]) and foreign entries.
+pub type Entries = (Vec<(String, NetNs)>, Vec<ForeignEntry>);
+
 /// The netns directory.
 #[derive(Debug, Clone)]
 pub struct LanDir {
@@ -80,7 +84,7 @@ impl LanDir {
     }
 
     /// Every entry: network namespaces (to be checked with [`check_mark`]) and foreign ones.
-    pub fn entries(&self, host: NsId) -> Result<(Vec<(String, NetNs)>, Vec<ForeignEntry>), NetnsError> {
+    pub fn entries(&self, host: NsId) -> Result<Entries, NetnsError> {
         let mut namespaces = Vec::new();
         let mut foreign = Vec::new();
         for e in self.dir.entries()? {
@@ -150,14 +154,16 @@ pub fn check_mark(socket: &mut RouteSocket, lan: &str) -> Result<(), String> {
     let want = mark(lan);
     match alias.as_deref() {
         Some(a) if a == want => Ok(()),
-        None | Some("") if has_lan_bridge(socket, lan) => {
-            set_alias_and_up(socket, "lo", &want)
-                .map_err(|e| format!("a k8slan namespace from before marks that cannot be marked ({e})"))
-        }
+        None | Some("") if has_lan_bridge(socket, lan) => set_alias_and_up(socket, "lo", &want)
+            .map_err(|e| {
+                format!("a k8slan namespace from before marks that cannot be marked ({e})")
+            }),
         Some(other) if other.starts_with(k8slan_api::naming::LINK_ALIAS_PREFIX) => Err(format!(
             "a k8slan network namespace of another name (its lo says {other:?}, not {want:?})"
         )),
-        _ => Err("a network namespace k8slan did not create (its lo carries no k8slan mark)".into()),
+        _ => {
+            Err("a network namespace k8slan did not create (its lo carries no k8slan mark)".into())
+        }
     }
 }
 

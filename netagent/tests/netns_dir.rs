@@ -37,7 +37,10 @@ fn assert_reported_and_untouched(n: &Node, name: &str, what: &str) {
     assert!(!rec.orphan_namespaces.iter().any(|o| o == name), "{rec:?}");
     assert!(!n.dp.show().unwrap().iter().any(|l| l.ns == name));
     let removed = n.dp.remove_orphan(name).unwrap_or_default();
-    assert!(removed.is_empty(), "{name}: orphan removal removed {removed:?}");
+    assert!(
+        removed.is_empty(),
+        "{name}: orphan removal removed {removed:?}"
+    );
 }
 
 #[test]
@@ -54,7 +57,10 @@ fn a_symlink_to_the_nodes_namespace_is_reported_and_untouched() {
     for name in ["init", "host"] {
         assert_reported_and_untouched(&n, name, "symlink");
     }
-    assert_eq!(std::fs::read_link(&init).unwrap(), Path::new("/proc/1/ns/net"));
+    assert_eq!(
+        std::fs::read_link(&init).unwrap(),
+        Path::new("/proc/1/ns/net")
+    );
     assert_eq!(std::fs::read_link(&host).unwrap(), n.ns.path());
     assert!(n.sh("ip -o link").contains("keep0"));
 }
@@ -77,7 +83,11 @@ fn a_bind_mounted_foreign_namespace_is_reported_and_untouched() {
         entry.display()
     ));
     assert_reported_and_untouched(&n, "planted", "did not create");
-    assert!(n.dir.mounts().contains(&entry), "unmounted: {:?}", n.dir.mounts());
+    assert!(
+        n.dir.mounts().contains(&entry),
+        "unmounted: {:?}",
+        n.dir.mounts()
+    );
     assert!(foreign.sh("ip -o link").unwrap().contains("br0"));
     // The node's own namespace bind-mounted there is foreign too.
     let node_entry = netns_dir(&n).join("nodebind");
@@ -131,7 +141,10 @@ fn regular_files_fifos_and_directories_are_reported_and_untouched() {
     assert_reported_and_untouched(&n, "file", "a regular file");
     assert_reported_and_untouched(&n, "fifo", "a FIFO");
     assert_reported_and_untouched(&n, "sub", "a directory");
-    assert_eq!(std::fs::read_to_string(dir.join("file")).unwrap(), "precious");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("file")).unwrap(),
+        "precious"
+    );
     assert!(dir.join("fifo").exists() && dir.join("sub").is_dir());
 }
 
@@ -210,7 +223,10 @@ fn the_container_runtimes_netns_directory_is_refused() {
     let link = std::env::temp_dir().join(unique_name("rtl"));
     std::os::unix::fs::symlink("/run/netns", &link).unwrap();
     let bind = k8slan_testkit::TestDir::new("rtb").unwrap();
-    sh(&format!("mount --bind /run/netns {}", bind.path().display()));
+    sh(&format!(
+        "mount --bind /run/netns {}",
+        bind.path().display()
+    ));
     for dir in [
         PathBuf::from("/run/netns"),
         PathBuf::from("/var/run/netns"),
@@ -218,7 +234,9 @@ fn the_container_runtimes_netns_directory_is_refused() {
         link.clone(),
         bind.path().to_path_buf(),
     ] {
-        let e = RtnlKernel::new(HostNs::Current, &dir).unwrap_err().to_string();
+        let e = RtnlKernel::new(HostNs::Current, &dir)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--netns-dir"), "{}: {e}", dir.display());
         assert!(e.contains("container runtime"), "{}: {e}", dir.display());
     }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::*;
 use k8slan_api::SpokeKind;
 use k8slan_api::naming::macvtap_name;
-use k8slan_netagent::{Kernel, NodeLan, LinkKind};
+use k8slan_netagent::{Kernel, LinkKind, NodeLan};
 use k8slan_testkit::TestNs;
 use k8slan_testkit::frame::{
     ETHERTYPE_LLDP, Filter, Frame, LLDP_DST, Mac, PacketSocket, TapDevice,
@@ -358,7 +358,10 @@ fn a_lan_namespace_replaced_behind_the_agents_back_is_left_alone_and_reported() 
         err.contains(&path.display().to_string()) && err.contains("did not create"),
         "{err}"
     );
-    let rec = n1.dp.recover(&n1.name, std::slice::from_ref(&spec)).unwrap();
+    let rec = n1
+        .dp
+        .recover(&n1.name, std::slice::from_ref(&spec))
+        .unwrap();
     assert!(
         rec.foreign_entries.iter().any(|f| f.name == spec.ns),
         "{rec:?}"

@@ -88,9 +88,8 @@ impl RtnlKernel {
         };
         let host = opened.map_err(|e| KernelError::new("open", "host namespace", &Ns::Host, e))?;
         let dir = netns_dir.into();
-        let lans = LanDir::open(&dir).map_err(|e| {
-            KernelError::new("open", dir.display().to_string(), &Ns::Host, e)
-        })?;
+        let lans = LanDir::open(&dir)
+            .map_err(|e| KernelError::new("open", dir.display().to_string(), &Ns::Host, e))?;
         Ok(Self {
             host,
             host_is_own: own,
@@ -196,7 +195,12 @@ impl RtnlKernel {
             return Ok(s.clone());
         }
         let open_err = |e: &dyn std::fmt::Display| {
-            Opened::Failed(KernelError::new("open a netlink socket", "namespace", ns, e))
+            Opened::Failed(KernelError::new(
+                "open a netlink socket",
+                "namespace",
+                ns,
+                e,
+            ))
         };
         let mut socket = netns
             .run(RouteSocket::open)
@@ -247,7 +251,9 @@ impl RtnlKernel {
                 let t = NsThread::start(&self.host).map_err(|e| err(&e))?;
                 // Another caller may have won the race; theirs is kept, ours is dropped.
                 let _ = self.host_thread.set(t);
-                self.host_thread.get().ok_or_else(|| err(&"no host thread"))?
+                self.host_thread
+                    .get()
+                    .ok_or_else(|| err(&"no host thread"))?
             }
         };
         thread.run(f).map_err(|e| err(&e))?.map_err(|e| err(&e))
@@ -318,7 +324,6 @@ impl RtnlKernel {
         }
         Ok((names, foreign))
     }
-
 }
 
 /// Why a namespace's socket could not be had.
@@ -652,16 +657,18 @@ impl Kernel for RtnlKernel {
 
     fn macvtap_devnum(&self, macvtap: &str) -> Result<DevNum, KernelError> {
         let name = macvtap.to_string();
-        self.in_host_fs("read the tap device number of", macvtap, move || {
-            match tap::sysfs_devnum(&name, None) {
+        self.in_host_fs(
+            "read the tap device number of",
+            macvtap,
+            move || match tap::sysfs_devnum(&name, None) {
                 Ok(Some(dev)) => Ok(dev),
                 Ok(None) => Err(io::Error::new(
                     io::ErrorKind::NotFound,
                     format!("{name} has no tap device in sysfs"),
                 )),
                 Err(e) => Err(io::Error::other(e)),
-            }
-        })
+            },
+        )
     }
 
     fn tap_node(&self, path: &Path) -> Result<Option<DevNum>, KernelError> {
