@@ -12,6 +12,8 @@
 
 use std::fs::File;
 use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -20,9 +22,20 @@ fn ip(args: &[&str]) {
     assert!(out.status.success(), "ip {args:?}: {out:?}");
 }
 
-fn run(bin: &str, command: &str, pod: &str, config: &str) -> Duration {
+fn run(bin: &str, node: &File, command: &str, pod: &str, config: &str) -> (Duration, String) {
+    let node_fd = node.as_raw_fd();
+    let mut cmd = Command::new(bin);
+    // SAFETY: setns is async-signal-safe and the descriptor outlives the child's exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if nix::libc::setns(node_fd, nix::libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     let start = Instant::now();
-    let mut child = Command::new(bin)
+    let mut child = cmd
         .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .env("CNI_COMMAND", command)
@@ -44,7 +57,7 @@ fn run(bin: &str, command: &str, pod: &str, config: &str) -> Duration {
     let out = child.wait_with_output().unwrap();
     let took = start.elapsed();
     assert!(out.status.success(), "{command}: {out:?}");
-    took
+    (took, String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn figure(name: &str, mut v: Vec<Duration>) {
@@ -78,16 +91,18 @@ fn main() {
     ip(&[
         "-n", &node, "link", "add", "srl", "type", "veth", "peer", "name", "br-srl",
     ]);
-    // The plugin runs in the node's namespace: this thread enters it, children inherit it.
+    // The plugin runs in the node's namespace: each child enters it before exec.
     let node_ns = File::open(format!("/run/netns/{node}")).unwrap();
-    nix::sched::setns(&node_ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
     let pod_path = format!("/run/netns/{pod}");
     let config =
         r#"{"cniVersion":"1.0.0","name":"k8slan-veth-srl","type":"k8slanveth","veth":"srl"}"#;
     let (mut adds, mut dels) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
-        adds.push(run(&bin, "ADD", &pod_path, config));
-        dels.push(run(&bin, "DEL", &pod_path, config));
+        let (took, result) = run(&bin, &node_ns, "ADD", &pod_path, config);
+        adds.push(took);
+        // As a runtime does: DEL gets the ADD's result as prevResult.
+        let del_config = config.replacen('}', &format!(r#","prevResult":{result}}}"#), 1);
+        dels.push(run(&bin, &node_ns, "DEL", &pod_path, &del_config).0);
     }
     let size = std::fs::metadata(&bin).map(|m| m.len()).unwrap_or(0);
     println!("FIGURE cni_binary bytes={size} path={bin}");
