@@ -1,22 +1,26 @@
 //! The few kernel link operations the plugins need, behind [`LinkOps`] so that the attachment
-//! logic can be tested without root. [`Netlink`] implements them with rtnetlink, holding one
-//! netlink socket in the node's namespace and one opened inside the pod's namespace.
+//! logic can be tested without root. [`Netlink`] implements them on the kernel layer's blocking
+//! rtnetlink socket ([`k8slan_kernel::RouteSocket`]), holding one socket in the node's namespace
+//! and one opened inside the pod's namespace: no async runtime, no thread per call.
 
 use std::fmt;
 use std::net::IpAddr;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsRawFd;
 
-use futures::TryStreamExt;
-use netlink_packet_route::address::{AddressAttribute, AddressFlags};
+use k8slan_kernel::route::link_at;
+use k8slan_kernel::{RequestError, RouteSocket, TapDir, sysfs, tap};
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL};
+use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
-use netlink_packet_route::route::RouteScope;
-use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
-use tokio::runtime::Runtime;
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
 use crate::mac::MacAddr;
 use crate::netns::Netns;
 use crate::result::IpNet;
-use crate::tap::{self, DevNum};
+use crate::tap::DevNum;
 
 /// Which namespace an operation acts in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,131 +140,110 @@ pub trait LinkOps {
     fn delete(&mut self, side: Side, link: &LinkState) -> Result<(), LinkError>;
 }
 
-/// [`LinkOps`] over rtnetlink.
+/// [`LinkOps`] over the blocking rtnetlink socket.
 pub struct Netlink {
-    rt: Runtime,
-    host: Handle,
+    host: RouteSocket,
     host_ns: Netns,
-    sandbox: Option<(Handle, Netns)>,
+    sandbox: Option<(RouteSocket, Netns)>,
 }
 
-fn errno_of(e: &rtnetlink::Error) -> Option<i32> {
-    match e {
-        rtnetlink::Error::NetlinkError(m) => m.code.map(|c| -c.get()),
-        _ => None,
-    }
-}
-
-fn nl_err(op: &'static str, side: Side, link: &str, e: rtnetlink::Error) -> LinkError {
-    let errno = errno_of(&e);
-    let message = match errno {
-        Some(n) => format!("{} (errno {n})", nix::errno::Errno::from_raw(n).desc()),
-        None => e.to_string(),
-    };
-    LinkError::new(op, side, link, errno, message)
+fn nl_err(op: &'static str, side: Side, link: &str, e: RequestError) -> LinkError {
+    LinkError::new(op, side, link, e.errno(), e.to_string())
 }
 
 impl Netlink {
     /// Opens netlink in the calling thread's namespace and, when given, inside `sandbox`.
     pub fn open(sandbox: Option<Netns>) -> Result<Netlink, LinkError> {
         let setup = |side: Side, why: String| LinkError::new("netlink setup", side, "-", None, why);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .build()
-            .map_err(|e| setup(Side::Host, format!("cannot start the I/O runtime: {e}")))?;
         let host_ns = Netns::current().map_err(|e| setup(Side::Host, e.to_string()))?;
-        let host = {
-            let _guard = rt.enter();
-            let (conn, handle, _) =
-                rtnetlink::new_connection().map_err(|e| setup(Side::Host, e.to_string()))?;
-            rt.spawn(conn);
-            handle
-        };
+        let host = RouteSocket::open().map_err(|e| setup(Side::Host, e.to_string()))?;
         let sandbox = match sandbox {
             None => None,
             Some(ns) => {
                 // A netlink socket belongs to the namespace of the thread that creates it: create
-                // it on a short-lived thread that joined the pod's namespace (setns affects only
-                // the calling thread, so this process's other threads stay in the node's).
-                let rt_handle = rt.handle().clone();
-                let ns_fd = ns.fd();
-                let made = std::thread::scope(|s| {
-                    s.spawn(move || {
-                        let _guard = rt_handle.enter();
-                        nix::sched::setns(ns_fd, nix::sched::CloneFlags::CLONE_NEWNET)
-                            .map_err(|e| format!("cannot enter network namespace: {e}"))?;
-                        rtnetlink::new_connection().map_err(|e| e.to_string())
-                    })
-                    .join()
-                    .unwrap_or_else(|_| Err("namespace thread panicked".into()))
-                });
-                let (conn, handle, _) =
-                    made.map_err(|e| setup(Side::Sandbox, format!("{}: {e}", ns.path())))?;
-                rt.spawn(conn);
-                Some((handle, ns))
+                // it on a short-lived thread inside the pod's namespace.
+                let socket = ns
+                    .inner()
+                    .run(RouteSocket::open)
+                    .map_err(|e| setup(Side::Sandbox, e.to_string()))?
+                    .map_err(|e| setup(Side::Sandbox, format!("{}: {e}", ns.path())))?;
+                Some((socket, ns))
             }
         };
         Ok(Netlink {
-            rt,
             host,
             host_ns,
             sandbox,
         })
     }
 
-    fn handle(&self, side: Side, op: &'static str, link: &str) -> Result<Handle, LinkError> {
+    fn parts(
+        &mut self,
+        side: Side,
+        op: &'static str,
+        link: &str,
+    ) -> Result<(&mut RouteSocket, &Netns), LinkError> {
         match side {
-            Side::Host => Ok(self.host.clone()),
+            Side::Host => Ok((&mut self.host, &self.host_ns)),
             Side::Sandbox => self
                 .sandbox
-                .as_ref()
-                .map(|(h, _)| h.clone())
+                .as_mut()
+                .map(|(s, ns)| (s, &*ns))
                 .ok_or_else(|| LinkError::new(op, side, link, None, "no pod namespace was opened")),
         }
     }
 
-    fn ns_fd(&self, side: Side) -> Option<i32> {
+    fn socket(
+        &mut self,
+        side: Side,
+        op: &'static str,
+        link: &str,
+    ) -> Result<&mut RouteSocket, LinkError> {
+        self.parts(side, op, link).map(|(s, _)| s)
+    }
+
+    fn ns(&self, side: Side) -> Option<&Netns> {
         match side {
-            Side::Host => Some(self.host_ns.fd().as_raw_fd()),
-            Side::Sandbox => self
-                .sandbox
-                .as_ref()
-                .map(|(_, ns)| ns.fd().as_fd().as_raw_fd()),
+            Side::Host => Some(&self.host_ns),
+            Side::Sandbox => self.sandbox.as_ref().map(|(_, ns)| ns),
         }
     }
 
-    /// Runs `f` on a short-lived thread that joined `side`'s namespace (setns affects only the
-    /// calling thread, so this process's other threads stay in the node's namespace).
+    /// Runs `f` on a short-lived thread inside `side`'s namespace.
     fn in_namespace<T: Send>(
         &self,
         side: Side,
         f: impl FnOnce() -> Result<T, String> + Send,
     ) -> Result<T, String> {
-        let fd = self.ns_fd(side).ok_or("no pod namespace was opened")?;
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                // SAFETY: the descriptor belongs to `self` and outlives this scoped thread.
-                let ns = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-                nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
-                    .map_err(|e| format!("cannot enter the namespace: {e}"))?;
-                f()
-            })
-            .join()
-            .unwrap_or_else(|_| Err("namespace thread panicked".into()))
-        })
+        let ns = self.ns(side).ok_or("no pod namespace was opened")?;
+        ns.inner().run(f).map_err(|e| e.to_string())?
     }
 
+    /// An acknowledged request on `side`'s socket.
+    fn ack(
+        &mut self,
+        op: &'static str,
+        side: Side,
+        link: &str,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+    ) -> Result<(), LinkError> {
+        self.socket(side, op, link)?
+            .ack(msg, flags)
+            .map_err(|e| nl_err(op, side, link, e))
+    }
+
+    /// `RTM_SETLINK` on `link` with the changes `f` makes to an empty message.
     fn set(
         &mut self,
         op: &'static str,
         side: Side,
         link: &LinkState,
-        msg: LinkMessage,
+        f: impl FnOnce(&mut LinkMessage),
     ) -> Result<(), LinkError> {
-        let h = self.handle(side, op, &link.name)?;
-        self.rt
-            .block_on(h.link().set(msg).execute())
-            .map_err(|e| nl_err(op, side, &link.name, e))
+        let mut msg = link_at(link.index);
+        f(&mut msg);
+        self.ack(op, side, &link.name, RouteNetlinkMessage::SetLink(msg), 0)
     }
 }
 
@@ -294,26 +277,80 @@ fn state_of(msg: &LinkMessage) -> LinkState {
     s
 }
 
+fn family_of(ip: IpAddr) -> AddressFamily {
+    match ip {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
+    }
+}
+
+/// `RTM_NEWADDR` for `addr` on ifindex `index`, as `ip address add` makes it (IPv4: local,
+/// address and broadcast; IPv6: no duplicate address detection, since IPAM assigned it and
+/// routes through it are added at once).
+fn address_message(index: u32, addr: IpNet) -> AddressMessage {
+    let mut msg = AddressMessage::default();
+    msg.header.family = family_of(addr.addr);
+    msg.header.prefix_len = addr.prefix;
+    msg.header.index = index;
+    msg.attributes.push(AddressAttribute::Address(addr.addr));
+    msg.attributes.push(AddressAttribute::Local(addr.addr));
+    match addr.addr {
+        IpAddr::V4(v4) if addr.prefix < 31 => {
+            let brd = u32::from(v4) | (u32::MAX >> u32::from(addr.prefix));
+            msg.attributes
+                .push(AddressAttribute::Broadcast(std::net::Ipv4Addr::from(brd)));
+        }
+        IpAddr::V4(_) => {}
+        IpAddr::V6(_) => msg
+            .attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad)),
+    }
+    msg
+}
+
+/// `RTM_NEWROUTE` to `dst` via `gw` (or on-link) out of ifindex `index`, in the main table.
+fn route_message(index: u32, dst: IpNet, gw: Option<IpAddr>) -> Result<RouteMessage, String> {
+    let max = if dst.addr.is_ipv4() { 32 } else { 128 };
+    if dst.prefix > max {
+        return Err(format!("prefix length {} is longer than {max}", dst.prefix));
+    }
+    if let Some(gw) = gw
+        && gw.is_ipv4() != dst.addr.is_ipv4()
+    {
+        return Err(format!("gateway {gw} is not of the family of {}", dst.addr));
+    }
+    let mut msg = RouteMessage::default();
+    msg.header.address_family = family_of(dst.addr);
+    msg.header.destination_prefix_length = dst.prefix;
+    msg.header.table = RouteHeader::RT_TABLE_MAIN;
+    msg.header.protocol = RouteProtocol::Static;
+    msg.header.kind = RouteType::Unicast;
+    msg.header.scope = if gw.is_some() {
+        RouteScope::Universe
+    } else {
+        RouteScope::Link
+    };
+    msg.attributes
+        .push(RouteAttribute::Destination(RouteAddress::from(dst.addr)));
+    msg.attributes.push(RouteAttribute::Oif(index));
+    if let Some(gw) = gw {
+        msg.attributes
+            .push(RouteAttribute::Gateway(RouteAddress::from(gw)));
+    }
+    Ok(msg)
+}
+
 impl LinkOps for Netlink {
     fn get(&mut self, side: Side, name: &str) -> Result<Option<LinkState>, LinkError> {
-        let h = self.handle(side, "read link", name)?;
-        let found = self.rt.block_on(async {
-            h.link()
-                .get()
-                .match_name(name.to_owned())
-                .execute()
-                .try_next()
-                .await
-        });
-        match found {
-            Ok(msg) => Ok(msg.as_ref().map(state_of)),
-            Err(e) if errno_of(&e) == Some(nix::errno::Errno::ENODEV as i32) => Ok(None),
-            Err(e) => Err(nl_err("read link", side, name, e)),
-        }
+        let found = self
+            .socket(side, "read link", name)?
+            .link_by_name(name)
+            .map_err(|e| nl_err("read link", side, name, e))?;
+        Ok(found.as_ref().map(state_of))
     }
 
     fn move_to(&mut self, from: Side, link: &LinkState, new_name: &str) -> Result<(), LinkError> {
-        let fd = self.ns_fd(from.other()).ok_or_else(|| {
+        let no_ns = || {
             LinkError::new(
                 "move link",
                 from,
@@ -321,51 +358,41 @@ impl LinkOps for Netlink {
                 None,
                 "no pod namespace was opened",
             )
-        })?;
-        let msg = LinkUnspec::new_with_index(link.index)
-            .setns_by_fd(fd)
-            .name(new_name)
-            .build();
-        self.set("move link", from, link, msg)
+        };
+        let fd = self.ns(from.other()).ok_or_else(no_ns)?.fd().as_raw_fd();
+        self.set("move link", from, link, |m| {
+            m.attributes.push(LinkAttribute::NetNsFd(fd));
+            m.attributes
+                .push(LinkAttribute::IfName(new_name.to_string()));
+        })
     }
 
     fn set_mtu(&mut self, side: Side, link: &LinkState, mtu: u32) -> Result<(), LinkError> {
-        self.set(
-            "set MTU",
-            side,
-            link,
-            LinkUnspec::new_with_index(link.index).mtu(mtu).build(),
-        )
+        self.set("set MTU", side, link, |m| {
+            m.attributes.push(LinkAttribute::Mtu(mtu))
+        })
     }
 
     fn set_mac(&mut self, side: Side, link: &LinkState, mac: MacAddr) -> Result<(), LinkError> {
-        self.set(
-            "set MAC",
-            side,
-            link,
-            LinkUnspec::new_with_index(link.index)
-                .address(mac.0.to_vec())
-                .build(),
-        )
+        self.set("set MAC", side, link, |m| {
+            m.attributes.push(LinkAttribute::Address(mac.0.to_vec()))
+        })
     }
 
     fn set_promisc(&mut self, side: Side, link: &LinkState, on: bool) -> Result<(), LinkError> {
-        self.set(
-            "set promiscuous mode",
-            side,
-            link,
-            LinkUnspec::new_with_index(link.index)
-                .promiscuous(on)
-                .build(),
-        )
+        self.set("set promiscuous mode", side, link, |m| {
+            m.header.change_mask = LinkFlags::Promisc;
+            if on {
+                m.header.flags = LinkFlags::Promisc;
+            }
+        })
     }
 
     fn set_ipv6(&mut self, side: Side, link: &LinkState, on: bool) -> Result<(), LinkError> {
         const OP: &str = "set disable_ipv6";
         let name = link.name.as_str();
-        if name.is_empty() || name.contains('/') || name == "." || name == ".." {
-            return Err(LinkError::new(OP, side, name, None, "not a link name"));
-        }
+        k8slan_kernel::name::link_name(name)
+            .map_err(|e| LinkError::new(OP, side, name, None, e.to_string()))?;
         // Sysctls under /proc/sys/net are those of the opening thread's namespace.
         let knob = format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6");
         let value = if on { "0" } else { "1" };
@@ -384,7 +411,7 @@ impl LinkOps for Netlink {
         old: DevNum,
         new: DevNum,
     ) -> Result<Vec<std::path::PathBuf>, LinkError> {
-        tap::repoint_nodes(dir, old, new).map_err(|e| {
+        let err = |e: k8slan_kernel::TapError| {
             LinkError::new(
                 "re-point the tap device nodes",
                 Side::Host,
@@ -392,50 +419,57 @@ impl LinkOps for Netlink {
                 e.raw_os_error(),
                 e.to_string(),
             )
-        })
+        };
+        let Some(tap_dir) = TapDir::open(dir, false).map_err(err)? else {
+            return Ok(Vec::new());
+        };
+        let changed = tap_dir.repoint(old, new).map_err(err)?;
+        Ok(changed.into_iter().map(|n| dir.join(n)).collect())
     }
 
     fn tap_devnum(&mut self, side: Side, link: &LinkState) -> Result<Option<DevNum>, LinkError> {
         const OP: &str = "read the tap device number";
         let err = |e: &dyn fmt::Display| LinkError::new(OP, side, &link.name, None, e.to_string());
+        let (name, index) = (link.name.as_str(), link.index);
         match side {
             // This process runs in the node's namespace and sees its sysfs.
-            Side::Host => tap::devnum_from_sysfs(&link.name, link.index).map_err(|e| err(&e)),
+            Side::Host => tap::sysfs_devnum(name, Some(index)).map_err(|e| err(&e)),
             // sysfs shows the links of the namespace it was mounted in: the thread in the pod's
             // namespace mounts its own in a private mount namespace (nothing is mounted anywhere
             // else).
             Side::Sandbox => self
                 .in_namespace(side, || {
-                    tap::mount_private_sysfs()?;
-                    tap::devnum_from_sysfs(&link.name, link.index).map_err(|e| e.to_string())
+                    sysfs::mount_private().map_err(|e| e.to_string())?;
+                    tap::sysfs_devnum(name, Some(index)).map_err(|e| e.to_string())
                 })
                 .map_err(|e| err(&e)),
         }
     }
 
     fn set_up(&mut self, side: Side, link: &LinkState, up: bool) -> Result<(), LinkError> {
-        let b = LinkUnspec::new_with_index(link.index);
-        let msg = if up { b.up() } else { b.down() }.build();
-        self.set(if up { "set up" } else { "set down" }, side, link, msg)
+        let op = if up { "set up" } else { "set down" };
+        self.set(op, side, link, |m| {
+            m.header.change_mask = LinkFlags::Up;
+            if up {
+                m.header.flags = LinkFlags::Up;
+            }
+        })
     }
 
     fn addresses(&mut self, side: Side, link: &LinkState) -> Result<Vec<IpNet>, LinkError> {
-        let h = self.handle(side, "list addresses", &link.name)?;
-        let index = link.index;
-        let msgs = self
-            .rt
-            .block_on(async {
-                h.address()
-                    .get()
-                    .set_link_index_filter(index)
-                    .execute()
-                    .try_collect::<Vec<_>>()
-                    .await
-            })
-            .map_err(|e| nl_err("list addresses", side, &link.name, e))?;
-        Ok(msgs
+        const OP: &str = "list addresses";
+        let mut req = AddressMessage::default();
+        req.header.index = link.index;
+        let replies = self
+            .socket(side, OP, &link.name)?
+            .request(RouteNetlinkMessage::GetAddress(req), NLM_F_DUMP)
+            .map_err(|e| nl_err(OP, side, &link.name, e))?;
+        Ok(replies
             .iter()
-            .filter(|m| m.header.index == index)
+            .filter_map(|r| match r {
+                RouteNetlinkMessage::NewAddress(m) if m.header.index == link.index => Some(m),
+                _ => None,
+            })
             .filter_map(|m| {
                 m.attributes.iter().find_map(|a| match a {
                     AddressAttribute::Address(ip) => Some(IpNet {
@@ -449,18 +483,14 @@ impl LinkOps for Netlink {
     }
 
     fn add_address(&mut self, side: Side, link: &LinkState, addr: IpNet) -> Result<(), LinkError> {
-        let h = self.handle(side, "add address", &link.name)?;
-        let mut req = h.address().add(link.index, addr.addr, addr.prefix);
-        if !addr.is_ipv4() {
-            // The address is assigned by IPAM: skip duplicate address detection so that it is
-            // usable (and routes through it can be added) at once.
-            req.message_mut()
-                .attributes
-                .push(AddressAttribute::Flags(AddressFlags::Nodad));
-        }
-        self.rt
-            .block_on(req.execute())
-            .map_err(|e| nl_err("add address", side, &link.name, e))
+        let msg = RouteNetlinkMessage::NewAddress(address_message(link.index, addr));
+        self.ack(
+            "add address",
+            side,
+            &link.name,
+            msg,
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
     }
 
     fn add_route(
@@ -470,25 +500,69 @@ impl LinkOps for Netlink {
         dst: IpNet,
         gw: Option<IpAddr>,
     ) -> Result<(), LinkError> {
-        let h = self.handle(side, "add route", &link.name)?;
-        let invalid = |e: String| LinkError::new("add route", side, &link.name, None, e);
-        let mut b = RouteMessageBuilder::<IpAddr>::new()
-            .destination_prefix(dst.addr, dst.prefix)
-            .map_err(|e| invalid(e.to_string()))?
-            .output_interface(link.index);
-        b = match gw {
-            Some(gw) => b.gateway(gw).map_err(|e| invalid(e.to_string()))?,
-            None => b.scope(RouteScope::Link),
-        };
-        self.rt
-            .block_on(h.route().add(b.build()).execute())
-            .map_err(|e| nl_err("add route", side, &link.name, e))
+        let msg = route_message(link.index, dst, gw)
+            .map_err(|e| LinkError::new("add route", side, &link.name, None, e))?;
+        let msg = RouteNetlinkMessage::NewRoute(msg);
+        self.ack(
+            "add route",
+            side,
+            &link.name,
+            msg,
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
     }
 
     fn delete(&mut self, side: Side, link: &LinkState) -> Result<(), LinkError> {
-        let h = self.handle(side, "delete link", &link.name)?;
-        self.rt
-            .block_on(h.link().del(link.index).execute())
-            .map_err(|e| nl_err("delete link", side, &link.name, e))
+        let msg = RouteNetlinkMessage::DelLink(link_at(link.index));
+        self.ack("delete link", side, &link.name, msg, 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv4_addresses_get_a_broadcast_and_ipv6_ones_skip_dad() {
+        let v4 = address_message(
+            7,
+            IpNet {
+                addr: "198.18.0.5".parse().unwrap(),
+                prefix: 24,
+            },
+        );
+        assert_eq!(v4.header.index, 7);
+        assert!(v4.attributes.contains(&AddressAttribute::Broadcast(
+            "198.18.0.255".parse().unwrap()
+        )));
+        let v6 = address_message(
+            7,
+            IpNet {
+                addr: "fd00::5".parse().unwrap(),
+                prefix: 64,
+            },
+        );
+        assert!(
+            v6.attributes
+                .contains(&AddressAttribute::Flags(AddressFlags::Nodad))
+        );
+    }
+
+    #[test]
+    fn routes_of_mixed_families_or_long_prefixes_are_refused() {
+        let dst = IpNet {
+            addr: "198.18.0.0".parse().unwrap(),
+            prefix: 16,
+        };
+        assert!(route_message(1, dst, Some("fd00::1".parse().unwrap())).is_err());
+        let long = IpNet {
+            addr: "198.18.0.0".parse().unwrap(),
+            prefix: 33,
+        };
+        assert!(route_message(1, long, None).is_err());
+        let r = route_message(1, dst, None).unwrap();
+        assert_eq!(r.header.scope, RouteScope::Link);
+        let r = route_message(1, dst, Some("198.18.0.1".parse().unwrap())).unwrap();
+        assert_eq!(r.header.scope, RouteScope::Universe);
     }
 }

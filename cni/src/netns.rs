@@ -1,16 +1,19 @@
-//! Opening network namespaces by path, with checks that the path really is one.
+//! The pod's network namespace (`CNI_NETNS`), opened through the kernel layer and checked.
+//!
+//! [`Netns::open`] refuses at once, without blocking and before anything is moved, whatever is
+//! not a pod's network namespace: a FIFO (opening one for reading would hang the plugin), a
+//! directory, a regular file, a dangling symlink, a namespace of another type, and the node's
+//! own network namespace (the plugin's, or PID 1's), in which "moving" the prepared link would
+//! only rename it in place. A symlink to a namespace (as `/proc/<pid>/ns/net` is) is followed.
 
-use std::fs::File;
-use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::path::Path;
+use std::os::fd::BorrowedFd;
 
-use nix::sys::statfs::{NSFS_MAGIC, fstatfs};
+use k8slan_kernel::{NetNs, NsError};
 
 /// An open network namespace.
 #[derive(Debug)]
 pub struct Netns {
-    fd: OwnedFd,
+    inner: NetNs,
     path: String,
 }
 
@@ -22,54 +25,57 @@ pub enum NetnsError {
     )]
     Missing { path: String },
     #[error(
-        "{path:?} is not a network namespace ({why}); pass the path of the pod's network namespace"
+        "{path:?} cannot be the pod's network namespace: {why}; pass the path of the pod's network namespace"
     )]
     NotNetns { path: String, why: String },
     #[error("cannot open network namespace {path:?}: {source}")]
-    Open { path: String, source: io::Error },
+    Open {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
-// NS_GET_NSTYPE: _IO(0xb7, 0x3), answers the CLONE_NEW* type of a namespace file.
-nix::ioctl_none!(ns_get_nstype, 0xb7, 0x3);
-
 impl Netns {
-    /// Opens `path` and checks that it is a network namespace (nsfs, type CLONE_NEWNET).
+    /// Opens the pod's namespace at `path` and checks that it is a network namespace other
+    /// than the node's own.
     pub fn open(path: &str) -> Result<Netns, NetnsError> {
-        let file = File::open(Path::new(path)).map_err(|source| match source.kind() {
-            io::ErrorKind::NotFound => NetnsError::Missing {
+        let ns = Self::open_any(path)?;
+        if ns.inner.is_node_own() {
+            return Err(NetnsError::NotNetns {
+                path: path.to_owned(),
+                why: "it is the node's own network namespace".into(),
+            });
+        }
+        Ok(ns)
+    }
+
+    fn open_any(path: &str) -> Result<Netns, NetnsError> {
+        let inner = NetNs::open(path).map_err(|e| match e {
+            NsError::Missing { .. } => NetnsError::Missing {
                 path: path.to_owned(),
             },
-            _ => NetnsError::Open {
+            NsError::NotNetns { found, .. } => NetnsError::NotNetns {
+                path: path.to_owned(),
+                why: format!("it is {found}, not a network namespace"),
+            },
+            NsError::Open { source, .. } => NetnsError::Open {
                 path: path.to_owned(),
                 source,
             },
+            other => NetnsError::Open {
+                path: path.to_owned(),
+                source: std::io::Error::other(other.to_string()),
+            },
         })?;
-        let fd: OwnedFd = file.into();
-        let not_netns = |why: String| NetnsError::NotNetns {
-            path: path.to_owned(),
-            why,
-        };
-        let fs = fstatfs(&fd).map_err(|e| not_netns(format!("statfs failed: {e}")))?;
-        if fs.filesystem_type() != NSFS_MAGIC {
-            return Err(not_netns("not a namespace file".into()));
-        }
-        // SAFETY: the ioctl takes no argument and only reads the namespace type of a valid fd.
-        let kind = unsafe { ns_get_nstype(fd.as_raw_fd()) }
-            .map_err(|e| not_netns(format!("NS_GET_NSTYPE failed: {e}")))?;
-        if kind != libc_clone_newnet() {
-            return Err(not_netns(format!(
-                "namespace type {kind:#x} is not a network namespace"
-            )));
-        }
         Ok(Netns {
-            fd,
+            inner,
             path: path.to_owned(),
         })
     }
 
     /// The network namespace of the calling thread (the node's, for a CNI plugin).
     pub fn current() -> Result<Netns, NetnsError> {
-        Self::open("/proc/thread-self/ns/net")
+        Self::open_any("/proc/thread-self/ns/net")
     }
 
     pub fn path(&self) -> &str {
@@ -77,12 +83,13 @@ impl Netns {
     }
 
     pub fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+        self.inner.fd()
     }
-}
 
-fn libc_clone_newnet() -> i32 {
-    nix::sched::CloneFlags::CLONE_NEWNET.bits()
+    /// The kernel layer's handle (to run code inside the namespace).
+    pub fn inner(&self) -> &NetNs {
+        &self.inner
+    }
 }
 
 #[cfg(test)]
@@ -90,20 +97,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rejects_non_namespaces() {
+    fn rejects_non_namespaces_and_the_nodes_own() {
         assert!(matches!(
             Netns::open("/nonexistent/k8slan/ns"),
             Err(NetnsError::Missing { .. })
         ));
-        assert!(matches!(
-            Netns::open("/proc/self/status"),
-            Err(NetnsError::NotNetns { .. })
-        ));
-        // A namespace of another type is refused too.
-        assert!(matches!(
-            Netns::open("/proc/self/ns/uts"),
-            Err(NetnsError::NotNetns { .. })
-        ));
+        for (path, says) in [
+            ("/proc/self/status", "a regular file"),
+            ("/proc/self/ns/uts", "a uts namespace"),
+            ("/", "a directory"),
+            ("/proc/self/ns/net", "the node's own"),
+            ("/proc/thread-self/ns/net", "the node's own"),
+        ] {
+            match Netns::open(path) {
+                Err(e @ NetnsError::NotNetns { .. }) => {
+                    assert!(e.to_string().contains(says), "{path}: {e}")
+                }
+                other => panic!("{path}: {other:?}"),
+            }
+        }
         assert!(Netns::current().is_ok());
     }
 }

@@ -25,7 +25,7 @@ pub struct RecordingLinks {
     /// Every operation, as "<op> <side> <link>", in order.
     pub log: Vec<String>,
     /// The minor a macvtap's tap gets in the pod (7 in the node's namespace).
-    pub minor_in_pod: u64,
+    pub minor_in_pod: u32,
     pub repointed: Vec<(DevNum, DevNum)>,
 }
 

@@ -47,6 +47,9 @@ pub struct Recovery {
     pub orphan_links: Vec<String>,
     /// Tap device nodes in the device directory whose spoke is in no known LAN.
     pub orphan_tap_nodes: Vec<PathBuf>,
+    /// Entries of the netns directory that k8slan did not create: left alone (see
+    /// [`crate::netns`]).
+    pub foreign_entries: Vec<crate::netns::ForeignEntry>,
 }
 
 impl<K: Kernel> Datapath<K> {
@@ -120,6 +123,10 @@ impl<K: Kernel> Datapath<K> {
         let _guard = self.serialise();
         let mut rec = Recovery::default();
         let present = self.kernel.lan_namespaces().map_err(|e| kerr("*", e))?;
+        rec.foreign_entries = self
+            .kernel
+            .foreign_namespace_entries()
+            .map_err(|e| kerr("*", e))?;
         for ns in &present {
             match known.iter().find(|s| &s.ns == ns) {
                 None => rec.orphan_namespaces.push(ns.clone()),

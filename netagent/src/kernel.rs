@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use k8slan_api::MacvtapMode;
 use serde::Serialize;
 
+pub use crate::netns::ForeignEntry;
+
 /// A network namespace the datapath works in.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase", tag = "ns", content = "name")]
@@ -165,18 +167,8 @@ impl LinkChange {
     }
 }
 
-/// Major and minor number of a character device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct DevNum {
-    pub major: u32,
-    pub minor: u32,
-}
-
-impl std::fmt::Display for DevNum {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}", self.major, self.minor)
-    }
-}
+/// Major and minor number of a character device (defined once, in the kernel layer).
+pub use k8slan_kernel::DevNum;
 
 /// Link group (`IFLA_GROUP`) of every link k8slan creates in a LAN namespace, so that
 /// `lan down` deletes them all in one batch (`ip link delete group`).
@@ -230,6 +222,11 @@ pub trait Kernel: Send + Sync {
     fn create_lan_namespace(&self, lan: &str) -> Result<(), KernelError>;
     /// Unmount the LAN namespace and remove its file (a leftover unmounted file too).
     fn delete_lan_namespace(&self, lan: &str) -> Result<(), KernelError>;
+    /// Entries of the netns directory that are not k8slan's LAN namespaces (symlinks, foreign
+    /// namespaces, files): never listed, touched or removed, only reported.
+    fn foreign_namespace_entries(&self) -> Result<Vec<ForeignEntry>, KernelError> {
+        Ok(Vec::new())
+    }
 
     /// The link of that name, if any.
     fn link(&self, ns: &Ns, name: &str) -> Result<Option<Link>, KernelError>;

@@ -1,169 +1,179 @@
-//! Persistent network namespaces and running code inside one.
+//! LAN namespaces in the netns directory: which entries are k8slan's, and how they are made.
 //!
-//! `setns(2)` moves only the calling thread, so everything that must happen inside a namespace
-//! runs on a dedicated OS thread: a short-lived one ([`in_netns`]) that enters the namespace,
-//! does its work (for example opens a netlink socket, which stays bound to that namespace) and
-//! exits, or a long-lived one ([`NsThread`]) for repeated sysfs and sysctl work in a namespace
-//! the process is not in. The caller's thread, and every other thread of the process, never
-//! changes namespace.
+//! The directory (`--netns-dir`) is a [`NsDir`]: entries are opened without following symlinks,
+//! the directory can never be the container runtime's. On top of that, k8slan *marks* every
+//! namespace it creates: before the namespace is bind-mounted (so before anyone can see it), its
+//! `lo` gets the alias `k8slan:<lan>/netns` ([`mark`]). An entry is k8slan's LAN namespace only if
+//! it is a network namespace, is not the node's own, and carries the mark of its own name
+//! ([`check_mark`]). Everything else — a symlink, a bind mount of a namespace k8slan did not
+//! create (or of another LAN's), a regular file, a FIFO — is *foreign*: reported, never torn
+//! down or unmounted. (A root user could forge a mark; the mark defends against mistakes and
+//! against writers who are not root in the node's namespaces, which is who could otherwise plant
+//! entries there.)
+//!
+//! Namespaces made before marks existed are recognised by their k8slan bridge (alias
+//! `k8slan:<lan>/bridge`) and marked on first sight.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs;
 use std::io;
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
-use std::thread::JoinHandle;
 
-use nix::mount::{MntFlags, MsFlags, mount, umount2};
-use nix::sched::{CloneFlags, setns, unshare};
-use nix::sys::statfs::{NSFS_MAGIC, statfs};
+use k8slan_api::naming::link_alias;
+use k8slan_kernel::route::{link_alias_of, set_alias_and_up};
+use k8slan_kernel::{NetNs, NsDir, NsDirError, NsEntry, NsError, NsId, RouteSocket, name};
+
+/// The setting the directory comes from, for messages.
+pub const NETNS_DIR_FLAG: &str = "--netns-dir";
+
+/// Alias role of the mark on a LAN namespace's `lo`.
+const MARK_ROLE: &str = "netns";
+/// Alias role of a LAN's bridge (namespaces from before marks).
+const BRIDGE_ROLE: &str = "bridge";
+
+/// The mark k8slan puts on the `lo` of LAN namespace `lan`.
+pub fn mark(lan: &str) -> String {
+    link_alias(lan, MARK_ROLE)
+}
 
 /// Why a namespace operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum NetnsError {
-    #[error("cannot prepare netns directory {dir}: {source}")]
-    Dir { dir: PathBuf, source: io::Error },
-    #[error("cannot create network namespace file {path}: {source}")]
-    File { path: PathBuf, source: io::Error },
-    #[error("cannot set {knob} in network namespace {path}: {source}")]
-    Sysctl {
-        knob: String,
-        path: PathBuf,
-        source: io::Error,
-    },
-    #[error("cannot {what} for network namespace {path}: {source}")]
-    Sys {
-        what: &'static str,
-        path: PathBuf,
-        source: nix::Error,
-    },
-    #[error("cannot open network namespace {path}: {source}")]
-    Open { path: PathBuf, source: io::Error },
-    #[error("cannot enter network namespace: setns failed: {0}")]
-    Enter(nix::Error),
-    #[error("cannot start a thread for namespace work: {0}")]
-    Thread(io::Error),
-    #[error("the thread doing namespace work panicked")]
-    Panicked,
+    #[error(transparent)]
+    Dir(#[from] NsDirError),
+    #[error(transparent)]
+    Ns(#[from] NsError),
+    #[error("{} is {what}, not a LAN namespace k8slan created; it is left alone", path.display())]
+    Foreign { path: PathBuf, what: String },
+    #[error("cannot read the links of network namespace {}: {reason}", path.display())]
+    Netlink { path: PathBuf, reason: String },
 }
 
-/// Run `f` on a fresh OS thread that first enters the network namespace `ns`.
-/// The thread ends when `f` returns, so no thread is ever left in a foreign namespace.
-pub fn in_netns<F, T>(ns: &File, f: F) -> Result<T, NetnsError>
-where
-    F: FnOnce() -> T + Send,
-    T: Send,
-{
-    std::thread::scope(|s| {
-        let handle = std::thread::Builder::new()
-            .name("k8slan-netns".into())
-            .spawn_scoped(s, || {
-                setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).map_err(NetnsError::Enter)?;
-                Ok(f())
-            })
-            .map_err(NetnsError::Thread)?;
-        handle.join().map_err(|_| NetnsError::Panicked)?
+/// An entry of the netns directory that is not a LAN namespace of k8slan's.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub struct ForeignEntry {
+    pub name: String,
+    /// What it is, e.g. "a symlink (to \"/proc/1/ns/net\")".
+    pub what: String,
+}
+
+/// The entries of the netns directory: network namespaces (named; their marks still to be
+/// checked with [`check_mark`]) and foreign entries.
+pub type Entries = (Vec<(String, NetNs)>, Vec<ForeignEntry>);
+
+/// The netns directory.
+#[derive(Debug, Clone)]
+pub struct LanDir {
+    dir: NsDir,
+}
+
+impl LanDir {
+    /// Checks and makes `path` (never the runtime's directory; errors name `--netns-dir`).
+    pub fn open(path: &Path) -> Result<LanDir, NetnsError> {
+        Ok(LanDir {
+            dir: NsDir::open(path, NETNS_DIR_FLAG)?,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Path of LAN namespace `lan`.
+    pub fn lan_path(&self, lan: &str) -> PathBuf {
+        self.dir.path().join(lan)
+    }
+
+    /// Every entry: network namespaces (to be checked with [`check_mark`]) and foreign ones.
+    pub fn entries(&self, host: NsId) -> Result<Entries, NetnsError> {
+        let mut namespaces = Vec::new();
+        let mut foreign = Vec::new();
+        for e in self.dir.entries()? {
+            match e {
+                NsEntry::Netns { name, ns } => match node_own(&ns, host) {
+                    Some(what) => foreign.push(ForeignEntry { name, what }),
+                    None => namespaces.push((name, ns)),
+                },
+                NsEntry::Foreign { name, what } => foreign.push(ForeignEntry { name, what }),
+            }
+        }
+        Ok((namespaces, foreign))
+    }
+
+    /// The namespace mounted for `lan`, if it is a network namespace other than the node's
+    /// (its mark is checked by the caller, on the socket it opens there). `None`: no entry.
+    pub fn open_lan(&self, lan: &str, host: NsId) -> Result<Option<NetNs>, NetnsError> {
+        match self.dir.open_entry(lan) {
+            Ok(ns) => match node_own(&ns, host) {
+                Some(what) => Err(NetnsError::Foreign {
+                    path: self.lan_path(lan),
+                    what,
+                }),
+                None => Ok(Some(ns)),
+            },
+            Err(NsDirError::Ns(NsError::Missing { .. })) => Ok(None),
+            Err(NsDirError::Ns(NsError::NotNetns { path, found })) => Err(NetnsError::Foreign {
+                path,
+                what: found.to_string(),
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Creates LAN namespace `lan`: a new namespace with IPv6 off, `lo` up and marked, then
+    /// mounted race-free (see [`NsDir::create`]).
+    pub fn create(&self, lan: &str) -> Result<NetNs, NetnsError> {
+        self.dir.make_shared()?;
+        let alias = mark(lan);
+        Ok(self.dir.create(lan, move || {
+            silence_ipv6()?;
+            let mut socket = RouteSocket::open().map_err(|e| format!("netlink socket: {e}"))?;
+            set_alias_and_up(&mut socket, "lo", &alias).map_err(|e| format!("mark lo: {e}"))
+        })?)
+    }
+
+    /// Unmounts and removes LAN namespace `lan`, which must still be namespace `expect` (which
+    /// the caller verified is marked). Absent is fine; anything foreign is refused.
+    pub fn delete(&self, lan: &str, expect: Option<NsId>) -> Result<(), NetnsError> {
+        Ok(self.dir.remove(lan, expect)?)
+    }
+}
+
+/// Why `ns` counts as the node's own namespace (`host` is the datapath's host namespace).
+fn node_own(ns: &NetNs, host: NsId) -> Option<String> {
+    (ns.id() == host || ns.is_node_own()).then(|| "the node's own network namespace".to_string())
+}
+
+/// Checks, on a socket opened inside it, that the namespace at entry `lan` is k8slan's LAN
+/// namespace `lan`: its `lo` carries [`mark`]`(lan)`. A namespace from before marks (no alias on
+/// `lo`, a bridge with this LAN's k8slan alias) is marked now. Returns what it is otherwise.
+pub fn check_mark(socket: &mut RouteSocket, lan: &str) -> Result<(), String> {
+    let lo = socket
+        .link_by_name("lo")
+        .map_err(|e| format!("a network namespace whose lo cannot be read ({e})"))?;
+    let alias = lo.as_ref().and_then(link_alias_of);
+    let want = mark(lan);
+    match alias.as_deref() {
+        Some(a) if a == want => Ok(()),
+        None | Some("") if has_lan_bridge(socket, lan) => set_alias_and_up(socket, "lo", &want)
+            .map_err(|e| {
+                format!("a k8slan namespace from before marks that cannot be marked ({e})")
+            }),
+        Some(other) if other.starts_with(k8slan_api::naming::LINK_ALIAS_PREFIX) => Err(format!(
+            "a k8slan network namespace of another name (its lo says {other:?}, not {want:?})"
+        )),
+        _ => {
+            Err("a network namespace k8slan did not create (its lo carries no k8slan mark)".into())
+        }
+    }
+}
+
+fn has_lan_bridge(socket: &mut RouteSocket, lan: &str) -> bool {
+    let want = link_alias(lan, BRIDGE_ROLE);
+    socket.links().is_ok_and(|links| {
+        links
+            .iter()
+            .any(|l| link_alias_of(l).as_deref() == Some(want.as_str()))
     })
-}
-
-/// Open a namespace file (`/proc/<pid>/ns/net` or a bind mount of one).
-pub fn open(path: &Path) -> Result<File, NetnsError> {
-    File::open(path).map_err(|source| NetnsError::Open {
-        path: path.to_owned(),
-        source,
-    })
-}
-
-/// Whether `path` is a mounted network namespace (not just a leftover file).
-pub fn is_mounted(path: &Path) -> bool {
-    statfs(path).is_ok_and(|s| s.filesystem_type() == NSFS_MAGIC)
-}
-
-/// Make `dir` exist and be a shared mount point, as `ip netns add` does, so that namespace
-/// mounts below it propagate into mount namespaces that bind `dir` with rslave/rshared.
-pub fn prepare_dir(dir: &Path) -> Result<(), NetnsError> {
-    fs::create_dir_all(dir).map_err(|source| NetnsError::Dir {
-        dir: dir.to_owned(),
-        source,
-    })?;
-    let shared = || {
-        mount(
-            None::<&str>,
-            dir,
-            None::<&str>,
-            MsFlags::MS_SHARED | MsFlags::MS_REC,
-            None::<&str>,
-        )
-    };
-    match shared() {
-        Ok(()) => Ok(()),
-        // Not a mount point yet: bind it onto itself, then share it.
-        Err(nix::Error::EINVAL) => mount(
-            Some(dir),
-            dir,
-            None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            None::<&str>,
-        )
-        .and_then(|()| shared())
-        .map_err(|source| NetnsError::Sys {
-            what: "make the netns directory a shared mount point",
-            path: dir.to_owned(),
-            source,
-        }),
-        Err(source) => Err(NetnsError::Sys {
-            what: "make the netns directory a shared mount point",
-            path: dir.to_owned(),
-            source,
-        }),
-    }
-}
-
-/// Create a new network namespace and bind-mount it at `path` (whose directory must exist):
-/// a thread unshares its network namespace and its `/proc/thread-self/ns/net` is bind-mounted.
-/// A leftover file that is not a mount is replaced. On failure nothing is left behind.
-pub fn create(path: &Path) -> Result<(), NetnsError> {
-    if path.exists() && !is_mounted(path) {
-        let _ = fs::remove_file(path);
-    }
-    OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(|source| NetnsError::File {
-            path: path.to_owned(),
-            source,
-        })?;
-    let result = std::thread::scope(|s| {
-        let handle = std::thread::Builder::new()
-            .name("k8slan-netns-new".into())
-            .spawn_scoped(s, || {
-                unshare(CloneFlags::CLONE_NEWNET).map_err(|source| NetnsError::Sys {
-                    what: "unshare a new network namespace",
-                    path: path.to_owned(),
-                    source,
-                })?;
-                silence_ipv6(path)?;
-                mount(
-                    Some("/proc/thread-self/ns/net"),
-                    path,
-                    None::<&str>,
-                    MsFlags::MS_BIND,
-                    None::<&str>,
-                )
-                .map_err(|source| NetnsError::Sys {
-                    what: "bind-mount",
-                    path: path.to_owned(),
-                    source,
-                })
-            })
-            .map_err(NetnsError::Thread)?;
-        handle.join().map_err(|_| NetnsError::Panicked)?
-    });
-    if result.is_err() {
-        let _ = fs::remove_file(path);
-    }
-    result
 }
 
 /// Turn IPv6 off for every link of the calling thread's (new) namespace. A LAN namespace is a
@@ -171,176 +181,23 @@ pub fn create(path: &Path) -> Result<(), NetnsError> {
 /// solicitations, neighbour and MLD frames onto the LAN, where the members would see them.
 /// Links moved in later (the VXLAN) take the namespace defaults. A kernel without IPv6 has
 /// nothing to silence.
-fn silence_ipv6(path: &Path) -> Result<(), NetnsError> {
+fn silence_ipv6() -> Result<(), String> {
     for conf in ["default", "all"] {
         let knob = format!("/proc/sys/net/ipv6/conf/{conf}/disable_ipv6");
         match fs::write(&knob, "1") {
             Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(source) => {
-                return Err(NetnsError::Sysctl {
-                    knob,
-                    path: path.to_owned(),
-                    source,
-                });
-            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(format!("cannot set {knob}: {e}")),
         }
     }
     Ok(())
 }
 
-/// Unmount the namespace at `path` and remove the file. Absent or unmounted is fine.
-pub fn delete(path: &Path) -> Result<(), NetnsError> {
-    match umount2(path, MntFlags::MNT_DETACH) {
-        Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
-        Err(source) => {
-            return Err(NetnsError::Sys {
-                what: "unmount",
-                path: path.to_owned(),
-                source,
-            });
-        }
-    }
-    match fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(NetnsError::File {
-            path: path.to_owned(),
-            source,
-        }),
-    }
-}
-
-/// Names of the mounted namespaces in `dir` (an absent directory has none).
-pub fn list(dir: &Path) -> Result<Vec<String>, NetnsError> {
-    let entries = match fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => {
-            return Err(NetnsError::Dir {
-                dir: dir.to_owned(),
-                source,
-            });
-        }
-    };
-    let mut names: Vec<String> = entries
-        .filter_map(Result::ok)
-        .filter(|e| is_mounted(&e.path()))
-        .filter_map(|e| e.file_name().into_string().ok())
-        .collect();
-    names.sort();
-    Ok(names)
-}
-
-/// A long-lived thread inside a network namespace, with a private mount namespace in which
-/// `/sys` is that namespace's sysfs: the place to read `/sys/class/net` and write
-/// `/proc/sys/net` sysctls of a namespace the process itself is not in, without a thread and a
-/// sysfs mount per call. Used when the node's host namespace is a namespace file (tests that
-/// simulate several nodes on one machine); the thread ends when this is dropped.
-#[derive(Debug)]
-pub struct NsThread {
-    jobs: Option<mpsc::Sender<Job>>,
-    thread: Option<JoinHandle<()>>,
-}
-
-type Job = Box<dyn FnOnce() + Send>;
-
-impl NsThread {
-    /// Start the thread inside `ns` (the file is only used during the start).
-    pub fn start(ns: &File) -> Result<Self, NetnsError> {
-        let ns = ns.try_clone().map_err(|source| NetnsError::Open {
-            path: PathBuf::from("(namespace handle)"),
-            source,
-        })?;
-        let (jobs, rx) = mpsc::channel::<Job>();
-        let (ready_tx, ready) = mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name("k8slan-hostns".into())
-            .spawn(move || {
-                let entered = setns(ns.as_fd(), CloneFlags::CLONE_NEWNET)
-                    .map_err(NetnsError::Enter)
-                    .and_then(|()| private_sysfs());
-                drop(ns);
-                let ok = entered.is_ok();
-                let _ = ready_tx.send(entered);
-                if ok {
-                    while let Ok(job) = rx.recv() {
-                        job();
-                    }
-                }
-            })
-            .map_err(NetnsError::Thread)?;
-        ready.recv().map_err(|_| NetnsError::Panicked)??;
-        Ok(Self {
-            jobs: Some(jobs),
-            thread: Some(thread),
-        })
-    }
-
-    /// Run `f` on the thread and wait for its result.
-    pub fn run<F, T>(&self, f: F) -> Result<T, NetnsError>
-    where
-        F: FnOnce() -> T + Send + 'static,
-        T: Send + 'static,
-    {
-        let (tx, rx) = mpsc::channel();
-        let job: Job = Box::new(move || {
-            let _ = tx.send(f());
-        });
-        self.jobs
-            .as_ref()
-            .ok_or(NetnsError::Panicked)?
-            .send(job)
-            .map_err(|_| NetnsError::Panicked)?;
-        rx.recv().map_err(|_| NetnsError::Panicked)
-    }
-}
-
-impl Drop for NsThread {
-    fn drop(&mut self) {
-        self.jobs.take();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// Give the calling thread a private mount namespace with a fresh sysfs at `/sys`, which then
-/// shows the links of the thread's network namespace.
-fn private_sysfs() -> Result<(), NetnsError> {
-    let sys = || -> Result<(), nix::Error> {
-        unshare(CloneFlags::CLONE_NEWNS)?;
-        mount(
-            None::<&str>,
-            "/",
-            None::<&str>,
-            MsFlags::MS_REC | MsFlags::MS_SLAVE,
-            None::<&str>,
-        )?;
-        mount(
-            Some("sysfs"),
-            "/sys",
-            Some("sysfs"),
-            MsFlags::empty(),
-            None::<&str>,
-        )
-    };
-    sys().map_err(|source| NetnsError::Sys {
-        what: "mount a private sysfs",
-        path: PathBuf::from("/sys"),
-        source,
-    })
-}
-
 /// Set a per-link IPv6 sysctl (`/proc/sys/net/ipv6/conf/<link>/<knob>`) of the calling thread's
 /// namespace. A kernel without IPv6 has nothing to set.
 pub fn set_link_ipv6_sysctl(link: &str, knob: &str, value: &str) -> io::Result<()> {
-    if link.is_empty() || link.contains('/') || link == "." || link == ".." {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{link:?} is not a link name"),
-        ));
-    }
+    name::link_name(link).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    name::file_name(knob).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     if !Path::new("/proc/sys/net/ipv6").exists() {
         return Ok(());
     }

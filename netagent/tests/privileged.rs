@@ -331,7 +331,7 @@ fn the_node_never_speaks_onto_the_lan() {
 
 #[test]
 #[ignore = "privileged"]
-fn a_lan_namespace_replaced_behind_the_agents_back_is_rebuilt_in_the_new_one() {
+fn a_lan_namespace_replaced_behind_the_agents_back_is_left_alone_and_reported() {
     let ul = Underlay::new();
     let n1 = Node::new(&ul, "node1", 1500);
     let a = spoke("a");
@@ -339,8 +339,9 @@ fn a_lan_namespace_replaced_behind_the_agents_back_is_rebuilt_in_the_new_one() {
     n1.dp
         .spoke_up(&spec, &n1.name, &a, SpokeKind::Veth)
         .unwrap();
-    // Someone removes the LAN namespace and mounts a fresh, empty one at the same path (the
-    // datapath keeps a netlink socket per namespace: it must not go on talking to the old one).
+    // Someone removes the LAN namespace and mounts a fresh namespace of their own at the same
+    // path (the datapath keeps a netlink socket per namespace: it must not go on talking to the
+    // old one, and it must not adopt the new one, which k8slan did not create).
     let path = n1.dir.path().join("netns").join(&spec.ns);
     let out = std::process::Command::new("sh")
         .arg("-c")
@@ -351,45 +352,25 @@ fn a_lan_namespace_replaced_behind_the_agents_back_is_rebuilt_in_the_new_one() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-    assert!(!n1.lan_sh(&spec.ns, "ip -o link").contains("br0"));
 
-    // The old namespace (and its VXLAN, which holds the VNI on the underlay) is torn down by the
-    // kernel asynchronously once nothing holds it: until then the new VXLAN is refused with
-    // EEXIST, and the agent's reconciler simply tries again. Wait for that here.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let st = loop {
-        match n1.dp.lan_up(&spec, &n1.name) {
-            Ok(st) => break st,
-            Err(e) if std::time::Instant::now() < deadline => {
-                eprintln!("lan up: {e}; again");
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            Err(e) => panic!("lan up never succeeded: {e}"),
-        }
-    };
+    let err = n1.dp.lan_up(&spec, &n1.name).unwrap_err().to_string();
     assert!(
-        st.changes
-            .iter()
-            .any(|c| c.contains("br0") || c.contains("vx0")),
-        "{:?}",
-        st.changes
+        err.contains(&path.display().to_string()) && err.contains("did not create"),
+        "{err}"
     );
-    let links = n1.lan_sh(&spec.ns, "ip -o link");
-    for name in ["br0", "vx0"] {
-        assert!(
-            links.contains(&format!(" {name}")),
-            "{name} not in the new namespace: {links}"
-        );
-    }
-    // The spoke's old pair died with the old namespace's port: it is made again, in the new one.
-    n1.dp
-        .spoke_up(&spec, &n1.name, &a, SpokeKind::Veth)
+    let rec = n1
+        .dp
+        .recover(&n1.name, std::slice::from_ref(&spec))
         .unwrap();
     assert!(
-        n1.lan_sh(&spec.ns, "ip -o link")
-            .contains(&format!(" {a}@"))
+        rec.foreign_entries.iter().any(|f| f.name == spec.ns),
+        "{rec:?}"
     );
+    assert!(rec.orphan_namespaces.is_empty(), "{rec:?}");
     n1.dp.lan_down(&spec).unwrap();
+    // Still mounted, and nothing was made in it.
+    assert!(n1.dir.mounts().contains(&path), "{:?}", n1.dir.mounts());
+    assert!(!n1.lan_sh(&spec.ns, "ip -o link").contains("br0"));
 }
 
 #[test]

@@ -3,15 +3,14 @@
 //! Every name is unique per process and call (`<tag><pid><counter>`), and every guard removes
 //! what it made when dropped, also while a failing test unwinds.
 
-use std::fs::{self, File};
+use std::fs;
 use std::io;
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use k8slan_kernel::NetNs;
 use nix::mount::{MntFlags, umount2};
-use nix::sched::{CloneFlags, setns};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -93,21 +92,16 @@ impl Drop for TestNs {
     }
 }
 
-/// Run a closure on a fresh thread that entered the network namespace at `path`.
+/// Run a closure on a fresh thread that entered the network namespace at `path` (verified to
+/// be one, by the kernel layer).
 pub fn in_netns<F, T>(path: &Path, f: F) -> io::Result<T>
 where
     F: FnOnce() -> T + Send,
     T: Send,
 {
-    let file = File::open(path)?;
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            setns(file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
-            Ok(f())
-        })
-        .join()
-        .map_err(|_| io::Error::other("closure inside the namespace panicked"))?
-    })
+    NetNs::open(path)
+        .and_then(|ns| ns.run(f))
+        .map_err(io::Error::other)
 }
 
 /// A scratch directory (under `/run/k8slan-test`) whose mounts are all detached and which is

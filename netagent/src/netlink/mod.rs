@@ -13,18 +13,15 @@
 //! simulating several nodes) a long-lived [`netns::NsThread`] with its own sysfs does it.
 
 mod parse;
-pub mod socket;
 
-use std::collections::HashMap;
-use std::fs::{self, File};
+use std::collections::{BTreeSet, HashMap};
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use nix::sys::stat::{Mode, SFlag, major, makedev, minor, mknod};
-use rtnetlink::packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL};
+use k8slan_kernel::{DevNum, NetNs, NsId, NsThread, RequestError, RouteSocket, TapDir, tap};
+use rtnetlink::packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::packet_route::link::{
     InfoBridge, InfoData, InfoKind, InfoVeth, LinkAttribute, LinkMessage,
@@ -32,11 +29,11 @@ use rtnetlink::packet_route::link::{
 use rtnetlink::{
     LinkBridge, LinkBridgePort, LinkMacVtap, LinkMessageBuilder, LinkUnspec, LinkVxlan,
 };
+use tracing::warn;
 
 use self::parse::{mode_to_nl, parse_link};
-use self::socket::{RequestError, RouteSocket};
-use crate::kernel::{DevNum, Kernel, KernelError, LAN_LINK_GROUP, Link, LinkChange, NewLink, Ns};
-use crate::netns::{self, NsThread};
+use crate::kernel::{Kernel, KernelError, LAN_LINK_GROUP, Link, LinkChange, NewLink, Ns};
+use crate::netns::{self, ForeignEntry, LanDir, NetnsError};
 
 /// Which namespace is the node's host namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,22 +45,24 @@ pub enum HostNs {
 }
 
 /// The real kernel. Share it (`Send + Sync`); it holds the host namespace open, one netlink
-/// socket per namespace in use, and the netns directory path.
+/// socket per namespace in use, and the netns directory.
 #[derive(Debug)]
 pub struct RtnlKernel {
-    host: File,
+    host: NetNs,
     host_is_own: bool,
-    netns_dir: PathBuf,
+    lans: LanDir,
     sockets: Mutex<HashMap<Ns, Arc<NsSocket>>>,
     /// The host-namespace thread, when the host namespace is not the process's own.
     host_thread: OnceLock<NsThread>,
+    /// Foreign entries of the netns directory already warned about (each is warned once).
+    warned: Mutex<BTreeSet<ForeignEntry>>,
 }
 
-/// The socket of one namespace, with the identity (device and inode of the namespace file) of
-/// the namespace it belongs to.
+/// The socket of one namespace, with the identity of the namespace it belongs to. A LAN
+/// namespace's socket exists only once its mark was verified on it.
 #[derive(Debug)]
 struct NsSocket {
-    id: (u64, u64),
+    id: NsId,
     socket: Mutex<RouteSocket>,
 }
 
@@ -75,43 +74,44 @@ impl NsSocket {
     }
 }
 
-/// Device and inode of a namespace file: the namespace's identity.
-fn ns_id(meta: &fs::Metadata) -> (u64, u64) {
-    (meta.dev(), meta.ino())
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl RtnlKernel {
-    /// Open the host namespace; LAN namespaces live in `netns_dir`.
+    /// Open the host namespace; LAN namespaces live in `netns_dir` (the `--netns-dir` flag),
+    /// which is refused when it is the container runtime's directory.
     pub fn new(host: HostNs, netns_dir: impl Into<PathBuf>) -> Result<Self, KernelError> {
-        let (path, own) = match &host {
-            HostNs::Current => (PathBuf::from("/proc/thread-self/ns/net"), true),
-            HostNs::Path(p) => (p.clone(), false),
+        let (opened, own) = match &host {
+            HostNs::Current => (NetNs::current(), true),
+            HostNs::Path(p) => (NetNs::open(p), false),
         };
-        let file = netns::open(&path)
-            .map_err(|e| KernelError::new("open", path.display().to_string(), &Ns::Host, e))?;
+        let host = opened.map_err(|e| KernelError::new("open", "host namespace", &Ns::Host, e))?;
+        let dir = netns_dir.into();
+        let lans = LanDir::open(&dir)
+            .map_err(|e| KernelError::new("open", dir.display().to_string(), &Ns::Host, e))?;
         Ok(Self {
-            host: file,
+            host,
             host_is_own: own,
-            netns_dir: netns_dir.into(),
+            lans,
             sockets: Mutex::new(HashMap::new()),
             host_thread: OnceLock::new(),
+            warned: Mutex::new(BTreeSet::new()),
         })
     }
 
     /// The directory holding LAN namespace mounts.
     pub fn netns_dir(&self) -> &Path {
-        &self.netns_dir
+        self.lans.path()
     }
 
     /// Path of a LAN namespace mount.
     pub fn lan_path(&self, lan: &str) -> PathBuf {
-        self.netns_dir.join(lan)
+        self.lans.lan_path(lan)
     }
 
     fn sockets(&self) -> MutexGuard<'_, HashMap<Ns, Arc<NsSocket>>> {
-        self.sockets
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.sockets)
     }
 
     fn forget(&self, ns: &Ns) {
@@ -128,53 +128,92 @@ impl RtnlKernel {
         .with_errno(libc::ENOENT)
     }
 
-    fn open_ns(&self, ns: &Ns) -> Result<File, KernelError> {
+    fn netns_err(&self, ns: &Ns, e: NetnsError) -> KernelError {
+        KernelError::new("open", self.netns_dir().display().to_string(), ns, e)
+    }
+
+    fn warn_foreign(&self, entry: ForeignEntry) {
+        if lock(&self.warned).insert(entry.clone()) {
+            warn!(
+                dir = %self.netns_dir().display(),
+                entry = %entry.name,
+                what = %entry.what,
+                "the netns directory holds an entry k8slan did not create; it is left alone"
+            );
+        }
+    }
+
+    fn open_ns(&self, ns: &Ns) -> Result<NetNs, KernelError> {
         match ns {
             Ns::Host => self
                 .host
                 .try_clone()
                 .map_err(|e| KernelError::new("open", "host namespace", ns, e)),
-            Ns::Lan(lan) => {
-                let path = self.lan_path(lan);
-                if !netns::is_mounted(&path) {
-                    return Err(self.not_mounted(ns, lan));
-                }
-                netns::open(&path).map_err(|e| KernelError::new("open", lan.clone(), ns, e))
-            }
+            Ns::Lan(lan) => match self.lans.open_lan(lan, self.host.id()) {
+                Ok(Some(netns)) => Ok(netns),
+                Ok(None) => Err(self.not_mounted(ns, lan)),
+                Err(e) => Err(self.netns_err(ns, e)),
+            },
         }
     }
 
     /// The socket of `ns`, opened on first use; a LAN namespace that was deleted or replaced
-    /// since gets a fresh one (or an error when it is gone).
+    /// since gets a fresh one (or an error when it is gone or not k8slan's).
     fn socket(&self, ns: &Ns) -> Result<Arc<NsSocket>, KernelError> {
-        let current = match ns {
-            Ns::Host => None,
-            Ns::Lan(lan) => {
-                let path = self.lan_path(lan);
-                let meta = match fs::metadata(&path) {
-                    Ok(m) if netns::is_mounted(&path) => m,
-                    _ => {
-                        self.forget(ns);
-                        return Err(self.not_mounted(ns, lan));
-                    }
+        self.open_socket(ns).map_err(|e| match e {
+            Opened::Failed(e) => e,
+            Opened::Foreign(what) => {
+                let lan = match ns {
+                    Ns::Lan(lan) => lan.as_str(),
+                    Ns::Host => "",
                 };
-                Some(ns_id(&meta))
+                let path = self.lan_path(lan);
+                self.netns_err(ns, NetnsError::Foreign { path, what })
             }
+        })
+    }
+
+    fn open_socket(&self, ns: &Ns) -> Result<Arc<NsSocket>, Opened> {
+        let netns = match ns {
+            Ns::Host => self.open_ns(ns).map_err(Opened::Failed)?,
+            Ns::Lan(lan) => match self.lans.open_lan(lan, self.host.id()) {
+                Ok(Some(netns)) => netns,
+                Ok(None) => {
+                    self.forget(ns);
+                    return Err(Opened::Failed(self.not_mounted(ns, lan)));
+                }
+                Err(NetnsError::Foreign { what, .. }) => {
+                    self.forget(ns);
+                    return Err(Opened::Foreign(what));
+                }
+                Err(e) => return Err(Opened::Failed(self.netns_err(ns, e))),
+            },
         };
         if let Some(s) = self.sockets().get(ns)
-            && current.is_none_or(|id| id == s.id)
+            && s.id == netns.id()
         {
             return Ok(s.clone());
         }
-        let file = self.open_ns(ns)?;
-        let meta = file
-            .metadata()
-            .map_err(|e| KernelError::new("open", "namespace", ns, e))?;
-        let socket = netns::in_netns(&file, RouteSocket::open)
-            .map_err(|e| KernelError::new("open a netlink socket", "namespace", ns, e))?
-            .map_err(|e| KernelError::new("open a netlink socket", "namespace", ns, e))?;
+        let open_err = |e: &dyn std::fmt::Display| {
+            Opened::Failed(KernelError::new(
+                "open a netlink socket",
+                "namespace",
+                ns,
+                e,
+            ))
+        };
+        let mut socket = netns
+            .run(RouteSocket::open)
+            .map_err(|e| open_err(&e))?
+            .map_err(|e| open_err(&e))?;
+        if let Ns::Lan(lan) = ns
+            && let Err(what) = netns::check_mark(&mut socket, lan)
+        {
+            self.forget(ns);
+            return Err(Opened::Foreign(what));
+        }
         let s = Arc::new(NsSocket {
-            id: ns_id(&meta),
+            id: netns.id(),
             socket: Mutex::new(socket),
         });
         self.sockets().insert(ns.clone(), s.clone());
@@ -212,7 +251,9 @@ impl RtnlKernel {
                 let t = NsThread::start(&self.host).map_err(|e| err(&e))?;
                 // Another caller may have won the race; theirs is kept, ours is dropped.
                 let _ = self.host_thread.set(t);
-                self.host_thread.get().expect("set above")
+                self.host_thread
+                    .get()
+                    .ok_or_else(|| err(&"no host thread"))?
             }
         };
         thread.run(f).map_err(|e| err(&e))?.map_err(|e| err(&e))
@@ -230,15 +271,66 @@ impl RtnlKernel {
                 })
             }
             Ns::Lan(_) => {
-                let file = self.open_ns(ns)?;
-                netns::in_netns(&file, || {
-                    netns::set_link_ipv6_sysctl(name, "disable_ipv6", value)
-                })
-                .map_err(|e| KernelError::new(WHAT, name, ns, e))?
-                .map_err(|e| KernelError::new(WHAT, name, ns, e))
+                // Only a namespace whose mark was verified (it has a socket) is entered.
+                self.socket(ns)?;
+                let netns = self.open_ns(ns)?;
+                netns
+                    .run(|| netns::set_link_ipv6_sysctl(name, "disable_ipv6", value))
+                    .map_err(|e| KernelError::new(WHAT, name, ns, e))?
+                    .map_err(|e| KernelError::new(WHAT, name, ns, e))
             }
         }
     }
+
+    /// The tap device directory holding `path`, and the node's file name in it.
+    fn tap_dir(
+        &self,
+        op: &'static str,
+        path: &Path,
+        create: bool,
+    ) -> Result<(Option<TapDir>, String), KernelError> {
+        let err = |e: &dyn std::fmt::Display| {
+            KernelError::new(op, path.display().to_string(), &Ns::Host, e)
+        };
+        let (Some(dir), Some(file)) = (path.parent(), path.file_name().and_then(|f| f.to_str()))
+        else {
+            return Err(err(&"not a file in a directory"));
+        };
+        let dir = TapDir::open(dir, create).map_err(|e| err(&e))?;
+        Ok((dir, file.to_string()))
+    }
+
+    /// The verified LAN namespaces of the netns directory; foreign entries are warned about.
+    fn scan(&self) -> Result<(Vec<String>, Vec<ForeignEntry>), KernelError> {
+        let (found, mut foreign) = self
+            .lans
+            .entries(self.host.id())
+            .map_err(|e| self.netns_err(&Ns::Host, e))?;
+        let mut names = Vec::new();
+        for (name, _) in found {
+            match self.open_socket(&Ns::Lan(name.clone())) {
+                Ok(_) => names.push(name),
+                Err(Opened::Foreign(what)) => foreign.push(ForeignEntry { name, what }),
+                Err(Opened::Failed(e)) => return Err(e),
+            }
+        }
+        // Sockets of namespaces that are gone would keep them alive: drop them.
+        self.sockets().retain(|ns, _| match ns {
+            Ns::Host => true,
+            Ns::Lan(lan) => names.contains(lan),
+        });
+        for f in &foreign {
+            self.warn_foreign(f.clone());
+        }
+        Ok((names, foreign))
+    }
+}
+
+/// Why a namespace's socket could not be had.
+enum Opened {
+    /// The entry is not k8slan's LAN namespace (what it is instead).
+    Foreign(String),
+    Failed(KernelError),
 }
 
 /// One netlink conversation: the socket of a namespace, with the namespace for messages.
@@ -258,16 +350,9 @@ impl Conversation<'_> {
 
     /// The link called `name`, if any.
     fn get(&mut self, op: &'static str, name: &str) -> Result<Option<LinkMessage>, KernelError> {
-        let mut msg = LinkMessage::default();
-        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
-        match self.socket.request(RouteNetlinkMessage::GetLink(msg), 0) {
-            Ok(replies) => Ok(replies.into_iter().find_map(|r| match r {
-                RouteNetlinkMessage::NewLink(m) => Some(m),
-                _ => None,
-            })),
-            Err(e) if e.errno() == Some(libc::ENODEV) => Ok(None),
-            Err(e) => Err(self.err(op, name, e)),
-        }
+        self.socket
+            .link_by_name(name)
+            .map_err(|e| self.err(op, name, e))
     }
 
     fn index_of(&mut self, op: &'static str, name: &str) -> Result<u32, KernelError> {
@@ -280,20 +365,9 @@ impl Conversation<'_> {
     }
 
     fn dump(&mut self) -> Result<Vec<LinkMessage>, KernelError> {
-        let replies = self
-            .socket
-            .request(
-                RouteNetlinkMessage::GetLink(LinkMessage::default()),
-                NLM_F_DUMP,
-            )
-            .map_err(|e| self.err("list", "links", e))?;
-        Ok(replies
-            .into_iter()
-            .filter_map(|r| match r {
-                RouteNetlinkMessage::NewLink(m) => Some(m),
-                _ => None,
-            })
-            .collect())
+        self.socket
+            .links()
+            .map_err(|e| self.err("list", "links", e))
     }
 
     /// A request the kernel only acknowledges.
@@ -305,8 +379,7 @@ impl Conversation<'_> {
         flags: u16,
     ) -> Result<(), KernelError> {
         self.socket
-            .request(msg, NLM_F_ACK | flags)
-            .map(drop)
+            .ack(msg, flags)
             .map_err(|e| self.err(op, name, e))
     }
 
@@ -343,11 +416,8 @@ impl Conversation<'_> {
         name: &str,
         msg: LinkMessage,
     ) -> Result<(), KernelError> {
-        match self
-            .socket
-            .request(RouteNetlinkMessage::DelLink(msg), NLM_F_ACK)
-        {
-            Ok(_) => Ok(()),
+        match self.socket.ack(RouteNetlinkMessage::DelLink(msg), 0) {
+            Ok(()) => Ok(()),
             Err(e) if e.errno() == Some(libc::ENODEV) => Ok(()),
             Err(e) => Err(self.err(op, name, e)),
         }
@@ -363,84 +433,63 @@ impl Conversation<'_> {
     }
 }
 
-fn read_devnum(path: &Path) -> io::Result<DevNum> {
-    let text = fs::read_to_string(path)?;
-    let (ma, mi) = text.trim().split_once(':').ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("{text:?} is not MAJOR:MINOR"),
-        )
-    })?;
-    let parse = |s: &str| {
-        s.parse::<u32>()
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{s:?}: {e}")))
-    };
-    Ok(DevNum {
-        major: parse(ma)?,
-        minor: parse(mi)?,
-    })
-}
-
-/// `/sys/class/net/<macvtap>/macvtap/tap<ifindex>/dev`, found without knowing the ifindex.
-fn macvtap_devnum_from_sysfs(macvtap: &str) -> io::Result<DevNum> {
-    let dir = Path::new("/sys/class/net").join(macvtap).join("macvtap");
-    let entry = fs::read_dir(&dir)?
-        .filter_map(Result::ok)
-        .find(|e| e.file_name().to_string_lossy().starts_with("tap"))
-        .ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("no tap device under {}", dir.display()),
-            )
-        })?;
-    read_devnum(&entry.path().join("dev"))
-}
-
 impl Kernel for RtnlKernel {
     fn lan_namespaces(&self) -> Result<Vec<String>, KernelError> {
-        let names = netns::list(&self.netns_dir).map_err(|e| {
-            KernelError::new("list", self.netns_dir.display().to_string(), &Ns::Host, e)
-        })?;
-        // Sockets of namespaces that are gone would keep them alive: drop them.
-        self.sockets().retain(|ns, _| match ns {
-            Ns::Host => true,
-            Ns::Lan(lan) => names.contains(lan),
-        });
-        Ok(names)
+        Ok(self.scan()?.0)
+    }
+
+    fn foreign_namespace_entries(&self) -> Result<Vec<ForeignEntry>, KernelError> {
+        Ok(self.scan()?.1)
     }
 
     fn lan_namespace_exists(&self, lan: &str) -> Result<bool, KernelError> {
-        Ok(netns::is_mounted(&self.lan_path(lan)))
+        let ns = Ns::Lan(lan.to_string());
+        match self.open_socket(&ns) {
+            Ok(_) => Ok(true),
+            // Not k8slan's: as far as the datapath goes there is no namespace to work in.
+            Err(Opened::Foreign(what)) => {
+                self.warn_foreign(ForeignEntry {
+                    name: lan.to_string(),
+                    what,
+                });
+                Ok(false)
+            }
+            Err(Opened::Failed(e)) if e.errno == Some(libc::ENOENT) => Ok(false),
+            Err(Opened::Failed(e)) => Err(e),
+        }
     }
 
     fn create_lan_namespace(&self, lan: &str) -> Result<(), KernelError> {
         let ns = Ns::Lan(lan.to_string());
-        let path = self.lan_path(lan);
         self.forget(&ns);
-        netns::prepare_dir(&self.netns_dir)
-            .and_then(|()| netns::create(&path))
-            .map_err(|e| KernelError::new("create", path.display().to_string(), &ns, e))?;
-        let up = self.rtnl(&ns, |c| {
-            let index = c.index_of("bring up", "lo")?;
-            c.set(
-                "bring up",
-                "lo",
-                LinkUnspec::new_with_index(index).up().build(),
-            )
-        });
-        if up.is_err() {
-            self.forget(&ns);
-            let _ = netns::delete(&path);
-        }
-        up
+        self.lans.create(lan).map_err(|e| {
+            KernelError::new("create", self.lan_path(lan).display().to_string(), &ns, e)
+        })?;
+        // Opening its socket verifies the mark once more.
+        self.socket(&ns).map(drop)
     }
 
     fn delete_lan_namespace(&self, lan: &str) -> Result<(), KernelError> {
         let ns = Ns::Lan(lan.into());
+        let path = self.lan_path(lan).display().to_string();
+        // Only a namespace whose mark checks out on its socket is unmounted, and only while
+        // the entry still is that namespace.
+        let expect = match self.open_socket(&ns) {
+            Ok(s) => Some(s.id),
+            Err(Opened::Failed(e)) if e.errno == Some(libc::ENOENT) => None,
+            Err(Opened::Foreign(what)) => {
+                let e = NetnsError::Foreign {
+                    path: self.lan_path(lan),
+                    what,
+                };
+                return Err(KernelError::new("delete", path, &ns, e));
+            }
+            Err(Opened::Failed(e)) => return Err(e),
+        };
         self.forget(&ns);
-        let path = self.lan_path(lan);
-        netns::delete(&path)
-            .map_err(|e| KernelError::new("delete", path.display().to_string(), &ns, e))
+        self.lans
+            .delete(lan, expect)
+            .map_err(|e| KernelError::new("delete", path, &ns, e))
     }
 
     fn link(&self, ns: &Ns, name: &str) -> Result<Option<Link>, KernelError> {
@@ -495,7 +544,7 @@ impl Kernel for RtnlKernel {
                         .learning(params.learning)
                         .mtu(*mtu)
                         .link_group(LAN_LINK_GROUP)
-                        .append_extra_attribute(LinkAttribute::NetNsFd(lan_file.as_raw_fd()))
+                        .append_extra_attribute(LinkAttribute::NetNsFd(lan_file.fd().as_raw_fd()))
                         .build();
                     c.create("create vxlan", name, msg)
                 })?;
@@ -518,7 +567,7 @@ impl Kernel for RtnlKernel {
                         LinkAttribute::IfName(port_name.clone()),
                         LinkAttribute::Mtu(*mtu),
                         LinkAttribute::Group(LAN_LINK_GROUP),
-                        LinkAttribute::NetNsFd(lan_file.as_raw_fd()),
+                        LinkAttribute::NetNsFd(lan_file.fd().as_raw_fd()),
                     ];
                     let msg = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
                         .name(host_name.clone())
@@ -608,80 +657,57 @@ impl Kernel for RtnlKernel {
 
     fn macvtap_devnum(&self, macvtap: &str) -> Result<DevNum, KernelError> {
         let name = macvtap.to_string();
-        self.in_host_fs("read the tap device number of", macvtap, move || {
-            macvtap_devnum_from_sysfs(&name)
-        })
+        self.in_host_fs(
+            "read the tap device number of",
+            macvtap,
+            move || match tap::sysfs_devnum(&name, None) {
+                Ok(Some(dev)) => Ok(dev),
+                Ok(None) => Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("{name} has no tap device in sysfs"),
+                )),
+                Err(e) => Err(io::Error::other(e)),
+            },
+        )
     }
 
     fn tap_node(&self, path: &Path) -> Result<Option<DevNum>, KernelError> {
-        let err = |e: &dyn std::fmt::Display| {
-            KernelError::new("inspect", path.display().to_string(), &Ns::Host, e)
-        };
-        match fs::symlink_metadata(path) {
-            Ok(m) if m.file_type().is_char_device() => Ok(Some(DevNum {
-                major: major(m.rdev()) as u32,
-                minor: minor(m.rdev()) as u32,
-            })),
-            Ok(_) => Err(err(&"exists but is not a character device")),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(err(&e)),
-        }
+        let (dir, file) = self.tap_dir("inspect", path, false)?;
+        let Some(dir) = dir else { return Ok(None) };
+        dir.node(&file)
+            .map_err(|e| KernelError::new("inspect", path.display().to_string(), &Ns::Host, e))
     }
 
     fn make_tap_node(&self, path: &Path, dev: DevNum) -> Result<(), KernelError> {
+        const OP: &str = "create tap device node";
+        let (dir, file) = self.tap_dir(OP, path, true)?;
         let err = |e: &dyn std::fmt::Display| {
-            KernelError::new(
-                "create tap device node",
-                path.display().to_string(),
-                &Ns::Host,
-                e,
-            )
+            KernelError::new(OP, path.display().to_string(), &Ns::Host, e)
         };
-        if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir).map_err(|e| err(&e))?;
-        }
-        match fs::remove_file(path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(err(&e)),
-        }
-        mknod(
-            path,
-            SFlag::S_IFCHR,
-            Mode::from_bits_truncate(0o660),
-            makedev(u64::from(dev.major), u64::from(dev.minor)),
-        )
-        .map_err(|e| err(&e))
+        let dir = dir.ok_or_else(|| err(&"the directory is missing"))?;
+        dir.make(&file, dev, 0o660).map_err(|e| err(&e))
     }
 
     fn remove_tap_node(&self, path: &Path) -> Result<(), KernelError> {
-        match fs::remove_file(path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(KernelError::new(
-                "remove tap device node",
-                path.display().to_string(),
-                &Ns::Host,
-                e,
-            )),
-        }
+        const OP: &str = "remove tap device node";
+        let (dir, file) = self.tap_dir(OP, path, false)?;
+        let Some(dir) = dir else { return Ok(()) };
+        dir.remove(&file)
+            .map_err(|e| KernelError::new(OP, path.display().to_string(), &Ns::Host, e))
     }
 
     fn tap_nodes(&self, dir: &Path) -> Result<Vec<PathBuf>, KernelError> {
-        match fs::read_dir(dir) {
-            Ok(entries) => {
-                let mut v: Vec<PathBuf> =
-                    entries.filter_map(Result::ok).map(|e| e.path()).collect();
-                v.sort();
-                Ok(v)
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
-            Err(e) => Err(KernelError::new(
-                "list",
-                dir.display().to_string(),
-                &Ns::Host,
-                e,
-            )),
+        let err = |e: &dyn std::fmt::Display| {
+            KernelError::new("list", dir.display().to_string(), &Ns::Host, e)
+        };
+        match TapDir::open(dir, false).map_err(|e| err(&e))? {
+            None => Ok(Vec::new()),
+            Some(d) => Ok(d
+                .names()
+                .map_err(|e| err(&e))?
+                .into_iter()
+                .map(|n| dir.join(n))
+                .collect()),
         }
     }
 }

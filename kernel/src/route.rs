@@ -1,24 +1,31 @@
 //! A blocking rtnetlink socket bound to one network namespace.
 //!
 //! A netlink socket talks to the namespace it was created in, whatever thread later uses it, so
-//! the datapath opens one per namespace (on a short-lived thread inside it) and keeps it: a
-//! kernel call is then one `sendto` and one or two `recvfrom`, with no thread, runtime or socket
-//! set up per call. Requests are strictly one at a time per socket (the caller holds it behind
-//! a mutex), so a reply is matched by its sequence number and nothing is ever interleaved.
+//! a user opens one per namespace (on a short-lived thread inside it, [`crate::NetNs::run`]) and
+//! keeps it: a kernel call is then one `sendto` and one or two `recvfrom`, with no thread,
+//! runtime or socket set up per call. Requests are strictly one at a time per socket (`&mut
+//! self`), so a reply is matched by its sequence number and nothing is ever interleaved. Replies
+//! are bounded: a datagram is at most what the kernel sends for one request, and a request that
+//! gets no answer fails after [`REPLY_TIMEOUT`].
 
 use std::io;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use rtnetlink::packet_core::{
-    NLM_F_ACK, NLM_F_MULTIPART, NLM_F_REQUEST, NetlinkBuffer, NetlinkHeader, NetlinkMessage,
-    NetlinkPayload,
+use netlink_packet_core::{
+    NLM_F_ACK, NLM_F_DUMP, NLM_F_MULTIPART, NLM_F_REQUEST, NetlinkBuffer, NetlinkHeader,
+    NetlinkMessage, NetlinkPayload,
 };
-use rtnetlink::packet_route::RouteNetlinkMessage;
-use rtnetlink::sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
 /// How long a request may wait for the kernel before it is reported as hung.
-const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Most bytes of replies one request may collect (a dump of every link of a namespace with tens
+/// of thousands of links stays far below it); more is reported instead of filling memory.
+pub const MAX_REPLY_BYTES: usize = 256 << 20;
 
 /// `NLM_F_CAPPED`: the error message carries only the header of the failed request.
 const NLM_F_CAPPED: u16 = 0x100;
@@ -94,8 +101,15 @@ impl RouteSocket {
 
         let expects_ack = flags & NLM_F_ACK != 0;
         let mut replies = Vec::new();
+        let mut received = 0usize;
         loop {
             let (datagram, _) = self.socket.recv_from_full()?;
+            received = received.saturating_add(datagram.len());
+            if received > MAX_REPLY_BYTES {
+                return Err(RequestError::Decode(format!(
+                    "the replies exceed {MAX_REPLY_BYTES} bytes"
+                )));
+            }
             let mut offset = 0;
             while offset + NETLINK_HEADER_LEN <= datagram.len() {
                 let bytes = &datagram[offset..];
@@ -139,6 +153,75 @@ impl RouteSocket {
             }
         }
     }
+}
+
+impl RouteSocket {
+    /// The link called `name` (`RTM_GETLINK` by name), `None` when there is none.
+    pub fn link_by_name(&mut self, name: &str) -> Result<Option<LinkMessage>, RequestError> {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        match self.request(RouteNetlinkMessage::GetLink(msg), 0) {
+            Ok(replies) => Ok(replies.into_iter().find_map(|r| match r {
+                RouteNetlinkMessage::NewLink(m) => Some(m),
+                _ => None,
+            })),
+            Err(e) if e.errno() == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every link of the namespace (`RTM_GETLINK` dump).
+    pub fn links(&mut self) -> Result<Vec<LinkMessage>, RequestError> {
+        let replies = self.request(
+            RouteNetlinkMessage::GetLink(LinkMessage::default()),
+            NLM_F_DUMP,
+        )?;
+        Ok(replies
+            .into_iter()
+            .filter_map(|r| match r {
+                RouteNetlinkMessage::NewLink(m) => Some(m),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// A request the kernel only acknowledges (`NLM_F_ACK` plus `flags`).
+    pub fn ack(&mut self, msg: RouteNetlinkMessage, flags: u16) -> Result<(), RequestError> {
+        self.request(msg, NLM_F_ACK | flags).map(drop)
+    }
+}
+
+/// An `RTM_SETLINK`/`RTM_NEWLINK` body addressing the link with ifindex `index`.
+pub fn link_at(index: u32) -> LinkMessage {
+    let mut msg = LinkMessage::default();
+    msg.header.index = index;
+    msg
+}
+
+/// The alias (`IFLA_IFALIAS`) of a link, when it has a non-empty one.
+pub fn link_alias_of(msg: &LinkMessage) -> Option<String> {
+    msg.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfAlias(s) if !s.is_empty() => Some(s.clone()),
+        _ => None,
+    })
+}
+
+/// Sets the alias of link `name` and brings it up, in one request.
+pub fn set_alias_and_up(
+    socket: &mut RouteSocket,
+    name: &str,
+    alias: &str,
+) -> Result<(), RequestError> {
+    let link = socket.link_by_name(name)?.ok_or(RequestError::Kernel {
+        errno: libc::ENODEV,
+        reason: Some(format!("no link {name:?}")),
+    })?;
+    let mut msg = link_at(link.header.index);
+    msg.header.flags = LinkFlags::Up;
+    msg.header.change_mask = LinkFlags::Up;
+    msg.attributes
+        .push(LinkAttribute::IfAlias(alias.to_string()));
+    socket.ack(RouteNetlinkMessage::SetLink(msg), 0)
 }
 
 fn set_rcv_timeout(socket: &Socket, timeout: Duration) -> io::Result<()> {
