@@ -655,27 +655,6 @@ pub fn cni_args_key(field: &str, key: &str) -> Result<(), FieldError> {
     ))
 }
 
-/// A Kubernetes namespace name: a DNS label (`[a-z0-9]([a-z0-9-]*[a-z0-9])?`, at most 63).
-pub fn namespace_name(field: &str, name: &str) -> Result<(), FieldError> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-');
-    if ok {
-        return Ok(());
-    }
-    Err(FieldError::new(
-        field,
-        format!(
-            "{:?} is not a Kubernetes namespace name (1-63 lowercase letters, digits or '-', starting and ending with a letter or digit)",
-            shown(name)
-        ),
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

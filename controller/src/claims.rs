@@ -340,6 +340,7 @@ mod tests {
             lan: LanRef::new("team", "a"),
             kind: SpokeKind::Veth,
             pod: pod.map(str::to_string),
+            pod_uid: None,
         }
     }
 
