@@ -182,8 +182,8 @@ mod tests {
 
     #[test]
     fn settings_default_to_the_node_paths() {
-        let s = CniNodeSettings::parse(br#"{"devDir":"/run/k8slan/dev","preparedDir":"/p"}"#)
-            .unwrap();
+        let s =
+            CniNodeSettings::parse(br#"{"devDir":"/run/k8slan/dev","preparedDir":"/p"}"#).unwrap();
         assert_eq!(s.prepared_dir, PathBuf::from("/p"));
         assert_eq!(s.log_file, None);
         assert_eq!(

@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::*;
 use k8slan_api::SpokeKind;
 use k8slan_api::naming::macvtap_name;
-use k8slan_netagent::{Kernel, NodeLan, LinkKind};
+use k8slan_netagent::{Kernel, LinkKind, NodeLan};
 use k8slan_testkit::TestNs;
 use k8slan_testkit::frame::{
     ETHERTYPE_LLDP, Filter, Frame, LLDP_DST, Mac, PacketSocket, TapDevice,
@@ -569,7 +569,7 @@ fn down_leaves_nothing_behind() {
 
 #[test]
 #[ignore = "privileged"]
-fn recovery_finds_orphans_and_a_foreign_link_is_refused() {
+fn an_orphan_lan_is_listed_by_show_and_removed_alone() {
     let ul = Underlay::new();
     let n1 = Node::new(&ul, "node1", 1500);
     let (a, o) = (spoke("a"), spoke("o"));
@@ -579,22 +579,30 @@ fn recovery_finds_orphans_and_a_foreign_link_is_refused() {
         .spoke_up(&known, &n1.name, &a, SpokeKind::Veth)
         .unwrap();
     n1.dp.spoke_up(&gone, &n1.name, &o, SpokeKind::Mac).unwrap();
-    let rec = n1
-        .dp
-        .recover(&n1.name, std::slice::from_ref(&known))
-        .unwrap();
-    assert_eq!(rec.adopted, vec![known.ns.clone()]);
-    assert_eq!(rec.orphan_namespaces, vec![gone.ns.clone()]);
-    assert_eq!(rec.orphan_links.len(), 2, "{:?}", rec.orphan_links);
-    assert_eq!(rec.orphan_tap_nodes.len(), 1, "{:?}", rec.orphan_tap_nodes);
+    // What the agent's reconciler plans from after a restart: both namespaces, with spokes.
+    let mut listed: Vec<String> = n1.dp.show().unwrap().into_iter().map(|v| v.ns).collect();
+    listed.sort();
+    let mut want = vec![known.ns.clone(), gone.ns.clone()];
+    want.sort();
+    assert_eq!(listed, want);
+    let before = ifindexes(&n1.dp.show().unwrap());
     n1.dp.remove_orphan(&gone.ns).unwrap();
-    assert_eq!(
-        n1.dp
-            .recover(&n1.name, std::slice::from_ref(&known))
-            .unwrap()
-            .orphan_links,
-        Vec::<String>::new()
-    );
+    let views = n1.dp.show().unwrap();
+    assert_eq!(views.len(), 1);
+    assert_eq!(views[0].ns, known.ns);
+    for name in [o.clone(), macvtap_name(&o)] {
+        assert!(
+            !n1.sh("ip -o link").contains(&format!(" {name}")),
+            "{name} survived"
+        );
+    }
+    assert!(!n1.dir.path().join("dev").join(format!("tap-{o}")).exists());
+    // The known LAN is untouched: same links, same ifindexes.
+    let kept: Vec<_> = before
+        .into_iter()
+        .filter(|(n, _)| !n.starts_with(&o))
+        .collect();
+    assert_eq!(ifindexes(&views), kept);
 
     // A host link named like a spoke that is not ours.
     let f = spoke("f");
