@@ -206,10 +206,14 @@ impl<K: Kernel> Datapath<K> {
         let lan = spec.ns.as_str();
         let ns = Ns::Lan(lan.to_string());
         let bridge_alias = link_alias(lan, role::BRIDGE);
+        let existing = self
+            .kernel
+            .link(&ns, &spec.bridge)
+            .map_err(|e| kerr(lan, e))?;
         let (bridge, fresh) = self.ensure_link(
             lan,
             &ns,
-            &spec.bridge,
+            existing,
             |k| matches!(k, LinkKind::Bridge(p) if *p == bridge_params()),
             NewLink::Bridge {
                 lan: lan.into(),
@@ -266,7 +270,7 @@ impl<K: Kernel> Datapath<K> {
         let (vx, _) = self.ensure_link(
             lan,
             &ns,
-            &spec.vxlan,
+            existing,
             right,
             NewLink::Vxlan {
                 lan: lan.into(),
@@ -343,18 +347,19 @@ impl<K: Kernel> Datapath<K> {
     }
 
     /// Make sure a link of the right kind exists in a namespace k8slan owns (the LAN namespace):
-    /// a link of that name with the wrong kind or parameters is replaced. Returns the link and
-    /// whether it was created by this call.
+    /// `existing`, the link of that name, is kept if it has the right kind and parameters and
+    /// replaced otherwise. Returns the link and whether it was created by this call.
     pub(crate) fn ensure_link(
         &self,
         lan: &str,
         ns: &Ns,
-        name: &str,
+        existing: Option<Link>,
         right: impl Fn(&LinkKind) -> bool,
         new: NewLink,
         changes: &mut Vec<String>,
     ) -> Result<(Link, bool), DatapathError> {
-        let existing = self.kernel.link(ns, name).map_err(|e| kerr(lan, e))?;
+        let name = new.target().1.to_string();
+        let name = name.as_str();
         if let Some(link) = existing {
             if right(&link.kind) {
                 return Ok((link, false));

@@ -139,7 +139,15 @@ impl<K: Kernel> Datapath<K> {
         let lan = spec.ns.as_str();
         let names = SpokeLinks::new(lan, spoke)?;
         let mut removed = Vec::new();
-        let host = self.kernel.links(&Ns::Host).map_err(|e| kerr(lan, e))?;
+        // Another LAN's spoke of this name would have its host end or macvtap under these names.
+        let mut host = Vec::new();
+        for name in [&names.mvt, &names.host] {
+            host.extend(
+                self.kernel
+                    .link(&Ns::Host, name)
+                    .map_err(|e| kerr(lan, e))?,
+            );
+        }
         if !held_elsewhere(&host, lan, spoke) {
             self.remove_tap_node(lan, spoke, &mut removed)?;
         }
@@ -238,7 +246,7 @@ impl<K: Kernel> SpokeUp<'_, K> {
                 (h, p, true)
             }
         };
-        match self.finish(&host, &port) {
+        match self.finish(&host, &port, mvt.is_some()) {
             Ok(mac) => {
                 debug!(changes = ?self.changes, "spoke up");
                 Ok(SpokeAttachment {
@@ -315,7 +323,12 @@ impl<K: Kernel> SpokeUp<'_, K> {
     }
 
     /// Converge the pair, then make the spoke a veth or a mac spoke.
-    fn finish(&mut self, host: &Link, port: &Link) -> Result<Option<MacAttachment>, DatapathError> {
+    fn finish(
+        &mut self,
+        host: &Link,
+        port: &Link,
+        had_mvt: bool,
+    ) -> Result<Option<MacAttachment>, DatapathError> {
         let (mtu, bridge) = (self.state.mtu, self.state.bridge_ifindex);
         let port_want = Want {
             mtu,
@@ -339,7 +352,10 @@ impl<K: Kernel> SpokeUp<'_, K> {
                 .push(format!("converge host end {}", host.name));
         }
         // A macvtap whose lower was replaced disappeared with it: look again (and check again).
-        let mvt = self.host_link("macvtap", &self.names.mvt, &self.names.mvt_alias)?;
+        let mvt = match had_mvt {
+            true => self.host_link("macvtap", &self.names.mvt, &self.names.mvt_alias)?,
+            false => None,
+        };
         match self.kind {
             SpokeKind::Veth => self.drop_mac(mvt).map(|()| None),
             SpokeKind::Mac => self.macvtap(host, mvt).map(Some),
