@@ -32,11 +32,24 @@ pub enum DatapathError {
         "LAN {lan}: no underlay for node {node}: it has no vxlanDevMap entry and defaultVxlanDev is not set"
     )]
     NoUnderlay { lan: String, node: String },
-    #[error("LAN {lan}: underlay device {dev} does not exist in the host namespace of node {node}")]
+    #[error(
+        "LAN {lan}: underlay device {dev} ({field}) does not exist in the host namespace of node {node}"
+    )]
     UnderlayMissing {
         lan: String,
         node: String,
+        field: String,
         dev: String,
+    },
+    #[error(
+        "LAN {lan}: {field} is {dev:?}, which cannot be the underlay on node {node}: {why}; set {field} to the node's uplink interface"
+    )]
+    BadUnderlay {
+        lan: String,
+        node: String,
+        field: String,
+        dev: String,
+        why: String,
     },
     #[error("LAN {lan}: underlay device {dev}: {source}")]
     Mtu {
@@ -47,14 +60,16 @@ pub enum DatapathError {
     #[error("LAN {lan}: {spoke} is not one of its spokes")]
     UnknownSpoke { lan: String, spoke: String },
     #[error(
-        "LAN {lan}, spoke {spoke}: link {link} in the host namespace is not k8slan's for this LAN (alias {alias:?}, expected {expected:?}); refusing to touch it"
+        "LAN {lan}, spoke {spoke}: the {what} name {link} is taken in the {ns} by a link that {owner}; k8slan never takes over, changes or deletes a link it did not make for this spoke: rename the spoke (spec.spokes) or remove that link"
     )]
     ForeignLink {
         lan: String,
         spoke: String,
+        /// Which of the spoke's links needs the name: `host end`, `macvtap` or `bridge port`.
+        what: &'static str,
         link: String,
-        alias: Option<String>,
-        expected: String,
+        ns: Ns,
+        owner: Box<Owner>,
     },
     #[error("LAN {lan}: {source}")]
     Kernel { lan: String, source: KernelError },
@@ -162,7 +177,7 @@ pub(crate) fn kerr(lan: &str, source: KernelError) -> DatapathError {
     }
 }
 
-/// Alias roles, so that recovery and `show` can tell our links apart.
+/// Alias roles, so that `show`, teardown and the ownership checks can tell our links apart.
 pub(crate) mod role {
     pub const BRIDGE: &str = "bridge";
     pub const VXLAN: &str = "vxlan";
@@ -182,4 +197,72 @@ pub fn parse_alias(alias: &str) -> Option<(&str, &str)> {
     alias
         .strip_prefix(k8slan_api::naming::LINK_ALIAS_PREFIX)?
         .split_once('/')
+}
+
+/// Who a link belongs to, as its alias says. k8slan writes `k8slan:<lan-ns>/<role>` on every
+/// link it creates (in the same netlink request), and acts on a link only when that alias is
+/// exactly the one of the LAN and role it means.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
+    /// No alias: a link k8slan did not make (`eth0`, `cni0`, another pod's veth...).
+    NoAlias,
+    /// An alias that is not k8slan's.
+    OtherAlias(String),
+    /// A k8slan link of that LAN namespace, in that role (`spoke/x`, `macvtap/x`, `bridge`...).
+    Lan { lan: String, role: String },
+}
+
+impl Owner {
+    /// The owner of `link`.
+    pub fn of(link: &Link) -> Self {
+        match link.alias.as_deref() {
+            None => Owner::NoAlias,
+            Some(a) => match parse_alias(a) {
+                Some((lan, role)) => Owner::Lan {
+                    lan: lan.into(),
+                    role: role.into(),
+                },
+                None => Owner::OtherAlias(a.into()),
+            },
+        }
+    }
+
+    /// Whether it is a k8slan link of another LAN namespace than `lan`.
+    pub fn is_other_lan(&self, lan: &str) -> bool {
+        matches!(self, Owner::Lan { lan: l, .. } if l != lan)
+    }
+}
+
+impl std::fmt::Display for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Owner::NoAlias => f.write_str("was not made by k8slan: no k8slan alias"),
+            Owner::OtherAlias(a) => {
+                write!(
+                    f,
+                    "was not made by k8slan: its alias {a:?} is not a k8slan alias"
+                )
+            }
+            Owner::Lan { lan, role } => write!(f, "belongs to LAN {lan} as its {}", describe(role)),
+        }
+    }
+}
+
+/// A role of an alias in words.
+fn describe(role: &str) -> String {
+    for (prefix, what) in [
+        ("spoke/", "host end of spoke"),
+        ("port/", "bridge port of spoke"),
+        ("macvtap/", "macvtap of spoke"),
+    ] {
+        if let Some(spoke) = role.strip_prefix(prefix) {
+            return format!("{what} {spoke}");
+        }
+    }
+    role.to_string()
+}
+
+/// Whether `link` carries exactly `alias`.
+pub(crate) fn is_ours(link: &Link, alias: &str) -> bool {
+    link.alias.as_deref() == Some(alias)
 }

@@ -276,6 +276,15 @@ fn remove_link(st: &mut State, ns: &Ns, name: &str) {
     }
 }
 
+/// As the kernel: one VXLAN per VNI and UDP port on an underlay (link-local group).
+fn vni_in_use(st: &State, want: &crate::kernel::VxlanParams) -> bool {
+    st.lans.values().flatten().any(|l| {
+        matches!(&l.kind, LinkKind::Vxlan(p) if p.vni == want.vni
+            && p.port == want.port
+            && p.underlay_ifindex == want.underlay_ifindex)
+    })
+}
+
 fn add(
     st: &mut State,
     ns: &Ns,
@@ -399,6 +408,15 @@ impl Kernel for RecordingKernel {
                         KernelError::new("create vxlan", name, &Ns::Host, "no underlay")
                             .with_errno(libc::ENODEV),
                     );
+                }
+                if vni_in_use(&st, params) {
+                    return Err(KernelError::new(
+                        "create vxlan",
+                        name,
+                        &Ns::Host,
+                        "A VXLAN device with the specified VNI already exists",
+                    )
+                    .with_errno(libc::EEXIST));
                 }
                 add(
                     &mut st,

@@ -1,7 +1,7 @@
 //! The small trait through which the datapath logic speaks to the kernel, in datapath terms.
 //!
-//! [`crate::netlink::RtnlKernel`] implements it with rtnetlink and nix; [`crate::fake::RecordingKernel`]
-//! implements it in memory and records every call for the unit tier. The logic in [`crate::lan`]
+//! [`crate::netlink::RtnlKernel`] implements it with rtnetlink and nix; `fake::RecordingKernel`
+//! (feature `testing`) implements it in memory and records every call for the unit tier. The logic in [`crate::lan`]
 //! and [`crate::spoke`] only ever sees this trait, so both tiers exercise the same code.
 
 use std::net::Ipv6Addr;

@@ -6,7 +6,7 @@ use serde::Serialize;
 use tracing::{debug, instrument};
 
 use crate::datapath::{
-    BRIDGE_GROUP_FWD_MASK, Datapath, DatapathError, Want, kerr, parse_alias, role,
+    BRIDGE_GROUP_FWD_MASK, Datapath, DatapathError, Owner, Want, is_ours, kerr, parse_alias, role,
 };
 use crate::kernel::{BridgeParams, Kernel, Link, LinkKind, NewLink, Ns, VxlanParams};
 
@@ -24,6 +24,20 @@ pub struct LanState {
     pub changes: Vec<String>,
 }
 
+/// Ifindex of `lo` in every network namespace.
+const LOOPBACK_IFINDEX: u32 = 1;
+
+/// The field that names `node`'s underlay, and the device it names.
+fn underlay_field<'a>(spec: &'a LanSpec, node: &str) -> Option<(String, &'a str)> {
+    match spec.vxlan_dev_map.get(node) {
+        Some(dev) => Some((format!("spec.vxlanDevMap[{node}]"), dev)),
+        None => spec
+            .default_vxlan_dev
+            .as_deref()
+            .map(|dev| ("spec.defaultVxlanDev".to_string(), dev)),
+    }
+}
+
 /// The bridge options k8slan wants.
 pub fn bridge_params() -> BridgeParams {
     BridgeParams {
@@ -38,73 +52,56 @@ impl<K: Kernel> Datapath<K> {
     /// the right MTU, our aliases, up; and the MTU of every existing spoke port matches.
     /// Idempotent: on correct state nothing is changed. On failure, a namespace this call created
     /// is removed again.
+    ///
+    /// A bridge or VXLAN renamed in the spec is replaced live: the new one is made, the spoke
+    /// ports (and the VXLAN) move onto the new bridge, and the LAN's old bridge and VXLAN (found
+    /// by their alias) are removed. The namespace and the spokes' veths stay, so members keep
+    /// their links.
     #[instrument(skip_all, fields(lan = %spec.ns, node = %node))]
     pub fn lan_up(&self, spec: &LanSpec, node: &str) -> Result<LanState, DatapathError> {
         let _guard = self.serialise();
         let mut state = self.lan_core(spec, node)?;
         // Existing spoke ports (also those whose host end is in a pod) get the LAN MTU, stay
         // ports of the bridge with the group forward mask, and stay up; they are never recreated
-        // here, so members keep their links.
+        // here, so members keep their links. Leftovers of a rename (an old bridge or VXLAN that
+        // an interrupted call left) go too.
         let ns = Ns::Lan(spec.ns.clone());
         let links = self.kernel.links(&ns).map_err(|e| kerr(&spec.ns, e))?;
-        for link in links.iter().filter(|l| is_port_of(l, &spec.ns)) {
-            let alias = link.alias.clone().unwrap_or_default();
-            let want = Want {
-                mtu: state.mtu,
-                alias: &alias,
-                master: Some((&spec.bridge, state.bridge_ifindex)),
-            };
-            if self.converge(&spec.ns, &ns, link, &want)? {
-                state.changes.push(format!("converge port {}", link.name));
-            }
-        }
+        self.adopt_ports(spec, &links, &mut state)?;
+        let mut changes = std::mem::take(&mut state.changes);
+        self.retire(&spec.ns, &links, role::BRIDGE, &spec.bridge, &mut changes)?;
+        self.retire(&spec.ns, &links, role::VXLAN, &spec.vxlan, &mut changes)?;
+        state.changes = changes;
         debug!(changes = ?state.changes, "LAN up");
         Ok(state)
     }
 
-    /// Validate, then converge namespace, bridge and VXLAN (not the spokes).
+    /// Validate, then converge namespace, bridge and VXLAN (not the spokes, unless the bridge
+    /// is new: then every port moves onto it).
     pub(crate) fn lan_core(&self, spec: &LanSpec, node: &str) -> Result<LanState, DatapathError> {
         validate::validate_spec(spec)?;
         validate::node_name("node", node)?;
         let lan = spec.ns.as_str();
-        let underlay = spec
-            .underlay_for(node)
-            .ok_or_else(|| DatapathError::NoUnderlay {
-                lan: lan.into(),
-                node: node.into(),
-            })?
-            .to_string();
-        let under = self
-            .kernel
-            .link(&Ns::Host, &underlay)
-            .map_err(|e| kerr(lan, e))?
-            .ok_or_else(|| DatapathError::UnderlayMissing {
-                lan: lan.into(),
-                node: node.into(),
-                dev: underlay.clone(),
-            })?;
+        let under = self.underlay(spec, node)?;
         let mtu = mtu::lan_mtu(under.mtu).map_err(|source| DatapathError::Mtu {
             lan: lan.into(),
-            dev: underlay.clone(),
+            dev: under.name.clone(),
             source,
         })?;
-        let mut changes = Vec::new();
-        let mut created_ns = false;
-        if !self
-            .kernel
-            .lan_namespace_exists(lan)
-            .map_err(|e| kerr(lan, e))?
-        {
-            self.kernel
-                .create_lan_namespace(lan)
-                .map_err(|e| kerr(lan, e))?;
-            created_ns = true;
-            changes.push(format!("create namespace {lan}"));
-        }
         let group = spec.group().ok_or_else(|| DatapathError::Inconsistent {
             lan: lan.into(),
             what: format!("vxlanGrp {:?} does not parse", spec.vxlan_grp),
         })?;
+        let mut state = LanState {
+            ns: lan.into(),
+            underlay: under.name.clone(),
+            underlay_ifindex: under.ifindex,
+            mtu,
+            bridge_ifindex: 0,
+            vxlan_ifindex: 0,
+            changes: Vec::new(),
+        };
+        let created_ns = self.ensure_namespace(lan, &mut state.changes)?;
         let vxlan = VxlanParams {
             vni: spec.vni,
             group,
@@ -112,16 +109,8 @@ impl<K: Kernel> Datapath<K> {
             underlay_ifindex: under.ifindex,
             learning: true,
         };
-        match self.lan_links(spec, mtu, vxlan, &mut changes) {
-            Ok((bridge_ifindex, vxlan_ifindex)) => Ok(LanState {
-                ns: lan.into(),
-                underlay,
-                underlay_ifindex: under.ifindex,
-                mtu,
-                bridge_ifindex,
-                vxlan_ifindex,
-                changes,
-            }),
+        match self.lan_links(spec, vxlan, &mut state) {
+            Ok(()) => Ok(state),
             Err(e) => {
                 if created_ns {
                     // Roll back: nothing half-created survives a failed first `up`.
@@ -132,87 +121,248 @@ impl<K: Kernel> Datapath<K> {
         }
     }
 
+    /// The underlay of `node`, checked: it exists in the host namespace and may carry a VXLAN.
+    fn underlay(&self, spec: &LanSpec, node: &str) -> Result<Link, DatapathError> {
+        let lan = spec.ns.as_str();
+        let (field, dev) = underlay_field(spec, node).ok_or_else(|| DatapathError::NoUnderlay {
+            lan: lan.into(),
+            node: node.into(),
+        })?;
+        let link = self
+            .kernel
+            .link(&Ns::Host, dev)
+            .map_err(|e| kerr(lan, e))?
+            .ok_or_else(|| DatapathError::UnderlayMissing {
+                lan: lan.into(),
+                node: node.into(),
+                field: field.clone(),
+                dev: dev.into(),
+            })?;
+        match self.unfit_underlay(lan, &link)? {
+            None => Ok(link),
+            Some(why) => Err(DatapathError::BadUnderlay {
+                lan: lan.into(),
+                node: node.into(),
+                field,
+                dev: dev.into(),
+                why,
+            }),
+        }
+    }
+
+    /// Why a host link cannot be an underlay: the loopback device, a link k8slan made (another
+    /// LAN's spoke host end or macvtap: a VXLAN on it would loop one LAN into another), or a
+    /// port of a bridge k8slan made.
+    fn unfit_underlay(&self, lan: &str, link: &Link) -> Result<Option<String>, DatapathError> {
+        if link.name == "lo" || link.ifindex == LOOPBACK_IFINDEX {
+            return Ok(Some(
+                "it is the loopback device, which never carries VXLAN packets off the node".into(),
+            ));
+        }
+        let owner = Owner::of(link);
+        if matches!(owner, Owner::Lan { .. }) {
+            return Ok(Some(format!("it is a link k8slan made: it {owner}")));
+        }
+        let Some(master) = link.master else {
+            return Ok(None);
+        };
+        let host = self.kernel.links(&Ns::Host).map_err(|e| kerr(lan, e))?;
+        Ok(host
+            .iter()
+            .find(|b| b.ifindex == master)
+            .map(|b| (b, Owner::of(b)))
+            .filter(|(_, o)| matches!(o, Owner::Lan { .. }))
+            .map(|(b, o)| format!("it is a port of bridge {}, which {o}", b.name)))
+    }
+
+    /// Make sure the LAN namespace exists; returns whether this call created it.
+    fn ensure_namespace(
+        &self,
+        lan: &str,
+        changes: &mut Vec<String>,
+    ) -> Result<bool, DatapathError> {
+        if self
+            .kernel
+            .lan_namespace_exists(lan)
+            .map_err(|e| kerr(lan, e))?
+        {
+            return Ok(false);
+        }
+        self.kernel
+            .create_lan_namespace(lan)
+            .map_err(|e| kerr(lan, e))?;
+        changes.push(format!("create namespace {lan}"));
+        Ok(true)
+    }
+
+    /// The bridge, then (when it is new) every port onto it and the old bridge away, then the
+    /// VXLAN (an old one of this LAN removed before the new one takes its VNI).
     fn lan_links(
         &self,
         spec: &LanSpec,
-        mtu: u32,
         vxlan: VxlanParams,
-        changes: &mut Vec<String>,
-    ) -> Result<(u32, u32), DatapathError> {
+        state: &mut LanState,
+    ) -> Result<(), DatapathError> {
         let lan = spec.ns.as_str();
         let ns = Ns::Lan(lan.to_string());
         let bridge_alias = link_alias(lan, role::BRIDGE);
-        let bridge = self.ensure_link(
+        let existing = self
+            .kernel
+            .link(&ns, &spec.bridge)
+            .map_err(|e| kerr(lan, e))?;
+        let (bridge, fresh) = self.ensure_link(
             lan,
             &ns,
-            &spec.bridge,
+            existing,
             |k| matches!(k, LinkKind::Bridge(p) if *p == bridge_params()),
             NewLink::Bridge {
                 lan: lan.into(),
                 name: spec.bridge.clone(),
-                mtu,
+                mtu: state.mtu,
                 alias: bridge_alias.clone(),
                 params: bridge_params(),
             },
-            changes,
+            &mut state.changes,
         )?;
-        if self.converge(
-            lan,
-            &ns,
-            &bridge,
-            &Want {
-                mtu,
-                alias: &bridge_alias,
-                master: None,
-            },
-        )? {
-            changes.push(format!("converge bridge {}", spec.bridge));
+        state.bridge_ifindex = bridge.ifindex;
+        let want = Want {
+            mtu: state.mtu,
+            alias: &bridge_alias,
+            master: None,
+        };
+        if self.converge(lan, &ns, &bridge, &want)? {
+            state
+                .changes
+                .push(format!("converge bridge {}", spec.bridge));
         }
+        if fresh {
+            // A new bridge (renamed, replaced, or the LAN's first): the ports of the old one
+            // move over before it goes.
+            let links = self.kernel.links(&ns).map_err(|e| kerr(lan, e))?;
+            self.adopt_ports(spec, &links, state)?;
+            self.retire(lan, &links, role::BRIDGE, &spec.bridge, &mut state.changes)?;
+        }
+        let vx = self.ensure_vxlan(spec, vxlan, state)?;
+        state.vxlan_ifindex = vx.ifindex;
+        Ok(())
+    }
+
+    fn ensure_vxlan(
+        &self,
+        spec: &LanSpec,
+        vxlan: VxlanParams,
+        state: &mut LanState,
+    ) -> Result<Link, DatapathError> {
+        let lan = spec.ns.as_str();
+        let ns = Ns::Lan(lan.to_string());
         let vxlan_alias = link_alias(lan, role::VXLAN);
-        let vx = self.ensure_link(
+        let right = |k: &LinkKind| matches!(k, LinkKind::Vxlan(p) if *p == vxlan);
+        let existing = self
+            .kernel
+            .link(&ns, &spec.vxlan)
+            .map_err(|e| kerr(lan, e))?;
+        if !existing.as_ref().is_some_and(|l| right(&l.kind)) {
+            // The kernel allows one VXLAN per VNI and port on an underlay: an old one of this
+            // LAN (renamed in the spec) goes first.
+            let links = self.kernel.links(&ns).map_err(|e| kerr(lan, e))?;
+            self.retire(lan, &links, role::VXLAN, &spec.vxlan, &mut state.changes)?;
+        }
+        let (vx, _) = self.ensure_link(
             lan,
             &ns,
-            &spec.vxlan,
-            |k| matches!(k, LinkKind::Vxlan(p) if *p == vxlan),
+            existing,
+            right,
             NewLink::Vxlan {
                 lan: lan.into(),
                 name: spec.vxlan.clone(),
-                mtu,
+                mtu: state.mtu,
                 alias: vxlan_alias.clone(),
                 params: vxlan,
             },
-            changes,
+            &mut state.changes,
         )?;
-        if self.converge(
-            lan,
-            &ns,
-            &vx,
-            &Want {
-                mtu,
-                alias: &vxlan_alias,
-                master: Some((&spec.bridge, bridge.ifindex)),
-            },
-        )? {
-            changes.push(format!("converge vxlan {}", spec.vxlan));
+        let want = Want {
+            mtu: state.mtu,
+            alias: &vxlan_alias,
+            master: Some((&spec.bridge, state.bridge_ifindex)),
+        };
+        if self.converge(lan, &ns, &vx, &want)? {
+            state.changes.push(format!("converge vxlan {}", spec.vxlan));
         }
-        Ok((bridge.ifindex, vx.ifindex))
+        Ok(vx)
+    }
+
+    /// Every spoke port of the LAN among `links` (and its VXLAN) is a port of the bridge, with
+    /// the LAN MTU and the group forward mask, and up.
+    fn adopt_ports(
+        &self,
+        spec: &LanSpec,
+        links: &[Link],
+        state: &mut LanState,
+    ) -> Result<(), DatapathError> {
+        let ns = Ns::Lan(spec.ns.clone());
+        let vxlan_alias = link_alias(&spec.ns, role::VXLAN);
+        let ports = links.iter().filter(|l| {
+            is_port_of(l, &spec.ns) || (l.name == spec.vxlan && is_ours(l, &vxlan_alias))
+        });
+        for link in ports {
+            let alias = link.alias.clone().unwrap_or_default();
+            let want = Want {
+                mtu: state.mtu,
+                alias: &alias,
+                master: Some((&spec.bridge, state.bridge_ifindex)),
+            };
+            if self.converge(&spec.ns, &ns, link, &want)? {
+                state.changes.push(format!("converge port {}", link.name));
+            }
+        }
+        Ok(())
+    }
+
+    /// Remove the links among `links` that carry this LAN's alias of `role` but are not named
+    /// `keep`: the bridge or VXLAN of a spec that renamed them. Nothing else is touched.
+    fn retire(
+        &self,
+        lan: &str,
+        links: &[Link],
+        role: &str,
+        keep: &str,
+        changes: &mut Vec<String>,
+    ) -> Result<(), DatapathError> {
+        let alias = link_alias(lan, role);
+        let ns = Ns::Lan(lan.to_string());
+        for old in links
+            .iter()
+            .filter(|l| l.name != keep && is_ours(l, &alias))
+        {
+            self.kernel
+                .delete_link(&ns, &old.name)
+                .map_err(|e| kerr(lan, e))?;
+            changes.push(format!(
+                "remove old {role} {} (renamed to {keep})",
+                old.name
+            ));
+        }
+        Ok(())
     }
 
     /// Make sure a link of the right kind exists in a namespace k8slan owns (the LAN namespace):
-    /// a link of that name with the wrong kind or parameters is replaced.
+    /// `existing`, the link of that name, is kept if it has the right kind and parameters and
+    /// replaced otherwise. Returns the link and whether it was created by this call.
     pub(crate) fn ensure_link(
         &self,
         lan: &str,
         ns: &Ns,
-        name: &str,
+        existing: Option<Link>,
         right: impl Fn(&LinkKind) -> bool,
         new: NewLink,
         changes: &mut Vec<String>,
-    ) -> Result<Link, DatapathError> {
-        let existing = self.kernel.link(ns, name).map_err(|e| kerr(lan, e))?;
+    ) -> Result<(Link, bool), DatapathError> {
+        let name = new.target().1.to_string();
+        let name = name.as_str();
         if let Some(link) = existing {
             if right(&link.kind) {
-                return Ok(link);
+                return Ok((link, false));
             }
             self.kernel
                 .delete_link(ns, name)
@@ -222,13 +372,15 @@ impl<K: Kernel> Datapath<K> {
             changes.push(format!("create {name}"));
         }
         self.kernel.create_link(&new).map_err(|e| kerr(lan, e))?;
-        self.kernel
+        let link = self
+            .kernel
             .link(ns, name)
             .map_err(|e| kerr(lan, e))?
             .ok_or_else(|| DatapathError::Inconsistent {
                 lan: lan.into(),
                 what: format!("{name} vanished right after it was created in {ns}"),
-            })
+            })?;
+        Ok((link, true))
     }
 
     /// Remove everything of the LAN on this node: tap device nodes, host-side spoke links,
@@ -241,8 +393,8 @@ impl<K: Kernel> Datapath<K> {
         self.teardown(&spec.ns, &spec.spokes)
     }
 
-    /// Remove a LAN namespace that belongs to no known LAN (see [`Datapath::recover`]), with
-    /// its links and the tap device nodes of the spokes found in it.
+    /// Remove a LAN namespace that belongs to no known LAN (the agent's reconciler finds them in
+    /// [`Datapath::show`]), with its links and the tap device nodes of the spokes found in it.
     #[instrument(skip_all, fields(lan = %ns))]
     pub fn remove_orphan(&self, ns: &str) -> Result<Vec<String>, DatapathError> {
         validate::netns_name("ns", ns)?;
@@ -250,9 +402,11 @@ impl<K: Kernel> Datapath<K> {
         self.teardown(ns, &[])
     }
 
+    /// Remove everything of LAN `lan`: tap nodes of its spokes, every link of its namespace,
+    /// host links carrying one of its host-side aliases, the namespace. A link or tap node of
+    /// another LAN (a spoke of the same name there) is never touched.
     fn teardown(&self, lan: &str, known_spokes: &[String]) -> Result<Vec<String>, DatapathError> {
         let mut removed = Vec::new();
-        let mut spokes: Vec<String> = known_spokes.to_vec();
         let ns = Ns::Lan(lan.to_string());
         let exists = self
             .kernel
@@ -263,19 +417,10 @@ impl<K: Kernel> Datapath<K> {
         } else {
             Vec::new()
         };
-        let host_links: Vec<Link> = self
-            .kernel
-            .links(&Ns::Host)
-            .map_err(|e| kerr(lan, e))?
-            .into_iter()
-            .filter(|l| {
-                l.alias
-                    .as_deref()
-                    .and_then(parse_alias)
-                    .is_some_and(|(n, _)| n == lan)
-            })
-            .collect();
-        for l in lan_links.iter().chain(&host_links) {
+        let host = self.kernel.links(&Ns::Host).map_err(|e| kerr(lan, e))?;
+        let host_links: Vec<&Link> = host.iter().filter(|l| is_host_link_of(l, lan)).collect();
+        let mut spokes: Vec<String> = known_spokes.to_vec();
+        for l in lan_links.iter().chain(host_links.iter().copied()) {
             if let Some(spoke) = spoke_of(l)
                 && validate::spoke_name("spoke", spoke).is_ok()
                 && !spokes.iter().any(|s| s == spoke)
@@ -285,59 +430,14 @@ impl<K: Kernel> Datapath<K> {
         }
         for spoke in &spokes {
             validate::spoke_name("spoke", spoke)?;
-            let path = self.tap_node_path(spoke);
-            if self
-                .kernel
-                .tap_node(&path)
-                .map_err(|e| kerr(lan, e))?
-                .is_some()
-            {
-                self.kernel
-                    .remove_tap_node(&path)
-                    .map_err(|e| kerr(lan, e))?;
-                removed.push(path.display().to_string());
+            if !held_elsewhere(&host, lan, spoke) {
+                self.remove_tap_node(lan, spoke, &mut removed)?;
             }
         }
-        // Every link of the LAN namespace in one batch; veth peers (host ends, even those in
-        // pods) and the macvtaps on them die with their ports.
-        if lan_links.iter().any(|l| l.name != "lo") {
-            self.kernel
-                .delete_lan_links(lan)
-                .map_err(|e| kerr(lan, e))?;
-            removed.extend(
-                lan_links
-                    .iter()
-                    .filter(|l| l.name != "lo")
-                    .map(|l| format!("{lan}:{}", l.name)),
-            );
-            // Links someone made by hand (not in k8slan's group) go one by one.
-            for l in self.kernel.links(&ns).map_err(|e| kerr(lan, e))? {
-                if l.name != "lo" {
-                    self.kernel
-                        .delete_link(&ns, &l.name)
-                        .map_err(|e| kerr(lan, e))?;
-                }
-            }
+        if exists {
+            self.clear_namespace(lan, &lan_links, &mut removed)?;
         }
-        // Host links of this LAN that were not paired with a port (leftovers), macvtaps first.
-        let mut host_left: Vec<Link> = self
-            .kernel
-            .links(&Ns::Host)
-            .map_err(|e| kerr(lan, e))?
-            .into_iter()
-            .filter(|l| {
-                host_links
-                    .iter()
-                    .any(|h| h.ifindex == l.ifindex && h.name == l.name)
-            })
-            .collect();
-        host_left.sort_by_key(|l| !matches!(l.kind, LinkKind::Macvtap { .. }));
-        for l in host_left {
-            self.kernel
-                .delete_link(&Ns::Host, &l.name)
-                .map_err(|e| kerr(lan, e))?;
-            removed.push(format!("host:{}", l.name));
-        }
+        self.remove_host_leftovers(lan, &mut removed)?;
         if exists {
             self.kernel
                 .delete_lan_namespace(lan)
@@ -346,6 +446,101 @@ impl<K: Kernel> Datapath<K> {
         }
         Ok(removed)
     }
+
+    /// Remove a spoke's tap device node, if there is one.
+    pub(crate) fn remove_tap_node(
+        &self,
+        lan: &str,
+        spoke: &str,
+        removed: &mut Vec<String>,
+    ) -> Result<(), DatapathError> {
+        let path = self.tap_node_path(spoke);
+        if self
+            .kernel
+            .tap_node(&path)
+            .map_err(|e| kerr(lan, e))?
+            .is_some()
+        {
+            self.kernel
+                .remove_tap_node(&path)
+                .map_err(|e| kerr(lan, e))?;
+            removed.push(path.display().to_string());
+        }
+        Ok(())
+    }
+
+    /// Every link of the LAN namespace (k8slan's own namespace) in one batch; veth peers (host
+    /// ends, even those in pods) and the macvtaps on them die with their ports.
+    fn clear_namespace(
+        &self,
+        lan: &str,
+        lan_links: &[Link],
+        removed: &mut Vec<String>,
+    ) -> Result<(), DatapathError> {
+        let ns = Ns::Lan(lan.to_string());
+        if !lan_links.iter().any(|l| l.name != "lo") {
+            return Ok(());
+        }
+        self.kernel
+            .delete_lan_links(lan)
+            .map_err(|e| kerr(lan, e))?;
+        removed.extend(
+            lan_links
+                .iter()
+                .filter(|l| l.name != "lo")
+                .map(|l| format!("{lan}:{}", l.name)),
+        );
+        // Links someone made by hand (not in k8slan's group) go one by one.
+        for l in self.kernel.links(&ns).map_err(|e| kerr(lan, e))? {
+            if l.name != "lo" {
+                self.kernel
+                    .delete_link(&ns, &l.name)
+                    .map_err(|e| kerr(lan, e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Host links of this LAN that did not die with a port (leftovers), macvtaps first; only
+    /// links carrying this LAN's host-end or macvtap alias, looked up again just before.
+    fn remove_host_leftovers(
+        &self,
+        lan: &str,
+        removed: &mut Vec<String>,
+    ) -> Result<(), DatapathError> {
+        let mut left: Vec<Link> = self
+            .kernel
+            .links(&Ns::Host)
+            .map_err(|e| kerr(lan, e))?
+            .into_iter()
+            .filter(|l| is_host_link_of(l, lan))
+            .collect();
+        left.sort_by_key(|l| !matches!(l.kind, LinkKind::Macvtap { .. }));
+        for l in left {
+            self.kernel
+                .delete_link(&Ns::Host, &l.name)
+                .map_err(|e| kerr(lan, e))?;
+            removed.push(format!("host:{}", l.name));
+        }
+        Ok(())
+    }
+}
+
+/// Whether a host link is a host end or macvtap of LAN `lan` (by its alias, exactly).
+fn is_host_link_of(l: &Link, lan: &str) -> bool {
+    let Some((n, r)) = l.alias.as_deref().and_then(parse_alias) else {
+        return false;
+    };
+    n == lan && ["spoke/", "macvtap/"].iter().any(|p| r.starts_with(p))
+}
+
+/// Whether another LAN holds a spoke of this name on the node (its host end or macvtap carries
+/// that LAN's alias): then the tap node `tap-<spoke>` is that LAN's, not ours.
+pub(crate) fn held_elsewhere(host: &[Link], lan: &str, spoke: &str) -> bool {
+    host.iter().any(|l| {
+        let owner = Owner::of(l);
+        owner.is_other_lan(lan) && spoke_of(l) == Some(spoke)
+    })
 }
 
 /// The spoke a link of ours belongs to (from its alias), or a LAN-namespace veth's own name.

@@ -9,8 +9,9 @@ use k8slan_api::{LanSpec, validate};
 use serde::Serialize;
 use tracing::{debug, instrument};
 
-use crate::datapath::{Datapath, DatapathError, Want, kerr, role};
-use crate::kernel::{Kernel, Link, LinkKind, NewLink, Ns};
+use crate::datapath::{Datapath, DatapathError, Owner, Want, is_ours, kerr, role};
+use crate::kernel::{Kernel, KernelError, Link, LinkKind, NewLink, Ns};
+use crate::lan::{LanState, held_elsewhere};
 
 /// What a prepared spoke gives its member. The CNI plugin moves `host_ifname` (veth) or
 /// `mac.macvtap` (VM) into the pod.
@@ -44,13 +45,46 @@ pub struct MacAttachment {
     pub devnum: String,
 }
 
-fn is_ours(l: &Link, alias: &str) -> bool {
-    l.alias.as_deref() == Some(alias)
-}
-
 fn paired(host: &Link, port: &Link) -> bool {
     matches!(host.kind, LinkKind::Veth { peer_ifindex: Some(p) } if p == port.ifindex)
         && matches!(port.kind, LinkKind::Veth { peer_ifindex: Some(p) } if p == host.ifindex)
+}
+
+/// The names and aliases of one spoke's links.
+struct SpokeLinks {
+    host: String,
+    port: String,
+    mvt: String,
+    host_alias: String,
+    port_alias: String,
+    mvt_alias: String,
+}
+
+impl SpokeLinks {
+    fn new(lan: &str, spoke: &str) -> Result<Self, DatapathError> {
+        let mvt = macvtap_name(spoke);
+        validate::interface_name("macvtap", &mvt)?;
+        Ok(Self {
+            host: host_veth_name(spoke).into(),
+            port: bridge_port_name(spoke).into(),
+            mvt,
+            host_alias: link_alias(lan, &role::host(spoke)),
+            port_alias: link_alias(lan, &role::port(spoke)),
+            mvt_alias: link_alias(lan, &role::macvtap(spoke)),
+        })
+    }
+}
+
+/// One `spoke up` in progress: the spoke, the LAN state it joins and what changed so far.
+struct SpokeUp<'a, K> {
+    dp: &'a Datapath<K>,
+    spec: &'a LanSpec,
+    spoke: &'a str,
+    kind: SpokeKind,
+    lan_ns: Ns,
+    names: SpokeLinks,
+    state: LanState,
+    changes: Vec<String>,
 }
 
 impl<K: Kernel> Datapath<K> {
@@ -59,7 +93,9 @@ impl<K: Kernel> Datapath<K> {
     /// host end waits in the host namespace, and for [`SpokeKind::Mac`] a macvtap on the host end
     /// with its tap device node in the device directory. Leftovers of an earlier allocation (host
     /// end missing or moved away, wrong macvtap) are replaced; correct state is left untouched.
-    /// A host link with the spoke's name that is not ours is an error and is never touched.
+    /// A link with the name of the spoke's host end or macvtap (host namespace) or bridge port
+    /// (LAN namespace) that is not exactly this spoke's (by its alias) is an error
+    /// ([`DatapathError::ForeignLink`]) and is never touched.
     #[instrument(skip_all, fields(lan = %spec.ns, node = %node, spoke = %spoke, kind = %kind))]
     pub fn spoke_up(
         &self,
@@ -76,305 +112,50 @@ impl<K: Kernel> Datapath<K> {
                 spoke: spoke.into(),
             });
         }
+        let names = SpokeLinks::new(lan, spoke)?;
         let _guard = self.serialise();
         let state = self.lan_core(spec, node)?;
-        let mut changes = state.changes.clone();
-        let host_name = host_veth_name(spoke);
-        let port_name = bridge_port_name(spoke);
-        let mvt_name = macvtap_name(spoke);
-        validate::interface_name("macvtap", &mvt_name)?;
-        let host_alias = link_alias(lan, &role::host(spoke));
-        let port_alias = link_alias(lan, &role::port(spoke));
-        let mvt_alias = link_alias(lan, &role::macvtap(spoke));
-        let lan_ns = Ns::Lan(lan.to_string());
-
-        // Never touch a host link that is not ours; check both names before changing anything.
-        let host = self
-            .kernel
-            .link(&Ns::Host, host_name)
-            .map_err(|e| kerr(lan, e))?;
-        let mvt = self
-            .kernel
-            .link(&Ns::Host, &mvt_name)
-            .map_err(|e| kerr(lan, e))?;
-        for (link, alias) in [(&host, &host_alias), (&mvt, &mvt_alias)] {
-            if let Some(l) = link
-                && !is_ours(l, alias)
-            {
-                return Err(DatapathError::ForeignLink {
-                    lan: lan.into(),
-                    spoke: spoke.into(),
-                    link: l.name.clone(),
-                    alias: l.alias.clone(),
-                    expected: alias.clone(),
-                });
-            }
-        }
-        let port = self
-            .kernel
-            .link(&lan_ns, port_name)
-            .map_err(|e| kerr(lan, e))?;
-
-        let mut created_pair = false;
-        let (host, port) = match (host, port) {
-            (Some(h), Some(p)) if paired(&h, &p) => (h, p),
-            (host, port) => {
-                // A leftover: remove what is there, then make a fresh pair.
-                if mvt.is_some() {
-                    self.kernel
-                        .delete_link(&Ns::Host, &mvt_name)
-                        .map_err(|e| kerr(lan, e))?;
-                    changes.push(format!("remove stale macvtap {mvt_name}"));
-                }
-                if host.is_some() {
-                    self.kernel
-                        .delete_link(&Ns::Host, host_name)
-                        .map_err(|e| kerr(lan, e))?;
-                    changes.push(format!("remove stale host end {host_name}"));
-                }
-                if port.is_some()
-                    && self
-                        .kernel
-                        .link(&lan_ns, port_name)
-                        .map_err(|e| kerr(lan, e))?
-                        .is_some()
-                {
-                    self.kernel
-                        .delete_link(&lan_ns, port_name)
-                        .map_err(|e| kerr(lan, e))?;
-                    changes.push(format!("remove stale bridge port {port_name}"));
-                }
-                self.kernel
-                    .create_link(&NewLink::VethPair {
-                        lan: lan.into(),
-                        host_name: host_name.into(),
-                        host_alias: host_alias.clone(),
-                        port_name: port_name.into(),
-                        port_alias: port_alias.clone(),
-                        mtu: state.mtu,
-                    })
-                    .map_err(|e| kerr(lan, e))?;
-                created_pair = true;
-                changes.push(format!("create veth pair {host_name}"));
-                let h = self
-                    .kernel
-                    .link(&Ns::Host, host_name)
-                    .map_err(|e| kerr(lan, e));
-                let p = self
-                    .kernel
-                    .link(&lan_ns, port_name)
-                    .map_err(|e| kerr(lan, e));
-                match (h, p) {
-                    (Ok(Some(h)), Ok(Some(p))) => (h, p),
-                    (h, p) => {
-                        let _ = self.kernel.delete_link(&Ns::Host, host_name);
-                        h?;
-                        p?;
-                        return Err(DatapathError::Inconsistent {
-                            lan: lan.into(),
-                            what: format!("veth pair of spoke {spoke} vanished after creation"),
-                        });
-                    }
-                }
-            }
+        let up = SpokeUp {
+            dp: self,
+            spec,
+            spoke,
+            kind,
+            lan_ns: Ns::Lan(lan.into()),
+            names,
+            changes: state.changes.clone(),
+            state,
         };
-        let result = self.finish_spoke(spec, spoke, kind, &state, &host, &port, mvt, &mut changes);
-        match result {
-            Ok(mac) => {
-                debug!(changes = ?changes, "spoke up");
-                Ok(SpokeAttachment {
-                    lan: lan.into(),
-                    spoke: spoke.into(),
-                    kind: kind.as_str().into(),
-                    host_ifname: host.name.clone(),
-                    host_ifindex: host.ifindex,
-                    mtu: state.mtu,
-                    mac,
-                    changes,
-                })
-            }
-            Err(e) => {
-                if created_pair {
-                    // Roll back what this call created.
-                    let _ = self.kernel.delete_link(&Ns::Host, &mvt_name);
-                    let _ = self.kernel.delete_link(&Ns::Host, host_name);
-                }
-                Err(e)
-            }
-        }
+        up.run()
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn finish_spoke(
-        &self,
-        spec: &LanSpec,
-        spoke: &str,
-        kind: SpokeKind,
-        state: &crate::lan::LanState,
-        host: &Link,
-        port: &Link,
-        mvt: Option<Link>,
-        changes: &mut Vec<String>,
-    ) -> Result<Option<MacAttachment>, DatapathError> {
-        let lan = spec.ns.as_str();
-        let lan_ns = Ns::Lan(lan.to_string());
-        let host_alias = link_alias(lan, &role::host(spoke));
-        let port_alias = link_alias(lan, &role::port(spoke));
-        let mvt_alias = link_alias(lan, &role::macvtap(spoke));
-        let mvt_name = macvtap_name(spoke);
-        if self.converge(
-            lan,
-            &lan_ns,
-            port,
-            &Want {
-                mtu: state.mtu,
-                alias: &port_alias,
-                master: Some((&spec.bridge, state.bridge_ifindex)),
-            },
-        )? {
-            changes.push(format!("converge bridge port {}", port.name));
-        }
-        if self.converge(
-            lan,
-            &Ns::Host,
-            host,
-            &Want {
-                mtu: state.mtu,
-                alias: &host_alias,
-                master: None,
-            },
-        )? {
-            changes.push(format!("converge host end {}", host.name));
-        }
-        let tap_path = self.tap_node_path(spoke);
-        // A macvtap whose lower is gone disappears with it: look again.
-        let mvt = match mvt {
-            Some(_) => self
-                .kernel
-                .link(&Ns::Host, &mvt_name)
-                .map_err(|e| kerr(lan, e))?,
-            None => None,
-        };
-        match kind {
-            SpokeKind::Veth => {
-                if mvt.is_some() {
-                    self.kernel
-                        .delete_link(&Ns::Host, &mvt_name)
-                        .map_err(|e| kerr(lan, e))?;
-                    changes.push(format!("remove macvtap {mvt_name} (spoke used as veth)"));
-                }
-                if self
-                    .kernel
-                    .tap_node(&tap_path)
-                    .map_err(|e| kerr(lan, e))?
-                    .is_some()
-                {
-                    self.kernel
-                        .remove_tap_node(&tap_path)
-                        .map_err(|e| kerr(lan, e))?;
-                    changes.push(format!("remove tap node {}", tap_path.display()));
-                }
-                Ok(None)
-            }
-            SpokeKind::Mac => {
-                let right = |l: &Link| {
-                    matches!(l.kind, LinkKind::Macvtap { lower_ifindex, mode }
-                        if lower_ifindex == host.ifindex && mode == spec.macvtap_mode)
-                };
-                let mvt = match mvt {
-                    Some(l) if right(&l) => l,
-                    other => {
-                        if other.is_some() {
-                            self.kernel
-                                .delete_link(&Ns::Host, &mvt_name)
-                                .map_err(|e| kerr(lan, e))?;
-                            changes.push(format!("replace macvtap {mvt_name}"));
-                        } else {
-                            changes.push(format!("create macvtap {mvt_name}"));
-                        }
-                        self.kernel
-                            .create_link(&NewLink::Macvtap {
-                                name: mvt_name.clone(),
-                                lower: host.name.clone(),
-                                mode: spec.macvtap_mode,
-                                mtu: state.mtu,
-                                alias: mvt_alias.clone(),
-                            })
-                            .map_err(|e| kerr(lan, e))?;
-                        self.kernel
-                            .link(&Ns::Host, &mvt_name)
-                            .map_err(|e| kerr(lan, e))?
-                            .ok_or_else(|| DatapathError::Inconsistent {
-                                lan: lan.into(),
-                                what: format!("macvtap {mvt_name} vanished after creation"),
-                            })?
-                    }
-                };
-                if self.converge(
-                    lan,
-                    &Ns::Host,
-                    &mvt,
-                    &Want {
-                        mtu: state.mtu,
-                        alias: &mvt_alias,
-                        master: None,
-                    },
-                )? {
-                    changes.push(format!("converge macvtap {mvt_name}"));
-                }
-                let dev = self
-                    .kernel
-                    .macvtap_devnum(&mvt_name)
-                    .map_err(|e| kerr(lan, e))?;
-                if self.kernel.tap_node(&tap_path).map_err(|e| kerr(lan, e))? != Some(dev) {
-                    self.kernel
-                        .make_tap_node(&tap_path, dev)
-                        .map_err(|e| kerr(lan, e))?;
-                    changes.push(format!("create tap node {} ({dev})", tap_path.display()));
-                }
-                Ok(Some(MacAttachment {
-                    macvtap: mvt_name,
-                    macvtap_ifindex: mvt.ifindex,
-                    tap_host_path: tap_path,
-                    tap_container_path: container_tap_path(mvt.ifindex),
-                    devnum: dev.to_string(),
-                }))
-            }
-        }
-    }
-
-    /// Remove one spoke: its tap device node, its macvtap and host end (only if ours) and its
-    /// bridge port. Other spokes and the LAN stay. Absent parts are fine.
+    /// Remove one spoke: its tap device node, its macvtap and host end and its bridge port, each
+    /// only if it is this spoke's (by its alias). Other spokes and the LAN stay. Absent parts
+    /// are fine.
     #[instrument(skip_all, fields(lan = %spec.ns, spoke = %spoke))]
     pub fn spoke_down(&self, spec: &LanSpec, spoke: &str) -> Result<Vec<String>, DatapathError> {
         validate::validate_spec(spec)?;
         validate::spoke_name("spoke", spoke)?;
         let _guard = self.serialise();
         let lan = spec.ns.as_str();
+        let names = SpokeLinks::new(lan, spoke)?;
         let mut removed = Vec::new();
-        let tap_path = self.tap_node_path(spoke);
-        if self
-            .kernel
-            .tap_node(&tap_path)
-            .map_err(|e| kerr(lan, e))?
-            .is_some()
-        {
-            self.kernel
-                .remove_tap_node(&tap_path)
-                .map_err(|e| kerr(lan, e))?;
-            removed.push(tap_path.display().to_string());
+        // Another LAN's spoke of this name would have its host end or macvtap under these names.
+        let mut host = Vec::new();
+        for name in [&names.mvt, &names.host] {
+            host.extend(
+                self.kernel
+                    .link(&Ns::Host, name)
+                    .map_err(|e| kerr(lan, e))?,
+            );
         }
-        let mvt_name = macvtap_name(spoke);
+        if !held_elsewhere(&host, lan, spoke) {
+            self.remove_tap_node(lan, spoke, &mut removed)?;
+        }
         for (name, alias) in [
-            (mvt_name.as_str(), link_alias(lan, &role::macvtap(spoke))),
-            (host_veth_name(spoke), link_alias(lan, &role::host(spoke))),
+            (&names.mvt, &names.mvt_alias),
+            (&names.host, &names.host_alias),
         ] {
-            if let Some(l) = self
-                .kernel
-                .link(&Ns::Host, name)
-                .map_err(|e| kerr(lan, e))?
-                && is_ours(&l, &alias)
-            {
+            if host.iter().any(|l| &l.name == name && is_ours(l, alias)) {
                 self.kernel
                     .delete_link(&Ns::Host, name)
                     .map_err(|e| kerr(lan, e))?;
@@ -387,19 +168,273 @@ impl<K: Kernel> Datapath<K> {
             .map_err(|e| kerr(lan, e))?
         {
             let lan_ns = Ns::Lan(lan.into());
-            let port = bridge_port_name(spoke);
-            if self
+            let port = self
                 .kernel
-                .link(&lan_ns, port)
-                .map_err(|e| kerr(lan, e))?
-                .is_some()
-            {
+                .link(&lan_ns, &names.port)
+                .map_err(|e| kerr(lan, e))?;
+            if port.is_some_and(|p| is_spoke_port(&p, &names.port_alias)) {
                 self.kernel
-                    .delete_link(&lan_ns, port)
+                    .delete_link(&lan_ns, &names.port)
                     .map_err(|e| kerr(lan, e))?;
-                removed.push(format!("{lan}:{port}"));
+                removed.push(format!("{lan}:{}", names.port));
             }
         }
         Ok(removed)
+    }
+}
+
+/// Whether a LAN-namespace link may be handled as this spoke's bridge port: it carries exactly
+/// the port alias, or it is a veth without any alias (a leftover pair end in k8slan's own
+/// namespace). The LAN's bridge or VXLAN, or another spoke's port, never is.
+fn is_spoke_port(l: &Link, alias: &str) -> bool {
+    is_ours(l, alias) || (l.alias.is_none() && matches!(l.kind, LinkKind::Veth { .. }))
+}
+
+impl<K: Kernel> SpokeUp<'_, K> {
+    fn lan(&self) -> &str {
+        &self.spec.ns
+    }
+
+    fn k<T>(&self, r: Result<T, KernelError>) -> Result<T, DatapathError> {
+        r.map_err(|e| kerr(self.lan(), e))
+    }
+
+    fn foreign(&self, what: &'static str, ns: &Ns, l: &Link) -> DatapathError {
+        DatapathError::ForeignLink {
+            lan: self.lan().into(),
+            spoke: self.spoke.into(),
+            what,
+            link: l.name.clone(),
+            ns: ns.clone(),
+            owner: Box::new(Owner::of(l)),
+        }
+    }
+
+    /// The host link `name` if it is ours (`alias`), `None` if absent; a foreign one is an error.
+    fn host_link(
+        &self,
+        what: &'static str,
+        name: &str,
+        alias: &str,
+    ) -> Result<Option<Link>, DatapathError> {
+        match self.k(self.dp.kernel.link(&Ns::Host, name))? {
+            Some(l) if !is_ours(&l, alias) => Err(self.foreign(what, &Ns::Host, &l)),
+            other => Ok(other),
+        }
+    }
+
+    /// The bridge port if it is this spoke's (see [`is_spoke_port`]), `None` if absent.
+    fn port_link(&self) -> Result<Option<Link>, DatapathError> {
+        match self.k(self.dp.kernel.link(&self.lan_ns, &self.names.port))? {
+            Some(l) if !is_spoke_port(&l, &self.names.port_alias) => {
+                Err(self.foreign("bridge port", &self.lan_ns, &l))
+            }
+            other => Ok(other),
+        }
+    }
+
+    fn run(mut self) -> Result<SpokeAttachment, DatapathError> {
+        // Check every name before changing anything.
+        let host = self.host_link("host end", &self.names.host, &self.names.host_alias)?;
+        let mvt = self.host_link("macvtap", &self.names.mvt, &self.names.mvt_alias)?;
+        let port = self.port_link()?;
+        let (host, port, created) = match (host, port) {
+            (Some(h), Some(p)) if paired(&h, &p) => (h, p, false),
+            (host, port) => {
+                self.clear_leftovers(host.is_some(), port.is_some(), mvt.is_some())?;
+                let (h, p) = self.make_pair()?;
+                (h, p, true)
+            }
+        };
+        match self.finish(&host, &port, mvt.is_some()) {
+            Ok(mac) => {
+                debug!(changes = ?self.changes, "spoke up");
+                Ok(SpokeAttachment {
+                    lan: self.lan().into(),
+                    spoke: self.spoke.into(),
+                    kind: self.kind.as_str().into(),
+                    host_ifname: host.name,
+                    host_ifindex: host.ifindex,
+                    mtu: self.state.mtu,
+                    mac,
+                    changes: self.changes,
+                })
+            }
+            Err(e) => {
+                if created {
+                    // Roll back what this call created (the macvtap dies with its lower).
+                    let _ = self.dp.kernel.delete_link(&Ns::Host, &self.names.host);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Remove the parts of a broken pair (all checked to be this spoke's), macvtap first.
+    fn clear_leftovers(&mut self, host: bool, port: bool, mvt: bool) -> Result<(), DatapathError> {
+        let n = &self.names;
+        let steps = [
+            (mvt, Ns::Host, n.mvt.clone(), "stale macvtap"),
+            (host, Ns::Host, n.host.clone(), "stale host end"),
+            (
+                port,
+                self.lan_ns.clone(),
+                n.port.clone(),
+                "stale bridge port",
+            ),
+        ];
+        for (present, ns, name, what) in steps {
+            // A port dies with its host end: look again before deleting it.
+            if present && self.k(self.dp.kernel.link(&ns, &name))?.is_some() {
+                self.k(self.dp.kernel.delete_link(&ns, &name))?;
+                self.changes.push(format!("remove {what} {name}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Create a fresh veth pair and return (host end, port).
+    fn make_pair(&mut self) -> Result<(Link, Link), DatapathError> {
+        let n = &self.names;
+        let new = NewLink::VethPair {
+            lan: self.lan().into(),
+            host_name: n.host.clone(),
+            host_alias: n.host_alias.clone(),
+            port_name: n.port.clone(),
+            port_alias: n.port_alias.clone(),
+            mtu: self.state.mtu,
+        };
+        self.k(self.dp.kernel.create_link(&new))?;
+        self.changes.push(format!("create veth pair {}", n.host));
+        let h = self.k(self.dp.kernel.link(&Ns::Host, &n.host));
+        let p = self.k(self.dp.kernel.link(&self.lan_ns, &n.port));
+        match (h, p) {
+            (Ok(Some(h)), Ok(Some(p))) => Ok((h, p)),
+            (h, p) => {
+                let _ = self.dp.kernel.delete_link(&Ns::Host, &n.host);
+                h?;
+                p?;
+                Err(DatapathError::Inconsistent {
+                    lan: self.lan().into(),
+                    what: format!("veth pair of spoke {} vanished after creation", self.spoke),
+                })
+            }
+        }
+    }
+
+    /// Converge the pair, then make the spoke a veth or a mac spoke.
+    fn finish(
+        &mut self,
+        host: &Link,
+        port: &Link,
+        had_mvt: bool,
+    ) -> Result<Option<MacAttachment>, DatapathError> {
+        let (mtu, bridge) = (self.state.mtu, self.state.bridge_ifindex);
+        let port_want = Want {
+            mtu,
+            alias: &self.names.port_alias,
+            master: Some((&self.spec.bridge, bridge)),
+        };
+        if self
+            .dp
+            .converge(self.lan(), &self.lan_ns, port, &port_want)?
+        {
+            self.changes
+                .push(format!("converge bridge port {}", port.name));
+        }
+        let host_want = Want {
+            mtu,
+            alias: &self.names.host_alias,
+            master: None,
+        };
+        if self.dp.converge(self.lan(), &Ns::Host, host, &host_want)? {
+            self.changes
+                .push(format!("converge host end {}", host.name));
+        }
+        // A macvtap whose lower was replaced disappeared with it: look again (and check again).
+        let mvt = match had_mvt {
+            true => self.host_link("macvtap", &self.names.mvt, &self.names.mvt_alias)?,
+            false => None,
+        };
+        match self.kind {
+            SpokeKind::Veth => self.drop_mac(mvt).map(|()| None),
+            SpokeKind::Mac => self.macvtap(host, mvt).map(Some),
+        }
+    }
+
+    /// A veth spoke has no macvtap and no tap node.
+    fn drop_mac(&mut self, mvt: Option<Link>) -> Result<(), DatapathError> {
+        if mvt.is_some() {
+            self.k(self.dp.kernel.delete_link(&Ns::Host, &self.names.mvt))?;
+            let m = &self.names.mvt;
+            self.changes
+                .push(format!("remove macvtap {m} (spoke used as veth)"));
+        }
+        let mut removed = Vec::new();
+        self.dp
+            .remove_tap_node(self.lan(), self.spoke, &mut removed)?;
+        self.changes
+            .extend(removed.into_iter().map(|p| format!("remove tap node {p}")));
+        Ok(())
+    }
+
+    /// The macvtap on the host end with the spec's mode, and its tap node.
+    fn macvtap(&mut self, host: &Link, mvt: Option<Link>) -> Result<MacAttachment, DatapathError> {
+        let mode = self.spec.macvtap_mode;
+        let right = |l: &Link| {
+            matches!(l.kind, LinkKind::Macvtap { lower_ifindex, mode: m }
+                if lower_ifindex == host.ifindex && m == mode)
+        };
+        let mvt = match mvt {
+            Some(l) if right(&l) => l,
+            other => self.make_macvtap(host, other.is_some())?,
+        };
+        let want = Want {
+            mtu: self.state.mtu,
+            alias: &self.names.mvt_alias,
+            master: None,
+        };
+        if self.dp.converge(self.lan(), &Ns::Host, &mvt, &want)? {
+            self.changes
+                .push(format!("converge macvtap {}", self.names.mvt));
+        }
+        let dev = self.k(self.dp.kernel.macvtap_devnum(&self.names.mvt))?;
+        let tap_path = self.dp.tap_node_path(self.spoke);
+        if self.k(self.dp.kernel.tap_node(&tap_path))? != Some(dev) {
+            self.k(self.dp.kernel.make_tap_node(&tap_path, dev))?;
+            let p = tap_path.display();
+            self.changes.push(format!("create tap node {p} ({dev})"));
+        }
+        Ok(MacAttachment {
+            macvtap: self.names.mvt.clone(),
+            macvtap_ifindex: mvt.ifindex,
+            tap_host_path: tap_path,
+            tap_container_path: container_tap_path(mvt.ifindex),
+            devnum: dev.to_string(),
+        })
+    }
+
+    /// Create the macvtap (replacing a wrong one of ours) and return it.
+    fn make_macvtap(&mut self, host: &Link, replace: bool) -> Result<Link, DatapathError> {
+        let name = self.names.mvt.clone();
+        if replace {
+            self.k(self.dp.kernel.delete_link(&Ns::Host, &name))?;
+            self.changes.push(format!("replace macvtap {name}"));
+        } else {
+            self.changes.push(format!("create macvtap {name}"));
+        }
+        let new = NewLink::Macvtap {
+            name: name.clone(),
+            lower: host.name.clone(),
+            mode: self.spec.macvtap_mode,
+            mtu: self.state.mtu,
+            alias: self.names.mvt_alias.clone(),
+        };
+        self.k(self.dp.kernel.create_link(&new))?;
+        self.k(self.dp.kernel.link(&Ns::Host, &name))?
+            .ok_or_else(|| DatapathError::Inconsistent {
+                lan: self.lan().into(),
+                what: format!("macvtap {name} vanished after creation"),
+            })
     }
 }

@@ -1,7 +1,6 @@
 //! Privileged tests of the netns directory's defences: the agent only touches namespaces it
 //! created. Symlinks, bind mounts of foreign namespaces (or of another LAN's under a wrong name),
-//! regular files and entries planted before the agent creates a LAN are reported (recovery's
-//! `foreign_entries`) and left exactly as they were, even when orphan removal is asked for them
+//! regular files and entries planted before the agent creates a LAN are reported (`Kernel::foreign_namespace_entries`) and left exactly as they were, even when orphan removal is asked for them
 //! by name; the container runtime's directory is refused as `--netns-dir`.
 
 mod common;
@@ -24,17 +23,15 @@ fn netns_dir(n: &Node) -> PathBuf {
     n.dir.path().join("netns")
 }
 
-/// Recovery must list `name` as foreign (saying `what`), `show` must not list it, and orphan
-/// removal by name must change nothing.
+/// The kernel must report `name` as foreign (saying `what`), `show` must not list it (so the
+/// agent never calls it an orphan), and orphan removal by name must change nothing.
 fn assert_reported_and_untouched(n: &Node, name: &str, what: &str) {
-    let rec = n.dp.recover(&n.name, &[]).unwrap();
-    let entry = rec
-        .foreign_entries
+    let foreign = n.dp.kernel().foreign_namespace_entries().unwrap();
+    let entry = foreign
         .iter()
         .find(|f| f.name == name)
-        .unwrap_or_else(|| panic!("{name} not reported: {rec:?}"));
+        .unwrap_or_else(|| panic!("{name} not reported: {foreign:?}"));
     assert!(entry.what.contains(what), "{name}: {entry:?}");
-    assert!(!rec.orphan_namespaces.iter().any(|o| o == name), "{rec:?}");
     assert!(!n.dp.show().unwrap().iter().any(|l| l.ns == name));
     let removed = n.dp.remove_orphan(name).unwrap_or_default();
     assert!(
@@ -118,8 +115,7 @@ fn another_lans_namespace_under_a_wrong_name_is_reported_and_untouched() {
     ));
     assert_reported_and_untouched(&n, "copy", "another name");
     // The real LAN is unharmed and still k8slan's.
-    let rec = n.dp.recover(&n.name, std::slice::from_ref(&spec)).unwrap();
-    assert_eq!(rec.adopted, vec![spec.ns.clone()], "{rec:?}");
+    assert!(n.dp.show().unwrap().iter().any(|l| l.ns == spec.ns));
     assert!(n.lan_sh(&spec.ns, "ip -o link").contains(&format!(" {a}@")));
     n.dp.lan_down(&spec).unwrap();
     assert!(n.dir.mounts().contains(&copy));

@@ -358,15 +358,9 @@ fn a_lan_namespace_replaced_behind_the_agents_back_is_left_alone_and_reported() 
         err.contains(&path.display().to_string()) && err.contains("did not create"),
         "{err}"
     );
-    let rec = n1
-        .dp
-        .recover(&n1.name, std::slice::from_ref(&spec))
-        .unwrap();
-    assert!(
-        rec.foreign_entries.iter().any(|f| f.name == spec.ns),
-        "{rec:?}"
-    );
-    assert!(rec.orphan_namespaces.is_empty(), "{rec:?}");
+    let foreign = n1.dp.kernel().foreign_namespace_entries().unwrap();
+    assert!(foreign.iter().any(|f| f.name == spec.ns), "{foreign:?}");
+    assert!(!n1.dp.show().unwrap().iter().any(|l| l.ns == spec.ns));
     n1.dp.lan_down(&spec).unwrap();
     // Still mounted, and nothing was made in it.
     assert!(n1.dir.mounts().contains(&path), "{:?}", n1.dir.mounts());
@@ -550,7 +544,7 @@ fn down_leaves_nothing_behind() {
 
 #[test]
 #[ignore = "privileged"]
-fn recovery_finds_orphans_and_a_foreign_link_is_refused() {
+fn an_orphan_lan_is_listed_by_show_and_removed_alone() {
     let ul = Underlay::new();
     let n1 = Node::new(&ul, "node1", 1500);
     let (a, o) = (spoke("a"), spoke("o"));
@@ -560,37 +554,27 @@ fn recovery_finds_orphans_and_a_foreign_link_is_refused() {
         .spoke_up(&known, &n1.name, &a, SpokeKind::Veth)
         .unwrap();
     n1.dp.spoke_up(&gone, &n1.name, &o, SpokeKind::Mac).unwrap();
-    let rec = n1
-        .dp
-        .recover(&n1.name, std::slice::from_ref(&known))
-        .unwrap();
-    assert_eq!(rec.adopted, vec![known.ns.clone()]);
-    assert_eq!(rec.orphan_namespaces, vec![gone.ns.clone()]);
-    assert_eq!(rec.orphan_links.len(), 2, "{:?}", rec.orphan_links);
-    assert_eq!(rec.orphan_tap_nodes.len(), 1, "{:?}", rec.orphan_tap_nodes);
+    // What the agent's reconciler plans from after a restart: both namespaces, with spokes.
+    let mut listed: Vec<String> = n1.dp.show().unwrap().into_iter().map(|v| v.ns).collect();
+    listed.sort();
+    let mut want = vec![known.ns.clone(), gone.ns.clone()];
+    want.sort();
+    assert_eq!(listed, want);
+    let known_view = |views: Vec<NodeLan>| -> Vec<NodeLan> {
+        views.into_iter().filter(|v| v.ns == known.ns).collect()
+    };
+    let before = ifindexes(&known_view(n1.dp.show().unwrap()));
     n1.dp.remove_orphan(&gone.ns).unwrap();
-    assert_eq!(
-        n1.dp
-            .recover(&n1.name, std::slice::from_ref(&known))
-            .unwrap()
-            .orphan_links,
-        Vec::<String>::new()
-    );
-
-    // A host link named like a spoke that is not ours.
-    let f = spoke("f");
-    let mut s2 = known.clone();
-    s2.spokes.push(f.clone());
-    n1.sh(&format!("ip link add {f} type veth peer name {f}p"));
-    let e = n1
-        .dp
-        .spoke_up(&s2, &n1.name, &f, SpokeKind::Veth)
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains(&f) && e.contains("refusing"), "{e}");
-    n1.dp.lan_down(&s2).unwrap();
-    assert!(
-        n1.sh(&format!("ip -o link show {f}")).contains(&f),
-        "the foreign link must survive"
-    );
+    let views = n1.dp.show().unwrap();
+    assert_eq!(views.len(), 1);
+    assert_eq!(views[0].ns, known.ns);
+    for name in [o.clone(), macvtap_name(&o)] {
+        assert!(
+            !n1.sh("ip -o link").contains(&format!(" {name}")),
+            "{name} survived"
+        );
+    }
+    assert!(!n1.dir.path().join("dev").join(format!("tap-{o}")).exists());
+    // The known LAN is untouched: same links, same ifindexes.
+    assert_eq!(ifindexes(&views), before);
 }

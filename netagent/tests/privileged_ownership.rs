@@ -1,0 +1,148 @@
+//! Privileged tests (real kernel, simulated nodes): the datapath never takes over, changes or
+//! deletes a link it did not make for that LAN and role, and never builds a VXLAN on `lo` or on
+//! a link k8slan made. Run as root: `cargo test -p k8slan-netagent -- --ignored`.
+
+mod common;
+
+use common::*;
+use k8slan_api::SpokeKind;
+use k8slan_api::naming::macvtap_name;
+
+/// What k8slan could change about links: name, ifindex, peer, admin state, MTU, master, MAC,
+/// alias (`ip -o link`, without the carrier and operational state, which a bridge without ports
+/// changes by itself).
+const STABLE: &str = "sed -E 's/(NO-CARRIER|LOWER_UP|M-DOWN),?//g; s/ state [A-Z]+ / /'";
+
+fn link_state(node: &Node, name: &str) -> String {
+    node.sh(&format!("ip -o link show {name} | {STABLE}"))
+}
+
+/// The node's host links, one line each.
+fn host_links(node: &Node) -> String {
+    node.sh(&format!("ip -o link show | {STABLE}"))
+}
+
+#[test]
+#[ignore = "privileged"]
+fn node_interfaces_named_as_spokes_are_never_touched() {
+    let ul = Underlay::new();
+    let n1 = Node::new(&ul, "node1", 1500);
+    // The simulated node's own interfaces: an uplink `eth0`, the CNI bridge `cni0` with another
+    // pod's veth `vethab12` on it, and a link with someone else's alias.
+    n1.sh(
+        "ip link add eth0 type veth peer name eth0peer && ip link set eth0 up && \
+         ip link add cni0 type bridge && ip link set cni0 up && \
+         ip link add vethab12 type veth peer name podside && \
+         ip link set vethab12 master cni0 up && \
+         ip link add flannel1 type veth peer name flpeer && ip link set flannel1 alias 'flannel vtep'",
+    );
+    let names = ["eth0", "cni0", "vethab12", "flannel1", UNDERLAY];
+    let spec = lan_spec(900, &names);
+    n1.dp.lan_up(&spec, &n1.name).unwrap();
+    let before = host_links(&n1);
+    for name in names {
+        for kind in SpokeKind::ALL {
+            let e = n1
+                .dp
+                .spoke_up(&spec, &n1.name, name, kind)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&format!("spoke {name}")) && e.contains("not made by k8slan"),
+                "{e}"
+            );
+        }
+        n1.dp.spoke_down(&spec, name).unwrap();
+    }
+    n1.dp.lan_up(&spec, &n1.name).unwrap();
+    assert_eq!(host_links(&n1), before);
+    n1.dp.lan_down(&spec).unwrap();
+    assert_eq!(host_links(&n1), before, "LAN down touched a node interface");
+}
+
+#[test]
+#[ignore = "privileged"]
+fn another_lans_spoke_links_are_never_touched() {
+    let ul = Underlay::new();
+    let n1 = Node::new(&ul, "node1", 1500);
+    let x = spoke("x");
+    let a = lan_spec(901, &[&x]);
+    let att = n1.dp.spoke_up(&a, &n1.name, &x, SpokeKind::Mac).unwrap();
+    let mvt = macvtap_name(&x);
+    // LAN b: a spoke of the same name, and a spoke named as a's macvtap.
+    let mut b = lan_spec(902, &[&x, &mvt]);
+    b.bridge = "brb".into();
+    let held = (link_state(&n1, &x), link_state(&n1, &mvt));
+    let tap = att.mac.as_ref().unwrap().tap_host_path.clone();
+    let e = n1
+        .dp
+        .spoke_up(&b, &n1.name, &x, SpokeKind::Veth)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&format!(
+            "belongs to LAN {} as its host end of spoke {x}",
+            a.ns
+        )),
+        "{e}"
+    );
+    let e = n1
+        .dp
+        .spoke_up(&b, &n1.name, &mvt, SpokeKind::Mac)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&format!(
+            "belongs to LAN {} as its macvtap of spoke {x}",
+            a.ns
+        )),
+        "{e}"
+    );
+    n1.dp.spoke_down(&b, &x).unwrap();
+    n1.dp.spoke_down(&b, &mvt).unwrap();
+    n1.dp.lan_down(&b).unwrap();
+    assert_eq!((link_state(&n1, &x), link_state(&n1, &mvt)), held);
+    assert!(tap.exists(), "LAN b removed LAN a's tap node");
+    // LAN a's spoke is still whole: a second spoke up changes nothing.
+    let again = n1.dp.spoke_up(&a, &n1.name, &x, SpokeKind::Mac).unwrap();
+    assert!(again.changes.is_empty(), "{:?}", again.changes);
+    n1.dp.lan_down(&a).unwrap();
+}
+
+#[test]
+#[ignore = "privileged"]
+fn lo_and_k8slan_links_are_refused_as_underlay() {
+    let ul = Underlay::new();
+    let n1 = Node::new(&ul, "node1", 1500);
+    let (x, v) = (spoke("x"), spoke("v"));
+    let a = lan_spec(903, &[&x, &v]);
+    n1.dp.spoke_up(&a, &n1.name, &x, SpokeKind::Veth).unwrap();
+    n1.dp.spoke_up(&a, &n1.name, &v, SpokeKind::Mac).unwrap();
+    let before = host_links(&n1);
+    let netns_dir = n1.dir.path().join("netns");
+    let mvt = macvtap_name(&v);
+    for (dev, why) in [
+        ("lo", "loopback".to_string()),
+        (x.as_str(), format!("host end of spoke {x}")),
+        (mvt.as_str(), format!("macvtap of spoke {v}")),
+    ] {
+        let mut b = lan_spec(904, &[&spoke("y")]);
+        b.bridge = "brb".into();
+        b.vxlan_dev_map.insert(n1.name.clone(), dev.into());
+        let e = n1
+            .dp
+            .spoke_up(&b, &n1.name, &b.spokes[0], SpokeKind::Veth)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!("spec.vxlanDevMap[{}]", n1.name)) && e.contains(&why),
+            "{e}"
+        );
+        assert!(
+            !netns_dir.join(&b.ns).exists(),
+            "{dev}: a namespace was made"
+        );
+    }
+    assert_eq!(host_links(&n1), before);
+    n1.dp.lan_down(&a).unwrap();
+}
