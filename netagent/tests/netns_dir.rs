@@ -10,7 +10,7 @@ use std::process::Command;
 
 use common::*;
 use k8slan_api::SpokeKind;
-use k8slan_netagent::{HostNs, RtnlKernel};
+use k8slan_netagent::{HostNs, Kernel, RtnlKernel};
 use k8slan_testkit::{TestNs, unique_name};
 
 fn sh(cmd: &str) -> String {
