@@ -26,6 +26,16 @@ pub struct Input {
     pub stdin: Vec<u8>,
 }
 
+/// The `CNI_*` variables a runtime sets (CNI 1.0.0), for harnesses that vary the environment.
+pub const CNI_ENV_KEYS: &[&str] = &[
+    "CNI_COMMAND",
+    "CNI_CONTAINERID",
+    "CNI_NETNS",
+    "CNI_IFNAME",
+    "CNI_ARGS",
+    "CNI_PATH",
+];
+
 impl Input {
     /// The value of environment variable `key`; of several entries for it, the last one wins.
     pub fn var(&self, key: &str) -> Option<String> {
