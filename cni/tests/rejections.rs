@@ -473,23 +473,19 @@ fn assert_left_alone(
     foreign_untouched(node, what);
 }
 
+/// A fresh node after the ADD of `conf` with the good environment, which must succeed.
+fn after_good_add(plugin: PluginKind, conf: Value) -> Node {
+    let mut node = Node::new();
+    let out = node.run(plugin, &good_env("ADD"), conf.to_string().as_bytes());
+    assert!(out.success, "{}", out.stdout);
+    node
+}
+
 #[test]
 fn the_good_inputs_are_accepted_so_the_rejections_below_mean_something() {
-    let mut node = Node::new();
-    let out = node.run(
-        PluginKind::Veth,
-        &good_env("ADD"),
-        veth_conf().to_string().as_bytes(),
-    );
-    assert!(out.success, "{}", out.stdout);
+    let node = after_good_add(PluginKind::Veth, veth_conf());
     assert!(node.links().pod.contains_key("e1-1"));
-    let mut node = Node::new();
-    let out = node.run(
-        PluginKind::Macvtap,
-        &good_env("ADD"),
-        mac_conf().to_string().as_bytes(),
-    );
-    assert!(out.success, "{}", out.stdout);
+    let node = after_good_add(PluginKind::Macvtap, mac_conf());
     assert!(!node.links().host.contains_key("mvt-vm"));
     foreign_untouched(&node, "good macvtap ADD");
 }
