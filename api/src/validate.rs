@@ -204,15 +204,24 @@ pub fn underlay_name(field: &str, name: &str) -> Result<(), FieldError> {
             "\"lo\" cannot carry the VXLAN to other nodes; name the node's underlay interface (e.g. eth1)",
         ));
     }
-    if let Some(p) = MACVTAP_PREFIXES.iter().find(|p| name.starts_with(*p)) {
-        return Err(FieldError::new(
+    no_macvtap_prefix(
+        field,
+        name,
+        "; name the node's underlay interface (e.g. eth1)",
+    )
+}
+
+/// Refuses a name that starts with one of [`MACVTAP_PREFIXES`]; `fix` ends the message.
+fn no_macvtap_prefix(field: &str, name: &str, fix: &str) -> Result<(), FieldError> {
+    match MACVTAP_PREFIXES.iter().find(|p| name.starts_with(*p)) {
+        Some(p) => Err(FieldError::new(
             field,
             format!(
-                "{name:?} starts with {p:?}, the prefix of the macvtaps k8slan makes for VM spokes; name the node's underlay interface (e.g. eth1)"
+                "{name:?} starts with {p:?}, the prefix of the macvtaps k8slan makes for VM spokes{fix}"
             ),
-        ));
+        )),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// A bridge or VXLAN name: an interface name other than `lo`, which every LAN namespace has.
@@ -252,61 +261,49 @@ fn dns_subdomain_ok(name: &str) -> bool {
     !name.is_empty() && name.len() <= 253 && name.split('.').all(dns_label_ok)
 }
 
-/// A Kubernetes node name (DNS-1123 subdomain), as used for `vxlanDevMap` keys.
-pub fn node_name(field: &str, name: &str) -> Result<(), FieldError> {
-    if dns_subdomain_ok(name) {
+/// `Ok` when the rule holds, else the error on `field` with the message `explain` writes.
+fn require(holds: bool, field: &str, explain: impl FnOnce() -> String) -> Result<(), FieldError> {
+    if holds {
         Ok(())
     } else {
-        Err(FieldError::new(
-            field,
-            format!(
-                "{name:?} is not a Kubernetes node name (lowercase DNS subdomain, at most 253 characters)"
-            ),
-        ))
+        Err(FieldError::new(field, explain()))
     }
+}
+
+/// A Kubernetes node name (DNS-1123 subdomain), as used for `vxlanDevMap` keys.
+pub fn node_name(field: &str, name: &str) -> Result<(), FieldError> {
+    require(dns_subdomain_ok(name), field, || {
+        format!(
+            "{name:?} is not a Kubernetes node name (lowercase DNS subdomain, at most 253 characters)"
+        )
+    })
 }
 
 /// A Kubernetes namespace name (DNS-1123 label: at most 63 lowercase letters, digits or '-').
 pub fn namespace_name(field: &str, name: &str) -> Result<(), FieldError> {
-    if dns_label_ok(name) {
-        Ok(())
-    } else {
-        Err(FieldError::new(
-            field,
-            format!(
-                "{name:?} is not a namespace name (1-63 lowercase letters, digits or '-', starting and ending with a letter or digit)"
-            ),
-        ))
-    }
+    require(dns_label_ok(name), field, || {
+        format!(
+            "{name:?} is not a namespace name (1-63 lowercase letters, digits or '-', starting and ending with a letter or digit)"
+        )
+    })
 }
 
 /// The name of an object that must be a DNS-1123 subdomain (Secrets, Services' DNS names,
 /// webhook configurations), e.g. for a controller flag that names one.
 pub fn object_name(field: &str, name: &str) -> Result<(), FieldError> {
-    if dns_subdomain_ok(name) {
-        Ok(())
-    } else {
-        Err(FieldError::new(
-            field,
-            format!(
-                "{name:?} is not an object name (lowercase DNS subdomain, at most 253 characters)"
-            ),
-        ))
-    }
+    require(dns_subdomain_ok(name), field, || {
+        format!("{name:?} is not an object name (lowercase DNS subdomain, at most 253 characters)")
+    })
 }
 
 /// A Service name (DNS-1035 label: starts with a letter).
 pub fn service_name(field: &str, name: &str) -> Result<(), FieldError> {
-    if dns_label_ok(name) && name.starts_with(|c: char| c.is_ascii_lowercase()) {
-        Ok(())
-    } else {
-        Err(FieldError::new(
-            field,
-            format!(
-                "{name:?} is not a Service name (1-63 lowercase letters, digits or '-', starting with a letter)"
-            ),
-        ))
-    }
+    let ok = dns_label_ok(name) && name.starts_with(|c: char| c.is_ascii_lowercase());
+    require(ok, field, || {
+        format!(
+            "{name:?} is not a Service name (1-63 lowercase letters, digits or '-', starting with a letter)"
+        )
+    })
 }
 
 /// An absolute directory on a node given to k8slan (e.g. the agents' `--dev-dir`): starts with
@@ -316,16 +313,11 @@ pub fn node_directory(field: &str, path: &str) -> Result<(), FieldError> {
         && path.len() < 4096
         && !path.split('/').any(|c| c == "." || c == "..")
         && !path.chars().any(char::is_control);
-    if ok {
-        Ok(())
-    } else {
-        Err(FieldError::new(
-            field,
-            format!(
-                "{path:?} must be an absolute path without '.' or '..' components or control characters"
-            ),
-        ))
-    }
+    require(ok, field, || {
+        format!(
+            "{path:?} must be an absolute path without '.' or '..' components or control characters"
+        )
+    })
 }
 
 /// A LAN's `metadata.name`: a DNS subdomain of at most 63 characters, because its
@@ -357,15 +349,11 @@ pub fn spoke_name_on_node(field: &str, name: &str) -> Result<(), FieldError> {
             ),
         ));
     }
-    if let Some(p) = MACVTAP_PREFIXES.iter().find(|p| name.starts_with(*p)) {
-        return Err(FieldError::new(
-            field,
-            format!(
-                "{name:?} starts with {p:?}, the prefix of the macvtaps k8slan makes for VM spokes (spoke x has macvtap mvt-x); rename the spoke"
-            ),
-        ));
-    }
-    Ok(())
+    no_macvtap_prefix(
+        field,
+        name,
+        " (spoke x has macvtap mvt-x); rename the spoke",
+    )
 }
 
 /// Broken rules collected in field order.
@@ -551,30 +539,22 @@ fn word_rule(name: &str, max: usize) -> bool {
 
 /// A CNI network name (CNI 1.0.0): a letter or digit, then letters, digits, `_`, `.` or `-`.
 pub fn cni_network_name(field: &str, name: &str) -> Result<(), FieldError> {
-    if word_rule(name, MAX_CNI_NETWORK_NAME) {
-        return Ok(());
-    }
-    Err(FieldError::new(
-        field,
+    require(word_rule(name, MAX_CNI_NETWORK_NAME), field, || {
         format!(
             "{:?} must start with a letter or digit and contain only letters, digits, '_', '.' or '-' (at most {MAX_CNI_NETWORK_NAME})",
             shown(name)
-        ),
-    ))
+        )
+    })
 }
 
 /// A container ID (CNI 1.0.0): a letter or digit, then letters, digits, `_`, `.` or `-`.
 pub fn container_id(field: &str, id: &str) -> Result<(), FieldError> {
-    if word_rule(id, MAX_CONTAINER_ID) {
-        return Ok(());
-    }
-    Err(FieldError::new(
-        field,
+    require(word_rule(id, MAX_CONTAINER_ID), field, || {
         format!(
             "{:?} must start with a letter or digit and contain only letters, digits, '_', '.' or '-' (at most {MAX_CONTAINER_ID} characters)",
             shown(id)
-        ),
-    ))
+        )
+    })
 }
 
 /// An absolute, normalized path: starts with `/`, no empty, `.` or `..` components, no control
@@ -607,16 +587,12 @@ pub fn absolute_dir(field: &str, path: &str) -> Result<(), FieldError> {
         && path.len() <= MAX_PATH_LEN
         && !path.split('/').any(|c| c == "..")
         && !path.chars().any(char::is_control);
-    if ok {
-        return Ok(());
-    }
-    Err(FieldError::new(
-        field,
+    require(ok, field, || {
         format!(
             "entry {:?} is not an absolute directory without '..'",
             path.chars().take(128).collect::<String>()
-        ),
-    ))
+        )
+    })
 }
 
 /// A bare file name (one path component): not empty, `.` or `..`, no `/` or control characters.
@@ -627,16 +603,12 @@ pub fn file_name(field: &str, name: &str) -> Result<(), FieldError> {
         && name != ".."
         && !name.contains('/')
         && !name.chars().any(char::is_control);
-    if ok {
-        return Ok(());
-    }
-    Err(FieldError::new(
-        field,
+    require(ok, field, || {
         format!(
             "{:?} must be a bare file name (no '/', not '.' or '..', at most {MAX_FILE_NAME} bytes)",
             shown(name)
-        ),
-    ))
+        )
+    })
 }
 
 /// A `CNI_ARGS` key: letters, digits, `_` or `-`.
@@ -646,13 +618,9 @@ pub fn cni_args_key(field: &str, key: &str) -> Result<(), FieldError> {
         && key
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-    if ok {
-        return Ok(());
-    }
-    Err(FieldError::new(
-        field,
-        format!("key {:?} must be letters, digits, '_' or '-'", shown(key)),
-    ))
+    require(ok, field, || {
+        format!("key {:?} must be letters, digits, '_' or '-'", shown(key))
+    })
 }
 
 #[cfg(test)]

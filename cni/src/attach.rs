@@ -475,6 +475,16 @@ mod tests {
         Binding::authorize(att, record, Path::new("/run/k8slan/dev")).unwrap()
     }
 
+    /// ADD of `att` into the pod namespace, bound to the spoke it names as the agent prepared it.
+    fn add_to_pod(
+        att: &Attachment,
+        k: &mut RecordingLinks,
+        ipam: Option<&mut FakeIpam>,
+    ) -> Result<CniResult, CniError> {
+        let ipam = ipam.map(|i| i as &mut dyn Ipam);
+        add(att, &binding(att, &rec(att)), POD, k, ipam)
+    }
+
     /// A node namespace holding the link `kind` the agent prepared under `name`.
     fn kernel(kind: &str, name: &str) -> RecordingLinks {
         let r = match kind {
@@ -510,14 +520,7 @@ mod tests {
         let att = attachment(PluginKind::Veth, VETH_IPAM);
         let mut k = kernel("veth", "srl");
         let mut ipam = FakeIpam::default();
-        let r = add(
-            &att,
-            &binding(&att, &rec(&att)),
-            POD,
-            &mut k,
-            Some(&mut ipam),
-        )
-        .unwrap();
+        let r = add_to_pod(&att, &mut k, Some(&mut ipam)).unwrap();
         let (l, addrs) = &k.pod["e1-1"];
         assert_eq!(
             (l.mtu, l.mac, l.up),
@@ -548,14 +551,7 @@ mod tests {
             let mut k = kernel("veth", "srl");
             k.fail = Some(step);
             let mut ipam = FakeIpam::default();
-            let err = add(
-                &att,
-                &binding(&att, &rec(&att)),
-                POD,
-                &mut k,
-                Some(&mut ipam),
-            )
-            .unwrap_err();
+            let err = add_to_pod(&att, &mut k, Some(&mut ipam)).unwrap_err();
             assert_eq!(err.code, ErrorCode::IoFailure, "{step}");
             assert!(err.details.contains(step), "{step}: {err}");
             let (l, addrs) = k
@@ -581,14 +577,7 @@ mod tests {
             fail_add: true,
             ..Default::default()
         };
-        let err = add(
-            &att,
-            &binding(&att, &rec(&att)),
-            POD,
-            &mut k,
-            Some(&mut ipam),
-        )
-        .unwrap_err();
+        let err = add_to_pod(&att, &mut k, Some(&mut ipam)).unwrap_err();
         assert_eq!(
             err.code.code(),
             999,
@@ -603,7 +592,7 @@ mod tests {
         let conf = r#"{"cniVersion":"1.0.0","name":"k8slan-mac-vm","type":"k8slanmacvtap","deviceID":"mvt-vm"}"#;
         let att = attachment(PluginKind::Macvtap, conf);
         let mut k = kernel("macvtap", "mvt-vm");
-        let r = add(&att, &binding(&att, &rec(&att)), POD, &mut k, None).unwrap();
+        let r = add_to_pod(&att, &mut k, None).unwrap();
         assert!(k.pod["e1-1"].0.promisc);
         // Its tap kept its number: no node is touched.
         assert!(k.repointed.is_empty());
@@ -627,14 +616,14 @@ mod tests {
         let att = attachment(PluginKind::Macvtap, conf);
         let mut k = kernel("macvtap", "mvt-vm");
         k.minor_in_pod = 2;
-        add(&att, &binding(&att, &rec(&att)), POD, &mut k, None).unwrap();
+        add_to_pod(&att, &mut k, None).unwrap();
         let tap = |minor| DevNum { major: 246, minor };
         assert_eq!(k.repointed, vec![(tap(7), tap(2))]);
         // A failure to re-point fails the ADD and puts the macvtap back.
         let mut k = kernel("macvtap", "mvt-vm");
         k.minor_in_pod = 2;
         k.fail = Some("re-point the tap device nodes");
-        assert!(add(&att, &binding(&att, &rec(&att)), POD, &mut k, None).is_err());
+        assert!(add_to_pod(&att, &mut k, None).is_err());
         assert!(k.host.contains_key("mvt-vm") && k.pod.is_empty());
     }
 
@@ -654,7 +643,7 @@ mod tests {
             alias: None,
         };
         k.pod.insert("eth0".into(), (other, vec![]));
-        let err = add(&att, &binding(&att, &rec(&att)), POD, &mut k, None).unwrap_err();
+        let err = add_to_pod(&att, &mut k, None).unwrap_err();
         assert!(err.details.contains("/dev/tap7"), "{err}");
         assert!(k.host.contains_key("mvt-vm"), "rolled back");
     }
@@ -666,7 +655,7 @@ mod tests {
             r#"{"cniVersion":"1.0.0","name":"k8slan-veth-srl","type":"k8slanveth","veth":"srl"}"#,
         );
         let mut k = kernel("veth", "srl");
-        let r = add(&att, &binding(&att, &rec(&att)), POD, &mut k, None).unwrap();
+        let r = add_to_pod(&att, &mut k, None).unwrap();
         // The agent recreated the spoke meanwhile.
         k.host.insert(
             "srl".into(),

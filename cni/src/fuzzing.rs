@@ -26,6 +26,27 @@ pub struct Input {
     pub stdin: Vec<u8>,
 }
 
+/// The `CNI_*` variables a runtime sets (CNI 1.0.0), for harnesses that vary the environment.
+pub const CNI_ENV_KEYS: &[&str] = &[
+    "CNI_COMMAND",
+    "CNI_CONTAINERID",
+    "CNI_NETNS",
+    "CNI_IFNAME",
+    "CNI_ARGS",
+    "CNI_PATH",
+];
+
+impl Input {
+    /// The value of environment variable `key`; of several entries for it, the last one wins.
+    pub fn var(&self, key: &str) -> Option<String> {
+        self.env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+    }
+}
+
 /// Decodes `data`: byte 0 picks the plugin (lowest bit); then `KEY=VALUE` lines form the
 /// environment until an empty line; the remaining bytes are stdin.
 pub fn decode(data: &[u8]) -> Input {
@@ -64,14 +85,7 @@ pub fn encode(input: &Input) -> Vec<u8> {
 /// object with a reserved code the parser may produce; an accepted attachment must only carry
 /// names that are safe to hand to the kernel.
 pub fn check(input: &Input) {
-    let get = |k: &str| {
-        input
-            .env
-            .iter()
-            .rev()
-            .find(|(key, _)| key == k)
-            .map(|(_, v)| v.clone())
-    };
+    let get = |k: &str| input.var(k);
     match parse_request(input.plugin, &get, &input.stdin) {
         Err(f) => {
             let code = f.error.code.code();
@@ -173,14 +187,7 @@ pub fn check_plugin(input: &Input) {
         dev_dir: dir.join("dev"),
         prepared_dir: dir.to_owned(),
     });
-    let get = |k: &str| {
-        input
-            .env
-            .iter()
-            .rev()
-            .find(|(key, _)| key == k)
-            .map(|(_, v)| v.clone())
-    };
+    let get = |k: &str| input.var(k);
     let out = run_on(input.plugin, &get, &input.stdin, &settings, &mut host);
     let k = host.links.0.borrow();
     for name in ["cali1a2b", "eth0", "br0", "mvt-x"] {

@@ -5,9 +5,7 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -18,23 +16,10 @@ const LIMIT: Duration = Duration::from_secs(10);
 
 /// Runs the plugin inside `node` like [`run_plugin`], but kills it (and fails) after [`LIMIT`].
 fn run_bounded(node: &str, env: &[(&str, String)], stdin: &str) -> Run {
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", node, BIN])
-        .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("start plugin");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
+    let mut child = plugin_command(BIN, Some(node), env)
+        .spawn()
+        .expect("start plugin");
+    feed(&mut child, stdin);
     let start = Instant::now();
     while child.try_wait().unwrap().is_none() {
         if start.elapsed() > LIMIT {
@@ -44,12 +29,7 @@ fn run_bounded(node: &str, env: &[(&str, String)], stdin: &str) -> Run {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let out = child.wait_with_output().unwrap();
-    Run {
-        success: out.status.success(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    child.wait_with_output().unwrap().into()
 }
 
 /// A node namespace with spoke `srl` prepared (a veth), and a scratch directory.

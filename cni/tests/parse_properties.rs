@@ -3,7 +3,7 @@
 //! Any panic (in the parser or a broken invariant) fails the test with a shrunk input.
 
 use k8slan_cni::PluginKind;
-use k8slan_cni::fuzzing::{Input, check, check_plugin, decode};
+use k8slan_cni::fuzzing::{CNI_ENV_KEYS, Input, check, check_plugin, decode};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
@@ -36,14 +36,6 @@ const KEYS: &[&str] = &[
     "logLevel",
     "devDir",
     "preparedDir",
-];
-const ENV_KEYS: &[&str] = &[
-    "CNI_COMMAND",
-    "CNI_CONTAINERID",
-    "CNI_NETNS",
-    "CNI_IFNAME",
-    "CNI_ARGS",
-    "CNI_PATH",
 ];
 
 /// Strings that tend to break name handling.
@@ -105,7 +97,7 @@ fn environment() -> impl Strategy<Value = Vec<(String, String)>> {
     (
         prop::collection::vec(
             (
-                prop::sample::select(ENV_KEYS),
+                prop::sample::select(CNI_ENV_KEYS),
                 prop::option::of(nasty_string()),
             ),
             0..5,

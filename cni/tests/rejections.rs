@@ -17,6 +17,7 @@ use k8slan_api::naming::SpokeKind;
 use k8slan_api::prepared::{CniNodeSettings, PreparedSpoke, prepared_file};
 use k8slan_cni::PluginKind;
 use k8slan_cni::error::CniError;
+use k8slan_cni::fuzzing::CNI_ENV_KEYS;
 use k8slan_cni::link::LinkState;
 use k8slan_cni::mac::MacAddr;
 use k8slan_cni::plugin::{Outcome, run_on};
@@ -472,23 +473,19 @@ fn assert_left_alone(
     foreign_untouched(node, what);
 }
 
+/// A fresh node after the ADD of `conf` with the good environment, which must succeed.
+fn after_good_add(plugin: PluginKind, conf: Value) -> Node {
+    let mut node = Node::new();
+    let out = node.run(plugin, &good_env("ADD"), conf.to_string().as_bytes());
+    assert!(out.success, "{}", out.stdout);
+    node
+}
+
 #[test]
 fn the_good_inputs_are_accepted_so_the_rejections_below_mean_something() {
-    let mut node = Node::new();
-    let out = node.run(
-        PluginKind::Veth,
-        &good_env("ADD"),
-        veth_conf().to_string().as_bytes(),
-    );
-    assert!(out.success, "{}", out.stdout);
+    let node = after_good_add(PluginKind::Veth, veth_conf());
     assert!(node.links().pod.contains_key("e1-1"));
-    let mut node = Node::new();
-    let out = node.run(
-        PluginKind::Macvtap,
-        &good_env("ADD"),
-        mac_conf().to_string().as_bytes(),
-    );
-    assert!(out.success, "{}", out.stdout);
+    let node = after_good_add(PluginKind::Macvtap, mac_conf());
     assert!(!node.links().host.contains_key("mvt-vm"));
     foreign_untouched(&node, "good macvtap ADD");
 }
@@ -646,14 +643,6 @@ const KEYS: &[&str] = &[
     "preparedDir",
     "cniVersion",
 ];
-const ENV_KEYS: &[&str] = &[
-    "CNI_COMMAND",
-    "CNI_CONTAINERID",
-    "CNI_NETNS",
-    "CNI_IFNAME",
-    "CNI_ARGS",
-    "CNI_PATH",
-];
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 1500, .. ProptestConfig::default() })]
@@ -664,7 +653,7 @@ proptest! {
     fn random_edits_keep_the_node_safe(
         mac in any::<bool>(),
         command in prop::sample::select(vec!["ADD", "ADD", "DEL", "CHECK"]),
-        env_edits in prop::collection::vec((prop::sample::select(ENV_KEYS), prop::option::of(nasty())), 0..3),
+        env_edits in prop::collection::vec((prop::sample::select(CNI_ENV_KEYS), prop::option::of(nasty())), 0..3),
         conf_edits in prop::collection::vec((prop::sample::select(KEYS), prop::option::of(nasty())), 0..3),
     ) {
         let (plugin, mut conf) = if mac { (PluginKind::Macvtap, mac_conf()) } else { (PluginKind::Veth, veth_conf()) };

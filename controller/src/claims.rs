@@ -374,6 +374,13 @@ mod tests {
         }
     }
 
+    /// What [`decide`] says of the claim for pod `team/p` (pod UID annotation `uid`) while its
+    /// node exists and the pod looks like `pod`.
+    fn on_live_node(uid: Option<&str>, pod: PodState) -> Option<Release> {
+        let c = claim(Some("team/p"));
+        decide(&facts(&c, uid, true, Some(pod)))
+    }
+
     #[test]
     fn a_deleted_node_loses_every_claim() {
         let c = claim(Some("team/p"));
@@ -388,95 +395,52 @@ mod tests {
 
     #[test]
     fn a_partitioned_node_whose_pod_exists_keeps_its_claim() {
-        let c = claim(Some("team/p"));
         // Same UID; or, without the annotation, the same node.
         assert_eq!(
-            decide(&facts(
-                &c,
-                Some("u1"),
-                true,
-                Some(present("u1", Some("worker1"), 900, false))
-            )),
+            on_live_node(Some("u1"), present("u1", Some("worker1"), 900, false)),
             None
         );
         assert_eq!(
-            decide(&facts(
-                &c,
-                None,
-                true,
-                Some(present("u9", Some("worker1"), 900, false))
-            )),
+            on_live_node(None, present("u9", Some("worker1"), 900, false)),
             None
         );
     }
 
     #[test]
     fn gone_finished_and_replaced_pods_release() {
-        let c = claim(Some("team/p"));
         assert_eq!(
-            decide(&facts(&c, Some("u1"), true, Some(PodState::Missing))),
+            on_live_node(Some("u1"), PodState::Missing),
             Some(Release::PodGone)
         );
         assert_eq!(
-            decide(&facts(
-                &c,
-                Some("u1"),
-                true,
-                Some(present("u1", Some("worker1"), 900, true))
-            )),
+            on_live_node(Some("u1"), present("u1", Some("worker1"), 900, true)),
             Some(Release::PodFinished)
         );
         assert_eq!(
-            decide(&facts(
-                &c,
-                Some("u1"),
-                true,
-                Some(present("u2", Some("worker1"), 900, false))
-            )),
+            on_live_node(Some("u1"), present("u2", Some("worker1"), 900, false)),
             Some(Release::PodReplaced { uid: "u2".into() })
         );
         assert_eq!(
-            decide(&facts(
-                &c,
-                None,
-                true,
-                Some(present("u2", Some("worker2"), 900, false))
-            )),
+            on_live_node(None, present("u2", Some("worker2"), 900, false)),
             Some(Release::PodElsewhere {
                 node: Some("worker2".into())
             })
         );
         assert_eq!(
-            decide(&facts(
-                &c,
-                None,
-                true,
-                Some(present("u2", None, 900, false))
-            )),
+            on_live_node(None, present("u2", None, 900, false)),
             Some(Release::PodElsewhere { node: None })
         );
     }
 
     #[test]
     fn young_replacements_and_fresh_claims_get_the_grace_period() {
-        let c = claim(Some("team/p"));
         // The new pod of the same name is 30 s old: its agent may not have recorded it yet.
         assert_eq!(
-            decide(&facts(
-                &c,
-                Some("u1"),
-                true,
-                Some(present("u2", Some("worker1"), 1970, false))
-            )),
+            on_live_node(Some("u1"), present("u2", Some("worker1"), 1970, false)),
             None
         );
         assert_eq!(
-            decide(&facts(
-                &c,
-                None,
-                true,
-                Some(present("u2", Some("worker2"), 1970, false))
-            )),
+            on_live_node(None, present("u2", Some("worker2"), 1970, false)),
             None
         );
         let c = claim(None);

@@ -5,7 +5,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use serde_json::Value;
@@ -168,9 +168,9 @@ impl Run {
     }
 }
 
-/// Runs `binary` inside `node` (or in this process's namespace when `None`) with exactly the
-/// `CNI_*` variables given, like a runtime, and `stdin`.
-pub fn run_plugin(binary: &str, node: Option<&str>, env: &[(&str, String)], stdin: &str) -> Run {
+/// The command that runs `binary` inside `node` (or in this process's namespace when `None`)
+/// with exactly the `CNI_*` variables given, like a runtime, its stdio piped.
+pub fn plugin_command(binary: &str, node: Option<&str>, env: &[(&str, String)]) -> Command {
     let mut cmd = match node {
         Some(node) => {
             let mut c = Command::new("ip");
@@ -186,6 +186,32 @@ pub fn run_plugin(binary: &str, node: Option<&str>, env: &[(&str, String)], stdi
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    cmd
+}
+
+/// Writes `stdin` to the started plugin and closes it.
+pub fn feed(child: &mut Child, stdin: &str) {
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+}
+
+impl From<Output> for Run {
+    fn from(out: Output) -> Run {
+        Run {
+            success: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+/// Runs `binary` like [`plugin_command`] with `stdin` and waits for it.
+pub fn run_plugin(binary: &str, node: Option<&str>, env: &[(&str, String)], stdin: &str) -> Run {
+    let mut cmd = plugin_command(binary, node, env);
     // A binary copied by another test thread may still be open for writing in a child forked
     // meanwhile (ETXTBSY); that clears when the child execs.
     let mut child = (0..100)
@@ -198,18 +224,8 @@ pub fn run_plugin(binary: &str, node: Option<&str>, env: &[(&str, String)], stdi
         })
         .expect("ETXTBSY for 2 s")
         .expect("start plugin");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    Run {
-        success: out.status.success(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    feed(&mut child, stdin);
+    child.wait_with_output().unwrap().into()
 }
 
 /// The namespace of the test LAN's pods (`K8S_POD_NAMESPACE`) and the LAN's network namespace.
