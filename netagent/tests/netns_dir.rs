@@ -1,7 +1,8 @@
 //! Privileged tests of the netns directory's defences: the agent only touches namespaces it
 //! created. Symlinks, bind mounts of foreign namespaces (or of another LAN's under a wrong name),
-//! regular files and entries planted before the agent creates a LAN are reported (`Kernel::foreign_namespace_entries`) and left exactly as they were, even when orphan removal is asked for them
-//! by name; the container runtime's directory is refused as `--netns-dir`.
+//! regular files and entries planted before the agent creates a LAN are reported
+//! (`Kernel::foreign_namespace_entries`) and left exactly as they were, even when orphan removal
+//! is asked for them by name; the container runtime's directory is refused as `--netns-dir`.
 
 mod common;
 
@@ -10,7 +11,7 @@ use std::process::Command;
 
 use common::*;
 use k8slan_api::SpokeKind;
-use k8slan_netagent::{HostNs, RtnlKernel};
+use k8slan_netagent::{HostNs, Kernel, RtnlKernel};
 use k8slan_testkit::{TestNs, unique_name};
 
 fn sh(cmd: &str) -> String {
