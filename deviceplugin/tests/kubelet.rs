@@ -1,6 +1,7 @@
 //! The plugin against a kubelet stand-in speaking the real device plugin and pod-resources
 //! protocols over unix sockets.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8slan_api::SpokeKind;
@@ -33,14 +34,15 @@ fn init_logs() {
         .try_init();
 }
 
+/// Starts node `name` in its own directory under `tmp`, keeping its claims in `claims`.
+fn start_node(name: &str, tmp: &TempDir, claims: Arc<MemoryClaims>) -> TestNode {
+    let dir = tmp.path().join(name);
+    TestNode::start(name, &dir, claims, TestNodeOptions::default())
+}
+
 fn node(name: &str, tmp: &TempDir) -> TestNode {
     init_logs();
-    TestNode::start(
-        name,
-        &tmp.path().join(name),
-        MemoryClaims::new(),
-        TestNodeOptions::default(),
-    )
+    start_node(name, tmp, MemoryClaims::new())
 }
 
 fn health(n: &TestNode, resource: &str) -> Option<String> {
@@ -348,26 +350,7 @@ async fn allocation_never_confirmed_is_released_after_the_grace_period() {
 #[tokio::test]
 async fn spoke_held_on_another_node_is_unhealthy_here() {
     let tmp = TempDir::new().unwrap();
-    init_logs();
-    let claims = MemoryClaims::new();
-    let a = TestNode::start(
-        "node-a",
-        &tmp.path().join("a"),
-        claims.clone(),
-        TestNodeOptions::default(),
-    );
-    let b = TestNode::start(
-        "node-b",
-        &tmp.path().join("b"),
-        claims.clone(),
-        TestNodeOptions::default(),
-    );
-    let lans = [lan("default", "lan1", "lan1", &["s1", "s2"], "eth1")];
-    a.set_lans(&lans);
-    b.set_lans(&lans);
-    for n in [&a, &b] {
-        assert!(n.kubelet.wait_until(WAIT, |m| m.len() == 4).await);
-    }
+    let (a, b, claims) = two_nodes(&tmp).await;
 
     a.kubelet.allocate(VETH_S1, &["s1"]).await.unwrap();
     a.pod_resources.set(&[("default/pod1", VETH_S1, "s1")]);
@@ -505,12 +488,7 @@ async fn agent_restart_keeps_allocations_and_shutdown_removes_sockets() {
     let root = tmp.path().join("node-a");
     init_logs();
     let opts = TestNodeOptions::default();
-    let mut n = TestNode::start(
-        "node-a",
-        &root,
-        MemoryClaims::new(),
-        TestNodeOptions::default(),
-    );
+    let mut n = start_node("node-a", &tmp, MemoryClaims::new());
     n.set_lans(&[lan("default", "lan1", "lan1", &["s1"], "eth1")]);
     assert!(n.kubelet.wait_updates(MAC_S1, 1, WAIT).await.is_some());
     n.kubelet.allocate(VETH_S1, &["s1"]).await.unwrap();
@@ -688,18 +666,11 @@ async fn failing_underlay_lookups_withdraw_nothing_but_a_vanished_underlay_does(
 }
 
 /// Two nodes sharing one claim store, both serving LAN `default/lan1` with spokes s1 and s2.
-async fn two_nodes(tmp: &TempDir) -> (TestNode, TestNode, std::sync::Arc<MemoryClaims>) {
+async fn two_nodes(tmp: &TempDir) -> (TestNode, TestNode, Arc<MemoryClaims>) {
     init_logs();
     let claims = MemoryClaims::new();
-    let start = |name: &str| {
-        TestNode::start(
-            name,
-            &tmp.path().join(name),
-            claims.clone(),
-            TestNodeOptions::default(),
-        )
-    };
-    let (a, b) = (start("node-a"), start("node-b"));
+    let a = start_node("node-a", tmp, claims.clone());
+    let b = start_node("node-b", tmp, claims.clone());
     let lans = [lan("default", "lan1", "lan1", &["s1", "s2"], "eth1")];
     for n in [&a, &b] {
         n.set_lans(&lans);
@@ -932,12 +903,7 @@ async fn the_loser_learns_the_winner_from_its_refused_claim_before_the_watch_doe
     init_logs();
     // node-b's claim watch never delivers anything: only what Allocate learns can help.
     let shared = MemoryClaims::new();
-    let a = TestNode::start(
-        "node-a",
-        &tmp.path().join("a"),
-        shared.clone(),
-        TestNodeOptions::default(),
-    );
+    let a = start_node("node-a", &tmp, shared.clone());
     let (_silent, no_news) = tokio::sync::watch::channel(Some(Default::default()));
     let b = TestNode::start_with_claim_watch(
         "node-b",
