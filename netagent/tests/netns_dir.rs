@@ -106,7 +106,7 @@ fn another_lans_namespace_under_a_wrong_name_is_reported_and_untouched() {
     let n = Node::new(&ul, "node1", 1500);
     let a = spoke("a");
     let spec = lan_spec(781, &[&a]);
-    n.dp.spoke_up(&spec, &n.name, &a, SpokeKind::Veth).unwrap();
+    n.spoke_up(&spec, &a, SpokeKind::Veth);
     let copy = netns_dir(&n).join("copy");
     std::fs::write(&copy, "").unwrap();
     sh(&format!(
