@@ -12,14 +12,15 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8slan_api::naming::{LEASE_ROLE_LABEL, claim_lease_name};
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
-use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::runtime::watcher;
 use tokio::sync::watch;
-use tracing::{debug, warn};
+use tracing::debug;
+
+use crate::reflect::publish_each_change;
 
 pub use k8slan_api::report::{
     CLAIM_KIND_ANNOTATION, CLAIM_LAN_ANNOTATION, CLAIM_POD_ANNOTATION, CLAIM_POD_UID_ANNOTATION,
@@ -264,31 +265,18 @@ impl ClaimStore for LeaseClaims {
 /// Watches the claim Leases of `api`'s namespace and publishes a snapshot after the initial list
 /// and after each change. Runs until the receiver side is gone.
 pub async fn watch_claims(api: Api<Lease>, tx: watch::Sender<Option<ClaimSnapshot>>) {
-    let (reader, writer) = reflector::store::<Lease>();
     let cfg = watcher::Config::default().labels(&format!("{LEASE_ROLE_LABEL}={ROLE_CLAIM}"));
-    let stream = reflector(writer, watcher(api, cfg))
-        .default_backoff()
-        .boxed();
-    futures::pin_mut!(stream);
-    while let Some(event) = stream.next().await {
-        match event {
-            Ok(watcher::Event::InitDone | watcher::Event::Apply(_) | watcher::Event::Delete(_)) => {
-                let snap: BTreeMap<String, LeaseClaim> = reader
-                    .state()
-                    .iter()
-                    .filter_map(|l| claim_from_lease(l))
-                    .map(|c| (c.claim.spoke.clone(), c))
-                    .collect();
-                debug!(claims = snap.len(), "claim snapshot");
-                tx.send_replace(Some(Arc::new(snap)));
-            }
-            Ok(_) => {}
-            Err(e) => warn!(error = %e, "watching claim Leases failed; retrying"),
-        }
-        if tx.is_closed() {
-            return;
-        }
-    }
+    publish_each_change(api, cfg, "claim Leases", &tx, |leases| {
+        let snap: BTreeMap<String, LeaseClaim> = leases
+            .state()
+            .iter()
+            .filter_map(|l| claim_from_lease(l))
+            .map(|c| (c.claim.spoke.clone(), c))
+            .collect();
+        debug!(claims = snap.len(), "claim snapshot");
+        tx.send_replace(Some(Arc::new(snap)));
+    })
+    .await
 }
 
 #[cfg(test)]

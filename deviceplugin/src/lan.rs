@@ -3,12 +3,13 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use futures::StreamExt;
 use k8slan_api::{LAN, LanSpec};
-use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use tokio::sync::watch;
-use tracing::{debug, warn};
+use tracing::debug;
+
+use crate::reflect::publish_each_change;
 
 pub use k8slan_api::lan::CONDITION_ACCEPTED as ACCEPTED_CONDITION;
 
@@ -86,33 +87,17 @@ pub fn snapshot<'a>(lans: impl IntoIterator<Item = &'a LAN>) -> LanSnapshot {
 /// Watches every LAN of the cluster and publishes a snapshot after the initial list and after
 /// each change. Runs until the receiver side is gone; watch errors are retried with backoff.
 pub async fn watch_lans(api: Api<LAN>, tx: watch::Sender<Option<LanSnapshot>>) {
-    let (reader, writer) = reflector::store::<LAN>();
-    let stream = reflector(writer, watcher(api, watcher::Config::default()))
-        .default_backoff()
-        .boxed();
-    futures::pin_mut!(stream);
-    while let Some(event) = stream.next().await {
-        match event {
-            Ok(watcher::Event::InitDone | watcher::Event::Apply(_) | watcher::Event::Delete(_)) => {
-                let snap = snapshot(reader.state().iter().map(|l| l.as_ref()));
-                debug!(lans = snap.len(), "LAN snapshot");
-                let changed = tx.send_if_modified(|cur| {
-                    if cur.as_ref() == Some(&snap) {
-                        false
-                    } else {
-                        *cur = Some(snap);
-                        true
-                    }
-                });
-                if !changed && tx.is_closed() {
-                    return;
-                }
+    publish_each_change(api, watcher::Config::default(), "LANs", &tx, |lans| {
+        let snap = snapshot(lans.state().iter().map(|l| l.as_ref()));
+        debug!(lans = snap.len(), "LAN snapshot");
+        tx.send_if_modified(|cur| {
+            if cur.as_ref() == Some(&snap) {
+                false
+            } else {
+                *cur = Some(snap);
+                true
             }
-            Ok(_) => {}
-            Err(e) => warn!(error = %e, "watching LANs failed; retrying"),
-        }
-        if tx.is_closed() {
-            return;
-        }
-    }
+        });
+    })
+    .await
 }

@@ -22,6 +22,7 @@ pub mod podresources;
 pub mod pods;
 pub mod prepared;
 pub mod proto;
+mod reflect;
 mod registration;
 pub mod report;
 pub mod spoke;

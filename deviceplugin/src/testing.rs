@@ -11,11 +11,13 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use k8slan_api::naming::{container_tap_path, tap_device_file};
 use k8slan_api::{LAN, LanSpec, SpokeKind};
+use tokio::net::UnixListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
+use tonic::transport::server::Router;
+use tonic::transport::{Channel, Server};
 use tonic::{Request, Response, Status};
 
 use crate::claim::{Acquired, Claim, ClaimError, ClaimSnapshot, ClaimStore, LeaseClaim};
@@ -40,6 +42,16 @@ use crate::report::{NodeReport, ReportError, ReportSink};
 use crate::spoke::{HostSide, PrepareError, SpokePreparer, SpokeRequest, TapDevice};
 use crate::uds;
 use crate::underlay::HostLinks;
+
+/// Serves the stand-in kubelet's `router` on `listener` until `stop` is cancelled.
+fn serve_until(router: Router, listener: UnixListener, stop: &CancellationToken) -> JoinHandle<()> {
+    let stopped = stop.clone().cancelled_owned();
+    tokio::spawn(async move {
+        let _ = router
+            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stopped)
+            .await;
+    })
+}
 
 // ---------------------------------------------------------------------------------------------
 // Kubelet stand-in
@@ -178,16 +190,7 @@ impl KubeletStandIn {
             uds::bind(&self.shared.dir.join(KUBELET_SOCKET)).map_err(std::io::Error::other)?;
         let stop = CancellationToken::new();
         let svc = RegistrationServer::new(RegistrationService(self.shared.clone()));
-        let s = stop.clone();
-        let task = tokio::spawn(async move {
-            let _ = tonic::transport::Server::builder()
-                .add_service(svc)
-                .serve_with_incoming_shutdown(
-                    UnixListenerStream::new(listener),
-                    s.cancelled_owned(),
-                )
-                .await;
-        });
+        let task = serve_until(Server::builder().add_service(svc), listener, &stop);
         self.server = Some((stop, task));
         Ok(())
     }
@@ -353,16 +356,7 @@ impl FakePodResources {
         let pods = PodList::default();
         let stop = CancellationToken::new();
         let svc = PodResourcesListerServer::new(pods.clone());
-        let s = stop.clone();
-        tokio::spawn(async move {
-            let _ = tonic::transport::Server::builder()
-                .add_service(svc)
-                .serve_with_incoming_shutdown(
-                    UnixListenerStream::new(listener),
-                    s.cancelled_owned(),
-                )
-                .await;
-        });
+        serve_until(Server::builder().add_service(svc), listener, &stop);
         Ok(FakePodResources { pods, stop })
     }
 

@@ -1,6 +1,7 @@
 //! The plugin against a kubelet stand-in speaking the real device plugin and pod-resources
 //! protocols over unix sockets.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8slan_api::SpokeKind;
@@ -33,14 +34,32 @@ fn init_logs() {
         .try_init();
 }
 
+/// Starts node `name` in its own directory under `tmp`, keeping its claims in `claims`.
+fn start_node(name: &str, tmp: &TempDir, claims: Arc<MemoryClaims>) -> TestNode {
+    let dir = tmp.path().join(name);
+    TestNode::start(name, &dir, claims, TestNodeOptions::default())
+}
+
 fn node(name: &str, tmp: &TempDir) -> TestNode {
     init_logs();
-    TestNode::start(
-        name,
-        &tmp.path().join(name),
-        MemoryClaims::new(),
-        TestNodeOptions::default(),
-    )
+    start_node(name, tmp, MemoryClaims::new())
+}
+
+/// node-a serving LAN default/lan1 (underlay eth1) with `spokes`, once its kubelet has had the
+/// first update of `resource`.
+async fn serving_lan1(tmp: &TempDir, spokes: &[&str], resource: &str) -> TestNode {
+    let n = node("node-a", tmp);
+    n.set_lans(&[lan("default", "lan1", "lan1", spokes, "eth1")]);
+    assert!(n.kubelet.wait_updates(resource, 1, WAIT).await.is_some());
+    n
+}
+
+/// The claim of `node` on spoke `spoke` of LAN default/lan1, held for `pod`.
+fn lan1_claim(spoke: &str, node: &str, pod: &str, kind: SpokeKind) -> Claim {
+    Claim {
+        pod: Some(pod.into()),
+        ..Claim::new(spoke, node, LanRef::new("default", "lan1"), kind)
+    }
 }
 
 fn health(n: &TestNode, resource: &str) -> Option<String> {
@@ -118,9 +137,7 @@ async fn registers_both_kinds_and_streams_the_device_once() {
 #[tokio::test]
 async fn spokes_added_and_removed_change_only_their_resources() {
     let tmp = TempDir::new().unwrap();
-    let n = node("node-a", &tmp);
-    n.set_lans(&[lan("default", "lan1", "lan1", &["s1"], "eth1")]);
-    assert!(n.kubelet.wait_updates(MAC_S1, 1, WAIT).await.is_some());
+    let n = serving_lan1(&tmp, &["s1"], MAC_S1).await;
 
     n.set_lans(&[lan("default", "lan1", "lan1", &["s1", "s2"], "eth1")]);
     assert!(n.kubelet.wait_updates(VETH_S2, 1, WAIT).await.is_some());
@@ -246,9 +263,7 @@ async fn allocate_prepares_the_spoke_and_hands_vms_their_tap() {
 #[tokio::test]
 async fn twins_are_exclusive_until_the_member_goes_away() {
     let tmp = TempDir::new().unwrap();
-    let n = node("node-a", &tmp);
-    n.set_lans(&[lan("default", "lan1", "lan1", &["s1"], "eth1")]);
-    assert!(n.kubelet.wait_updates(MAC_S1, 1, WAIT).await.is_some());
+    let n = serving_lan1(&tmp, &["s1"], MAC_S1).await;
 
     n.kubelet.allocate(VETH_S1, &["s1"]).await.unwrap();
     assert!(wait_health(&n, MAC_S1, "Unhealthy").await);
@@ -292,9 +307,7 @@ async fn twins_are_exclusive_until_the_member_goes_away() {
 #[tokio::test]
 async fn a_restarted_kubelet_that_lists_nothing_yet_releases_no_member() {
     let tmp = TempDir::new().unwrap();
-    let mut n = node("node-a", &tmp);
-    n.set_lans(&[lan("default", "lan1", "lan1", &["s1"], "eth1")]);
-    assert!(n.kubelet.wait_updates(MAC_S1, 1, WAIT).await.is_some());
+    let mut n = serving_lan1(&tmp, &["s1"], MAC_S1).await;
     n.kubelet.allocate(VETH_S1, &["s1"]).await.unwrap();
     n.pod_resources.set(&[("default/pod1", VETH_S1, "s1")]);
     eventually(|| n.claims.get("s1").and_then(|c| c.pod).is_some()).await;
@@ -335,9 +348,7 @@ async fn a_restarted_kubelet_that_lists_nothing_yet_releases_no_member() {
 #[tokio::test]
 async fn allocation_never_confirmed_is_released_after_the_grace_period() {
     let tmp = TempDir::new().unwrap();
-    let n = node("node-a", &tmp);
-    n.set_lans(&[lan("default", "lan1", "lan1", &["s1"], "eth1")]);
-    assert!(n.kubelet.wait_updates(MAC_S1, 1, WAIT).await.is_some());
+    let n = serving_lan1(&tmp, &["s1"], MAC_S1).await;
     n.kubelet.allocate(VETH_S1, &["s1"]).await.unwrap();
     assert!(wait_health(&n, MAC_S1, "Unhealthy").await);
     // The pod never appears in pod-resources: after the 2 s grace the spoke is free again.
@@ -348,26 +359,7 @@ async fn allocation_never_confirmed_is_released_after_the_grace_period() {
 #[tokio::test]
 async fn spoke_held_on_another_node_is_unhealthy_here() {
     let tmp = TempDir::new().unwrap();
-    init_logs();
-    let claims = MemoryClaims::new();
-    let a = TestNode::start(
-        "node-a",
-        &tmp.path().join("a"),
-        claims.clone(),
-        TestNodeOptions::default(),
-    );
-    let b = TestNode::start(
-        "node-b",
-        &tmp.path().join("b"),
-        claims.clone(),
-        TestNodeOptions::default(),
-    );
-    let lans = [lan("default", "lan1", "lan1", &["s1", "s2"], "eth1")];
-    a.set_lans(&lans);
-    b.set_lans(&lans);
-    for n in [&a, &b] {
-        assert!(n.kubelet.wait_until(WAIT, |m| m.len() == 4).await);
-    }
+    let (a, b, claims) = two_nodes(&tmp).await;
 
     a.kubelet.allocate(VETH_S1, &["s1"]).await.unwrap();
     a.pod_resources.set(&[("default/pod1", VETH_S1, "s1")]);
@@ -396,20 +388,11 @@ async fn spoke_held_on_another_node_is_unhealthy_here() {
 async fn remote_claim_recorded_in_the_api_blocks_allocation_race() {
     // Two nodes both see s1 healthy; the claim decides atomically.
     let tmp = TempDir::new().unwrap();
-    let n = node("node-a", &tmp);
-    n.set_lans(&[lan("default", "lan1", "lan1", &["s1"], "eth1")]);
-    assert!(n.kubelet.wait_updates(VETH_S1, 1, WAIT).await.is_some());
+    let n = serving_lan1(&tmp, &["s1"], VETH_S1).await;
     // Another node claims s1 in the API, but our watch has not delivered it yet: simulate by
     // acquiring through the store and racing Allocate immediately.
-    n.claims.put(Claim {
-        pod: Some("vms/vm1".into()),
-        ..Claim::new(
-            "s1",
-            "node-z",
-            LanRef::new("default", "lan1"),
-            SpokeKind::Mac,
-        )
-    });
+    n.claims
+        .put(lan1_claim("s1", "node-z", "vms/vm1", SpokeKind::Mac));
     let err = n.kubelet.allocate(VETH_S1, &["s1"]).await.unwrap_err();
     assert!(err.message().contains("node-z"), "{}", err.message());
     assert!(wait_health(&n, VETH_S1, "Unhealthy").await);
@@ -421,9 +404,7 @@ async fn remote_claim_recorded_in_the_api_blocks_allocation_race() {
 #[tokio::test]
 async fn failed_preparation_is_reported_and_undone() {
     let tmp = TempDir::new().unwrap();
-    let n = node("node-a", &tmp);
-    n.set_lans(&[lan("default", "lan1", "lan1", &["s1"], "eth1")]);
-    assert!(n.kubelet.wait_updates(MAC_S1, 1, WAIT).await.is_some());
+    let n = serving_lan1(&tmp, &["s1"], MAC_S1).await;
     n.preparer.fail("s1");
     let err = n.kubelet.allocate(VETH_S1, &["s1"]).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Internal);
@@ -505,12 +486,7 @@ async fn agent_restart_keeps_allocations_and_shutdown_removes_sockets() {
     let root = tmp.path().join("node-a");
     init_logs();
     let opts = TestNodeOptions::default();
-    let mut n = TestNode::start(
-        "node-a",
-        &root,
-        MemoryClaims::new(),
-        TestNodeOptions::default(),
-    );
+    let mut n = start_node("node-a", &tmp, MemoryClaims::new());
     n.set_lans(&[lan("default", "lan1", "lan1", &["s1"], "eth1")]);
     assert!(n.kubelet.wait_updates(MAC_S1, 1, WAIT).await.is_some());
     n.kubelet.allocate(VETH_S1, &["s1"]).await.unwrap();
@@ -550,9 +526,7 @@ async fn agent_restart_keeps_allocations_and_shutdown_removes_sockets() {
 #[tokio::test]
 async fn preferred_allocation_is_answered() {
     let tmp = TempDir::new().unwrap();
-    let n = node("node-a", &tmp);
-    n.set_lans(&[lan("default", "lan1", "lan1", &["s1"], "eth1")]);
-    assert!(n.kubelet.wait_updates(VETH_S1, 1, WAIT).await.is_some());
+    let n = serving_lan1(&tmp, &["s1"], VETH_S1).await;
     let mut client = n.kubelet.client(VETH_S1).unwrap();
     let resp = client
         .get_preferred_allocation(PreferredAllocationRequest {
@@ -588,19 +562,10 @@ async fn preferred_allocation_is_answered() {
 #[tokio::test]
 async fn claim_of_this_node_without_member_is_dropped() {
     let tmp = TempDir::new().unwrap();
-    let n = node("node-a", &tmp);
-    n.set_lans(&[lan("default", "lan1", "lan1", &["s1", "s2"], "eth1")]);
-    assert!(n.kubelet.wait_updates(VETH_S1, 1, WAIT).await.is_some());
+    let n = serving_lan1(&tmp, &["s1", "s2"], VETH_S1).await;
     // A claim left behind by a release that failed.
-    n.claims.put(Claim {
-        pod: Some("ns/gone".into()),
-        ..Claim::new(
-            "s1",
-            "node-a",
-            LanRef::new("default", "lan1"),
-            SpokeKind::Veth,
-        )
-    });
+    n.claims
+        .put(lan1_claim("s1", "node-a", "ns/gone", SpokeKind::Veth));
     eventually(|| n.claims.get("s1").is_none()).await;
     assert!(n.claims.get("s1").is_none(), "orphan claim dropped");
     // A live member's claim stays.
@@ -644,9 +609,7 @@ async fn spoke_removed_and_added_back_at_once_is_served_again() {
 #[tokio::test]
 async fn a_plugin_socket_deleted_by_hand_is_served_and_registered_again() {
     let tmp = TempDir::new().unwrap();
-    let n = node("node-a", &tmp);
-    n.set_lans(&[lan("default", "lan1", "lan1", &["s1"], "eth1")]);
-    assert!(n.kubelet.wait_updates(VETH_S1, 1, WAIT).await.is_some());
+    let n = serving_lan1(&tmp, &["s1"], VETH_S1).await;
     std::fs::remove_file(n.dir.join("k8slan-veth-s1.sock")).unwrap();
     assert!(
         n.kubelet
@@ -662,9 +625,7 @@ async fn a_plugin_socket_deleted_by_hand_is_served_and_registered_again() {
 #[tokio::test]
 async fn failing_underlay_lookups_withdraw_nothing_but_a_vanished_underlay_does() {
     let tmp = TempDir::new().unwrap();
-    let n = node("node-a", &tmp);
-    n.set_lans(&[lan("default", "lan1", "lan1", &["s1"], "eth1")]);
-    assert!(n.kubelet.wait_updates(VETH_S1, 1, WAIT).await.is_some());
+    let n = serving_lan1(&tmp, &["s1"], VETH_S1).await;
     n.links.set_broken(true);
     // Several probe ticks (100 ms) with failing lookups: nothing changes.
     tokio::time::sleep(QUIET).await;
@@ -688,18 +649,11 @@ async fn failing_underlay_lookups_withdraw_nothing_but_a_vanished_underlay_does(
 }
 
 /// Two nodes sharing one claim store, both serving LAN `default/lan1` with spokes s1 and s2.
-async fn two_nodes(tmp: &TempDir) -> (TestNode, TestNode, std::sync::Arc<MemoryClaims>) {
+async fn two_nodes(tmp: &TempDir) -> (TestNode, TestNode, Arc<MemoryClaims>) {
     init_logs();
     let claims = MemoryClaims::new();
-    let start = |name: &str| {
-        TestNode::start(
-            name,
-            &tmp.path().join(name),
-            claims.clone(),
-            TestNodeOptions::default(),
-        )
-    };
-    let (a, b) = (start("node-a"), start("node-b"));
+    let a = start_node("node-a", tmp, claims.clone());
+    let b = start_node("node-b", tmp, claims.clone());
     let lans = [lan("default", "lan1", "lan1", &["s1", "s2"], "eth1")];
     for n in [&a, &b] {
         n.set_lans(&lans);
@@ -759,9 +713,7 @@ async fn allocate_writes_the_record_the_cni_reads_and_release_removes_it() {
 #[tokio::test]
 async fn claims_name_the_member_pod_with_its_uid() {
     let tmp = TempDir::new().unwrap();
-    let n = node("node-a", &tmp);
-    n.set_lans(&[lan("default", "lan1", "lan1", &["s1"], "eth1")]);
-    assert!(n.kubelet.wait_updates(VETH_S1, 1, WAIT).await.is_some());
+    let n = serving_lan1(&tmp, &["s1"], VETH_S1).await;
     n.kubelet.allocate(VETH_S1, &["s1"]).await.unwrap();
     assert_eq!(n.claims.get("s1").unwrap().pod_uid, None);
     n.pod_resources.set(&[("default/pod1", VETH_S1, "s1")]);
@@ -869,9 +821,7 @@ async fn an_allowed_namespace_may_hold_the_spoke() {
 #[tokio::test]
 async fn a_stalled_api_server_fails_allocate_fast_and_leaves_nothing_behind() {
     let tmp = TempDir::new().unwrap();
-    let n = node("node-a", &tmp);
-    n.set_lans(&[lan("default", "lan1", "lan1", &["s1"], "eth1")]);
-    assert!(n.kubelet.wait_updates(VETH_S1, 1, WAIT).await.is_some());
+    let n = serving_lan1(&tmp, &["s1"], VETH_S1).await;
     n.claims.set_stalled(true);
     let started = Instant::now();
     let err = n.kubelet.allocate(VETH_S1, &["s1"]).await.unwrap_err();
@@ -932,12 +882,7 @@ async fn the_loser_learns_the_winner_from_its_refused_claim_before_the_watch_doe
     init_logs();
     // node-b's claim watch never delivers anything: only what Allocate learns can help.
     let shared = MemoryClaims::new();
-    let a = TestNode::start(
-        "node-a",
-        &tmp.path().join("a"),
-        shared.clone(),
-        TestNodeOptions::default(),
-    );
+    let a = start_node("node-a", &tmp, shared.clone());
     let (_silent, no_news) = tokio::sync::watch::channel(Some(Default::default()));
     let b = TestNode::start_with_claim_watch(
         "node-b",

@@ -41,9 +41,7 @@ fn spoke_up_timing(count: usize) {
     let mut first = Vec::with_capacity(count);
     for s in &names {
         let t = Instant::now();
-        node.dp
-            .spoke_up(&spec, &node.name, s, SpokeKind::Veth)
-            .unwrap();
+        node.spoke_up(&spec, s, SpokeKind::Veth);
         first.push(t.elapsed());
     }
     report(
@@ -54,9 +52,7 @@ fn spoke_up_timing(count: usize) {
     let mut again = Vec::with_capacity(count);
     for s in &names {
         let t = Instant::now();
-        node.dp
-            .spoke_up(&spec, &node.name, s, SpokeKind::Veth)
-            .unwrap();
+        node.spoke_up(&spec, s, SpokeKind::Veth);
         again.push(t.elapsed());
     }
     report("spoke up (veth, already correct: no-op)", again);
@@ -64,9 +60,7 @@ fn spoke_up_timing(count: usize) {
     let mut mac = Vec::new();
     for s in names.iter().take(100) {
         let t = Instant::now();
-        node.dp
-            .spoke_up(&spec, &node.name, s, SpokeKind::Mac)
-            .unwrap();
+        node.spoke_up(&spec, s, SpokeKind::Mac);
         mac.push(t.elapsed());
     }
     report(
@@ -125,12 +119,8 @@ fn throughput(secs: u32, rounds: u32) {
     // k8slan.
     let (a, b) = (spoke("a"), spoke("b"));
     let spec = lan_spec(2000, &[&a, &b]);
-    n1.dp
-        .spoke_up(&spec, &n1.name, &a, SpokeKind::Veth)
-        .unwrap();
-    n2.dp
-        .spoke_up(&spec, &n2.name, &b, SpokeKind::Veth)
-        .unwrap();
+    n1.spoke_up(&spec, &a, SpokeKind::Veth);
+    n2.spoke_up(&spec, &b, SpokeKind::Veth);
     let p1 = pod_with(&n1, &a, "198.18.20.1/24");
     let p2 = pod_with(&n2, &b, "198.18.20.2/24");
     p1.sh("ping -c 1 -W 2 198.18.20.2").unwrap();

@@ -180,6 +180,32 @@ impl RecordingKernel {
         }
         Ok(st)
     }
+
+    /// `begin` for a call on the namespace of LAN `lan`; returns that namespace too.
+    fn begin_lan(
+        &self,
+        call: fn(String) -> Call,
+        op: &'static str,
+        lan: &str,
+    ) -> Result<(MutexGuard<'_, State>, Ns), KernelError> {
+        let ns = Ns::Lan(lan.into());
+        Ok((self.begin(call(lan.into()), op, lan, &ns)?, ns))
+    }
+
+    /// `begin` for a call on the tap node (or directory of them) at `path`.
+    fn begin_tap_path(
+        &self,
+        call: impl FnOnce(PathBuf) -> Call,
+        op: &'static str,
+        path: &Path,
+    ) -> Result<MutexGuard<'_, State>, KernelError> {
+        self.begin(
+            call(path.into()),
+            op,
+            &path.display().to_string(),
+            &Ns::Host,
+        )
+    }
 }
 
 fn plain(name: &str, ifindex: u32, mtu: u32) -> Link {
@@ -334,13 +360,7 @@ impl Kernel for RecordingKernel {
     }
 
     fn create_lan_namespace(&self, lan: &str) -> Result<(), KernelError> {
-        let ns = Ns::Lan(lan.into());
-        let mut st = self.begin(
-            Call::CreateLanNamespace(lan.into()),
-            "create_lan_namespace",
-            lan,
-            &ns,
-        )?;
+        let (mut st, ns) = self.begin_lan(Call::CreateLanNamespace, "create_lan_namespace", lan)?;
         if st.lans.contains_key(lan) {
             return Err(KernelError::new("create", lan, &ns, "exists").with_errno(libc::EEXIST));
         }
@@ -349,13 +369,7 @@ impl Kernel for RecordingKernel {
     }
 
     fn delete_lan_namespace(&self, lan: &str) -> Result<(), KernelError> {
-        let ns = Ns::Lan(lan.into());
-        let mut st = self.begin(
-            Call::DeleteLanNamespace(lan.into()),
-            "delete_lan_namespace",
-            lan,
-            &ns,
-        )?;
+        let (mut st, ns) = self.begin_lan(Call::DeleteLanNamespace, "delete_lan_namespace", lan)?;
         remove_links(&mut st, &ns, |_| true);
         st.lans.remove(lan);
         Ok(())
@@ -586,13 +600,7 @@ impl Kernel for RecordingKernel {
     }
 
     fn delete_lan_links(&self, lan: &str) -> Result<(), KernelError> {
-        let ns = Ns::Lan(lan.into());
-        let mut st = self.begin(
-            Call::DeleteLanLinks(lan.into()),
-            "delete_lan_links",
-            lan,
-            &ns,
-        )?;
+        let (mut st, ns) = self.begin_lan(Call::DeleteLanLinks, "delete_lan_links", lan)?;
         remove_links(&mut st, &ns, |l| l.name != "lo");
         Ok(())
     }
@@ -622,44 +630,24 @@ impl Kernel for RecordingKernel {
     }
 
     fn tap_node(&self, path: &Path) -> Result<Option<DevNum>, KernelError> {
-        let st = self.begin(
-            Call::TapNode(path.into()),
-            "tap_node",
-            &path.display().to_string(),
-            &Ns::Host,
-        )?;
+        let st = self.begin_tap_path(Call::TapNode, "tap_node", path)?;
         Ok(st.taps.get(path).copied())
     }
 
     fn make_tap_node(&self, path: &Path, dev: DevNum) -> Result<(), KernelError> {
-        let mut st = self.begin(
-            Call::MakeTapNode(path.into(), dev),
-            "make_tap_node",
-            &path.display().to_string(),
-            &Ns::Host,
-        )?;
+        let mut st = self.begin_tap_path(|p| Call::MakeTapNode(p, dev), "make_tap_node", path)?;
         st.taps.insert(path.into(), dev);
         Ok(())
     }
 
     fn remove_tap_node(&self, path: &Path) -> Result<(), KernelError> {
-        let mut st = self.begin(
-            Call::RemoveTapNode(path.into()),
-            "remove_tap_node",
-            &path.display().to_string(),
-            &Ns::Host,
-        )?;
+        let mut st = self.begin_tap_path(Call::RemoveTapNode, "remove_tap_node", path)?;
         st.taps.remove(path);
         Ok(())
     }
 
     fn tap_nodes(&self, dir: &Path) -> Result<Vec<PathBuf>, KernelError> {
-        let st = self.begin(
-            Call::TapNodes(dir.into()),
-            "tap_nodes",
-            &dir.display().to_string(),
-            &Ns::Host,
-        )?;
+        let st = self.begin_tap_path(Call::TapNodes, "tap_nodes", dir)?;
         Ok(st
             .taps
             .keys()

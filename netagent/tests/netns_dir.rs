@@ -1,7 +1,8 @@
 //! Privileged tests of the netns directory's defences: the agent only touches namespaces it
 //! created. Symlinks, bind mounts of foreign namespaces (or of another LAN's under a wrong name),
-//! regular files and entries planted before the agent creates a LAN are reported (`Kernel::foreign_namespace_entries`) and left exactly as they were, even when orphan removal is asked for them
-//! by name; the container runtime's directory is refused as `--netns-dir`.
+//! regular files and entries planted before the agent creates a LAN are reported
+//! (`Kernel::foreign_namespace_entries`) and left exactly as they were, even when orphan removal
+//! is asked for them by name; the container runtime's directory is refused as `--netns-dir`.
 
 mod common;
 
@@ -105,7 +106,7 @@ fn another_lans_namespace_under_a_wrong_name_is_reported_and_untouched() {
     let n = Node::new(&ul, "node1", 1500);
     let a = spoke("a");
     let spec = lan_spec(781, &[&a]);
-    n.dp.spoke_up(&spec, &n.name, &a, SpokeKind::Veth).unwrap();
+    n.spoke_up(&spec, &a, SpokeKind::Veth);
     let copy = netns_dir(&n).join("copy");
     std::fs::write(&copy, "").unwrap();
     sh(&format!(

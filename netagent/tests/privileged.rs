@@ -77,13 +77,8 @@ fn pods_on_two_nodes_talk_over_the_lan() {
     let (a, b) = (spoke("a"), spoke("b"));
     let spec = lan_spec(4242, &[&a, &b]);
 
-    let s1 = n1
-        .dp
-        .spoke_up(&spec, &n1.name, &a, SpokeKind::Veth)
-        .unwrap();
-    n2.dp
-        .spoke_up(&spec, &n2.name, &b, SpokeKind::Veth)
-        .unwrap();
+    let s1 = n1.spoke_up(&spec, &a, SpokeKind::Veth);
+    n2.spoke_up(&spec, &b, SpokeKind::Veth);
     assert_eq!(s1.host_ifname, a);
     assert_eq!(s1.mtu, 1430);
     assert!(s1.mac.is_none());
@@ -165,13 +160,8 @@ fn vm_tap_device_reaches_a_remote_pod_and_gets_the_reply() {
     let n2 = Node::new(&ul, "node2", 1500);
     let (vm, b) = (spoke("vm"), spoke("b"));
     let spec = lan_spec(777, &[&vm, &b]);
-    let att = n1
-        .dp
-        .spoke_up(&spec, &n1.name, &vm, SpokeKind::Mac)
-        .unwrap();
-    n2.dp
-        .spoke_up(&spec, &n2.name, &b, SpokeKind::Veth)
-        .unwrap();
+    let att = n1.spoke_up(&spec, &vm, SpokeKind::Mac);
+    n2.spoke_up(&spec, &b, SpokeKind::Veth);
     let mac = att.mac.clone().unwrap();
     assert!(mac.tap_host_path.starts_with(n1.dir.path()));
     assert_eq!(
@@ -282,9 +272,7 @@ fn the_node_never_speaks_onto_the_lan() {
     let n2 = Node::new(&ul, "node2", 1500);
     let (vm, waiting, b) = (spoke("vm"), spoke("w"), spoke("b"));
     let spec = lan_spec(778, &[&vm, &waiting, &b]);
-    n2.dp
-        .spoke_up(&spec, &n2.name, &b, SpokeKind::Veth)
-        .unwrap();
+    n2.spoke_up(&spec, &b, SpokeKind::Veth);
     // The listening pod speaks no IPv6 itself, so any IPv6 frame it sees comes from elsewhere.
     let pod = pod_with(&n2, &b, "198.18.9.2/24");
     pod.sh("sysctl -qw net.ipv6.conf.e1.disable_ipv6=1")
@@ -308,12 +296,8 @@ fn the_node_never_speaks_onto_the_lan() {
         ready_rx.recv().unwrap();
         // Node 1 prepares a VM spoke (host end and macvtap up in its host namespace) and a pod
         // spoke whose host end waits there for its pod.
-        n1.dp
-            .spoke_up(&spec, &n1.name, &vm, SpokeKind::Mac)
-            .unwrap();
-        n1.dp
-            .spoke_up(&spec, &n1.name, &waiting, SpokeKind::Veth)
-            .unwrap();
+        n1.spoke_up(&spec, &vm, SpokeKind::Mac);
+        n1.spoke_up(&spec, &waiting, SpokeKind::Veth);
         listener.join().unwrap()
     });
     assert_eq!(heard, None, "a frame of the node reached the LAN");
@@ -336,9 +320,7 @@ fn a_lan_namespace_replaced_behind_the_agents_back_is_left_alone_and_reported() 
     let n1 = Node::new(&ul, "node1", 1500);
     let a = spoke("a");
     let spec = lan_spec(779, &[&a]);
-    n1.dp
-        .spoke_up(&spec, &n1.name, &a, SpokeKind::Veth)
-        .unwrap();
+    n1.spoke_up(&spec, &a, SpokeKind::Veth);
     // Someone removes the LAN namespace and mounts a fresh namespace of their own at the same
     // path (the datapath keeps a netlink socket per namespace: it must not go on talking to the
     // old one, and it must not adopt the new one, which k8slan did not create).
@@ -376,15 +358,9 @@ fn two_lans_with_different_vnis_are_isolated() {
     let (a1, a2, b2) = (spoke("a"), spoke("a"), spoke("b"));
     let lan_a = lan_spec(100, &[&a1, &a2]);
     let lan_b = lan_spec(200, &[&b2]);
-    n1.dp
-        .spoke_up(&lan_a, &n1.name, &a1, SpokeKind::Veth)
-        .unwrap();
-    n2.dp
-        .spoke_up(&lan_a, &n2.name, &a2, SpokeKind::Veth)
-        .unwrap();
-    n2.dp
-        .spoke_up(&lan_b, &n2.name, &b2, SpokeKind::Veth)
-        .unwrap();
+    n1.spoke_up(&lan_a, &a1, SpokeKind::Veth);
+    n2.spoke_up(&lan_a, &a2, SpokeKind::Veth);
+    n2.spoke_up(&lan_b, &b2, SpokeKind::Veth);
     let pa1 = pod_with(&n1, &a1, "198.18.9.1/24");
     let _pa2 = pod_with(&n2, &a2, "198.18.9.2/24");
     let _pb2 = pod_with(&n2, &b2, "198.18.9.3/24");
@@ -406,18 +382,10 @@ fn second_up_is_a_no_op_and_drift_is_repaired() {
     let n2 = Node::new(&ul, "node2", 1500);
     let (a, b, c, vm) = (spoke("a"), spoke("b"), spoke("c"), spoke("vm"));
     let spec = lan_spec(31337, &[&a, &b, &c, &vm]);
-    n1.dp
-        .spoke_up(&spec, &n1.name, &a, SpokeKind::Veth)
-        .unwrap();
-    n1.dp
-        .spoke_up(&spec, &n1.name, &c, SpokeKind::Veth)
-        .unwrap();
-    n1.dp
-        .spoke_up(&spec, &n1.name, &vm, SpokeKind::Mac)
-        .unwrap();
-    n2.dp
-        .spoke_up(&spec, &n2.name, &b, SpokeKind::Veth)
-        .unwrap();
+    n1.spoke_up(&spec, &a, SpokeKind::Veth);
+    n1.spoke_up(&spec, &c, SpokeKind::Veth);
+    n1.spoke_up(&spec, &vm, SpokeKind::Mac);
+    n2.spoke_up(&spec, &b, SpokeKind::Veth);
     let p1 = pod_with(&n1, &a, "198.18.10.1/24");
     let _p2 = pod_with(&n2, &b, "198.18.10.2/24");
     assert!(ping(&p1, "198.18.10.2"));
@@ -465,10 +433,7 @@ fn second_up_is_a_no_op_and_drift_is_repaired() {
         n1.lan_sh(&spec.ns, &format!("ip -o link show {a} | cut -d: -f1")),
         held_port
     );
-    let att = n1
-        .dp
-        .spoke_up(&spec, &n1.name, &c, SpokeKind::Veth)
-        .unwrap();
+    let att = n1.spoke_up(&spec, &c, SpokeKind::Veth);
     assert!(
         att.changes.iter().any(|ch| ch.contains("create veth pair")),
         "{:?}",
@@ -499,12 +464,8 @@ fn down_leaves_nothing_behind() {
     let (a, vm) = (spoke("a"), spoke("vm"));
     let spec = lan_spec(55, &[&a, &vm]);
     let other = lan_spec(56, &[&spoke("o")]);
-    n1.dp
-        .spoke_up(&spec, &n1.name, &a, SpokeKind::Veth)
-        .unwrap();
-    n1.dp
-        .spoke_up(&spec, &n1.name, &vm, SpokeKind::Mac)
-        .unwrap();
+    n1.spoke_up(&spec, &a, SpokeKind::Veth);
+    n1.spoke_up(&spec, &vm, SpokeKind::Mac);
     n1.dp
         .spoke_up(&other, &n1.name, &other.spokes[0], SpokeKind::Mac)
         .unwrap();
@@ -550,10 +511,8 @@ fn an_orphan_lan_is_listed_by_show_and_removed_alone() {
     let (a, o) = (spoke("a"), spoke("o"));
     let known = lan_spec(60, &[&a]);
     let gone = lan_spec(61, &[&o]);
-    n1.dp
-        .spoke_up(&known, &n1.name, &a, SpokeKind::Veth)
-        .unwrap();
-    n1.dp.spoke_up(&gone, &n1.name, &o, SpokeKind::Mac).unwrap();
+    n1.spoke_up(&known, &a, SpokeKind::Veth);
+    n1.spoke_up(&gone, &o, SpokeKind::Mac);
     // What the agent's reconciler plans from after a restart: both namespaces, with spokes.
     let mut listed: Vec<String> = n1.dp.show().unwrap().into_iter().map(|v| v.ns).collect();
     listed.sort();

@@ -68,7 +68,7 @@ fn another_lans_spoke_links_are_never_touched() {
     let n1 = Node::new(&ul, "node1", 1500);
     let x = spoke("x");
     let a = lan_spec(901, &[&x]);
-    let att = n1.dp.spoke_up(&a, &n1.name, &x, SpokeKind::Mac).unwrap();
+    let att = n1.spoke_up(&a, &x, SpokeKind::Mac);
     let mvt = macvtap_name(&x);
     // LAN b: a spoke of the same name. (A spoke named as a's macvtap, `mvt-<x>`, is refused by
     // the API rules before the node is looked at: unit tier.)
@@ -105,7 +105,7 @@ fn another_lans_spoke_links_are_never_touched() {
     assert_eq!((link_state(&n1, &x), link_state(&n1, &mvt)), held);
     assert!(tap.exists(), "LAN b removed LAN a's tap node");
     // LAN a's spoke is still whole: a second spoke up changes nothing.
-    let again = n1.dp.spoke_up(&a, &n1.name, &x, SpokeKind::Mac).unwrap();
+    let again = n1.spoke_up(&a, &x, SpokeKind::Mac);
     assert!(again.changes.is_empty(), "{:?}", again.changes);
     n1.dp.lan_down(&a).unwrap();
 }
@@ -117,8 +117,8 @@ fn lo_and_k8slan_links_are_refused_as_underlay() {
     let n1 = Node::new(&ul, "node1", 1500);
     let (x, v) = (spoke("x"), spoke("v"));
     let a = lan_spec(903, &[&x, &v]);
-    n1.dp.spoke_up(&a, &n1.name, &x, SpokeKind::Veth).unwrap();
-    n1.dp.spoke_up(&a, &n1.name, &v, SpokeKind::Mac).unwrap();
+    n1.spoke_up(&a, &x, SpokeKind::Veth);
+    n1.spoke_up(&a, &v, SpokeKind::Mac);
     let before = host_links(&n1);
     let netns_dir = n1.dir.path().join("netns");
     let mvt = macvtap_name(&v);

@@ -72,7 +72,7 @@ fn renaming_bridge_and_vxlan_of_a_live_lan_keeps_its_members() {
     let (a, c, b, w) = (spoke("a"), spoke("c"), spoke("b"), spoke("w"));
     let mut spec = lan_spec(4343, &[&a, &c, &b, &w]);
     for (n, s) in [(&n1, &a), (&n1, &c), (&n2, &b)] {
-        n.dp.spoke_up(&spec, &n.name, s, SpokeKind::Veth).unwrap();
+        n.spoke_up(&spec, s, SpokeKind::Veth);
     }
     let p1 = pod_with(&n1, &a, "198.18.11.1/24");
     let p3 = pod_with(&n1, &c, "198.18.11.3/24");
@@ -91,10 +91,7 @@ fn renaming_bridge_and_vxlan_of_a_live_lan_keeps_its_members() {
         // Node 1 through the reconciler's path, node 2 through an Allocate of another spoke.
         let st = n1.dp.lan_up(&spec, &n1.name).unwrap();
         eprintln!("node1 lan up: {:?}", st.changes);
-        let att = n2
-            .dp
-            .spoke_up(&spec, &n2.name, &w, SpokeKind::Veth)
-            .unwrap();
+        let att = n2.spoke_up(&spec, &w, SpokeKind::Veth);
         eprintln!("node2 spoke up: {:?}", att.changes);
         (remote.join().unwrap(), local.join().unwrap())
     });

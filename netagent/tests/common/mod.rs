@@ -5,8 +5,8 @@
 
 use std::collections::BTreeMap;
 
-use k8slan_api::{LanSpec, MacvtapMode};
-use k8slan_netagent::{Datapath, HostNs, RtnlKernel};
+use k8slan_api::{LanSpec, MacvtapMode, SpokeKind};
+use k8slan_netagent::{Datapath, HostNs, RtnlKernel, SpokeAttachment};
 use k8slan_testkit::{TestDir, TestNs, unique_name};
 
 pub const UNDERLAY: &str = "eth1";
@@ -58,6 +58,13 @@ impl Node {
             dir,
             dp,
         }
+    }
+
+    /// Brings `spoke` of `spec` up on this node as `kind`; the test fails where it is called if
+    /// the datapath refuses.
+    #[track_caller]
+    pub fn spoke_up(&self, spec: &LanSpec, spoke: &str, kind: SpokeKind) -> SpokeAttachment {
+        self.dp.spoke_up(spec, &self.name, spoke, kind).unwrap()
     }
 
     /// `ip` in the node's host namespace.
