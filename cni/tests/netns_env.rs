@@ -15,8 +15,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_k8slanveth");
 const LIMIT: Duration = Duration::from_secs(10);
 
 /// Runs the plugin inside `node` like [`run_plugin`], but kills it (and fails) after [`LIMIT`].
-fn run_bounded(node: &str, env: &[(&str, String)], stdin: &str) -> Run {
-    let mut child = plugin_command(BIN, Some(node), env)
+fn run_bounded(bin: &str, node: &str, env: &[(&str, String)], stdin: &str) -> Run {
+    let mut child = plugin_command(bin, Some(node), env)
         .spawn()
         .expect("start plugin");
     feed(&mut child, stdin);
@@ -32,9 +32,11 @@ fn run_bounded(node: &str, env: &[(&str, String)], stdin: &str) -> Run {
     child.wait_with_output().unwrap().into()
 }
 
-/// A node namespace with spoke `srl` prepared (a veth), and a scratch directory.
+/// A node namespace with spoke `srl` prepared (a veth, recorded as the agent does, so that ADD
+/// gets as far as opening `CNI_NETNS`), and a scratch directory.
 struct Fixture {
     node: Ns,
+    files: NodeFiles,
     dir: TempDir,
 }
 
@@ -44,8 +46,11 @@ impl Fixture {
         ip(&[
             "-n", &node.name, "link", "add", "srl", "type", "veth", "peer", "name", "br-srl",
         ]);
+        let files = NodeFiles::new(BIN);
+        files.prepare(&node.name, "srl", "veth", "srl", &[]);
         Fixture {
             node,
+            files,
             dir: TempDir::new(),
         }
     }
@@ -56,6 +61,7 @@ impl Fixture {
         let config = json!({"cniVersion": "1.0.0", "name": "k8slan-veth-srl",
                             "type": "k8slanveth", "veth": "srl"});
         let run = run_bounded(
+            &self.files.bin,
             &self.node.name,
             &cni_env(command, netns, "e1-1", ""),
             &config.to_string(),
@@ -154,6 +160,7 @@ fn a_symlink_to_a_pods_namespace_is_followed() {
     let config = json!({"cniVersion": "1.0.0", "name": "k8slan-veth-srl",
                         "type": "k8slanveth", "veth": "srl"});
     let add = run_bounded(
+        &f.files.bin,
         &f.node.name,
         &cni_env("ADD", &link, "e1-1", ""),
         &config.to_string(),
@@ -161,6 +168,7 @@ fn a_symlink_to_a_pods_namespace_is_followed() {
     assert!(add.success, "{add:?}");
     assert!(link_exists(&pod.name, "e1-1"));
     let del = run_bounded(
+        &f.files.bin,
         &f.node.name,
         &cni_env("DEL", &link, "e1-1", ""),
         &with_prev(&config, &add.json()),
