@@ -14,12 +14,56 @@ use std::fs::File;
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use k8slan_api::SpokeKind;
+use k8slan_api::naming::link_alias;
+use k8slan_api::prepared::{CNI_SETTINGS_FILE, CniNodeSettings, PreparedSpoke, prepared_file};
 
 fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("run ip");
     assert!(out.status.success(), "ip {args:?}: {out:?}");
+}
+
+/// Installs `bin` into `dir` beside a `k8slan-cni.json` and records spoke `srl` (the veth
+/// `srl` in `node`, given the agent's alias) as the agent does at Allocate; returns the copy.
+fn prepare_node(bin: &str, dir: &Path, node: &str) -> String {
+    let prepared = dir.join("prepared");
+    std::fs::create_dir_all(&prepared).unwrap();
+    let settings = CniNodeSettings {
+        dev_dir: dir.join("dev"),
+        prepared_dir: prepared.clone(),
+        ..CniNodeSettings::default()
+    };
+    std::fs::write(dir.join(CNI_SETTINGS_FILE), settings.to_json()).unwrap();
+    let alias = link_alias("benchlan", "spoke/srl");
+    ip(&["-n", node, "link", "set", "srl", "alias", &alias]);
+    let ifindex = link_index(node, "srl");
+    let record = PreparedSpoke {
+        lan_namespace: "bench".into(),
+        lan_name: "lan1".into(),
+        netns: "benchlan".into(),
+        spoke: "srl".into(),
+        kind: SpokeKind::Veth,
+        link: "srl".into(),
+        ifindex,
+        allowed_namespaces: Vec::new(),
+    };
+    std::fs::write(prepared.join(prepared_file("srl")), record.to_json()).unwrap();
+    let copy = dir.join("k8slanveth");
+    std::fs::copy(bin, &copy).unwrap();
+    copy.display().to_string()
+}
+
+fn link_index(node: &str, link: &str) -> u32 {
+    let out = Command::new("ip")
+        .args(["-n", node, "-o", "link", "show", link])
+        .output()
+        .expect("run ip");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split(':').next().unwrap().trim().parse().unwrap()
 }
 
 fn run(bin: &str, node: &File, command: &str, pod: &str, config: &str) -> (Duration, String) {
@@ -42,6 +86,7 @@ fn run(bin: &str, node: &File, command: &str, pod: &str, config: &str) -> (Durat
         .env("CNI_CONTAINERID", "k8slanbench")
         .env("CNI_NETNS", pod)
         .env("CNI_IFNAME", "e1-1")
+        .env("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAMESPACE=bench")
         .env("CNI_PATH", "/opt/cni/bin")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -91,6 +136,8 @@ fn main() {
     ip(&[
         "-n", &node, "link", "add", "srl", "type", "veth", "peer", "name", "br-srl",
     ]);
+    let dir = std::env::temp_dir().join(format!("k8slan-bench-{tag}"));
+    let installed = prepare_node(&bin, &dir, &node);
     // The plugin runs in the node's namespace: each child enters it before exec.
     let node_ns = File::open(format!("/run/netns/{node}")).unwrap();
     let pod_path = format!("/run/netns/{pod}");
@@ -98,11 +145,11 @@ fn main() {
         r#"{"cniVersion":"1.0.0","name":"k8slan-veth-srl","type":"k8slanveth","veth":"srl"}"#;
     let (mut adds, mut dels) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
-        let (took, result) = run(&bin, &node_ns, "ADD", &pod_path, config);
+        let (took, result) = run(&installed, &node_ns, "ADD", &pod_path, config);
         adds.push(took);
         // As a runtime does: DEL gets the ADD's result as prevResult.
         let del_config = config.replacen('}', &format!(r#","prevResult":{result}}}"#), 1);
-        dels.push(run(&bin, &node_ns, "DEL", &pod_path, &del_config).0);
+        dels.push(run(&installed, &node_ns, "DEL", &pod_path, &del_config).0);
     }
     let size = std::fs::metadata(&bin).map(|m| m.len()).unwrap_or(0);
     println!("FIGURE cni_binary bytes={size} path={bin}");
@@ -110,4 +157,5 @@ fn main() {
     figure("cni_veth_del", dels);
     ip(&["netns", "del", &pod]);
     ip(&["netns", "del", &node]);
+    let _ = std::fs::remove_dir_all(&dir);
 }
