@@ -76,30 +76,20 @@ fn another_lans_spoke_links_are_never_touched() {
     b.bridge = "brb".into();
     let held = (link_state(&n1, &x), link_state(&n1, &mvt));
     let tap = att.mac.as_ref().unwrap().tap_host_path.clone();
-    let e = n1
-        .dp
-        .spoke_up(&b, &n1.name, &x, SpokeKind::Veth)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains(&format!(
-            "belongs to LAN {} as its host end of spoke {x}",
-            a.ns
-        )),
-        "{e}"
-    );
-    let e = n1
-        .dp
-        .spoke_up(&b, &n1.name, &x, SpokeKind::Mac)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains(&format!(
-            "belongs to LAN {} as its host end of spoke {x}",
-            a.ns
-        )),
-        "{e}"
-    );
+    for kind in SpokeKind::ALL {
+        let e = n1
+            .dp
+            .spoke_up(&b, &n1.name, &x, kind)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!(
+                "belongs to LAN {} as its host end of spoke {x}",
+                a.ns
+            )),
+            "{kind}: {e}"
+        );
+    }
     n1.dp.spoke_down(&b, &x).unwrap();
     n1.dp.lan_down(&b).unwrap();
     assert_eq!((link_state(&n1, &x), link_state(&n1, &mvt)), held);
