@@ -36,7 +36,7 @@ def test_helm_release_controller_and_agents_ready_on_every_node(k8slan):
         init = on_node[0]["status"]["initContainerStatuses"][0]
         assert init["name"] == "install-cni" and init["state"]["terminated"]["exitCode"] == 0
         # The init container installed the CNI plugins into the node's CNI directory.
-        for plugin in ("k8slanveth", "macvtap"):
+        for plugin in ("k8slanveth", "k8slanmacvtap"):
             assert node_has(node, f"/opt/cni/bin/{plugin}"), f"/opt/cni/bin/{plugin} missing on {node}"
 
 

@@ -56,7 +56,7 @@ def test_lan_gets_nads_and_capacity_on_every_worker(k8slan, namespace):
     assert all(alloc.get(r, "0") == "0" for r in wanted), alloc
 
     for spoke in lan.spokes.values():
-        for kind, cni_type in (("veth", "k8slanveth"), ("mac", "macvtap")):
+        for kind, cni_type in (("veth", "k8slanveth"), ("mac", "k8slanmacvtap")):
             nad = kubectl.json("-n", namespace, "get", "network-attachment-definitions", nad_name(kind, spoke))
             ann = nad["metadata"]["annotations"]
             assert ann["k8s.v1.cni.cncf.io/resourceName"] == resource_name(kind, spoke)
