@@ -1,6 +1,12 @@
 //! Releases, learnt from the kubelet's pod-resources `List` (there is no deallocate call and no
 //! watch: the plugin polls).
+//!
+//! Every listing also says which kubelet gave it: a kubelet that starts replaces its socket
+//! file, so the file's identity changing between two listings means the kubelet restarted, even
+//! when no `List` call failed in between. A restarted kubelet lists only the pods it has synced
+//! so far; the plugin must not take its first listings for releases.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -30,6 +36,35 @@ pub enum PodResourcesError {
     Timeout { path: PathBuf },
 }
 
+/// Which kubelet serves the socket: the socket file's device, inode and change time (a new
+/// kubelet binds a new file; the time tells apart an inode number the filesystem reused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KubeletId {
+    dev: u64,
+    ino: u64,
+    ctime: (i64, i64),
+}
+
+impl KubeletId {
+    /// The identity of the socket file at `path`, if it can be read.
+    pub fn of(path: &Path) -> Option<Self> {
+        let meta = std::fs::symlink_metadata(path).ok()?;
+        Some(KubeletId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        })
+    }
+}
+
+/// One successful `List`: the spokes held, and which kubelet answered (read right after the
+/// answer, so that a listing of a new kubelet never carries the old one's identity).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listing {
+    pub holdings: Holdings,
+    pub kubelet: Option<KubeletId>,
+}
+
 /// Client of the kubelet's pod-resources socket.
 #[derive(Clone)]
 pub struct PodResources {
@@ -46,11 +81,14 @@ impl PodResources {
         }
     }
 
-    /// The spokes held by pods on this node.
-    pub async fn holdings(&mut self) -> Result<Holdings, PodResourcesError> {
+    /// The spokes held by pods on this node, and which kubelet said so.
+    pub async fn list(&mut self) -> Result<Listing, PodResourcesError> {
         let call = self.client.list(ListPodResourcesRequest {});
         match tokio::time::timeout(LIST_TIMEOUT, call).await {
-            Ok(Ok(resp)) => Ok(holdings_from(resp.get_ref())),
+            Ok(Ok(resp)) => Ok(Listing {
+                holdings: holdings_from(resp.get_ref()),
+                kubelet: KubeletId::of(&self.path),
+            }),
             Ok(Err(status)) => Err(PodResourcesError::List {
                 path: self.path.clone(),
                 source: Box::new(status),
@@ -91,14 +129,11 @@ pub fn holdings_from(resp: &ListPodResourcesResponse) -> Holdings {
     out
 }
 
-/// Polls `List` every `interval` and publishes the holdings when they change. Failures are
-/// logged when the state flips (not at every attempt) and publish `None`: releases are only
-/// ever learnt from a successful listing, and the plugin learns that the kubelet was away.
-pub async fn poll(
-    mut client: PodResources,
-    interval: Duration,
-    tx: watch::Sender<Option<Holdings>>,
-) {
+/// Polls `List` every `interval` and publishes the listing when it changes (its holdings or
+/// its kubelet). Failures are logged when the state flips (not at every attempt) and publish
+/// `None`: releases are only ever learnt from a successful listing, and the plugin learns that
+/// the kubelet was away.
+pub async fn poll(mut client: PodResources, interval: Duration, tx: watch::Sender<Option<Listing>>) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
@@ -107,7 +142,7 @@ pub async fn poll(
             _ = tick.tick() => {}
             _ = tx.closed() => return,
         }
-        match client.holdings().await {
+        match client.list().await {
             Ok(h) => {
                 if failing {
                     debug!("pod-resources List works again");

@@ -343,6 +343,7 @@ impl PodResourcesLister for PodList {
 
 /// Serves the pod-resources `List` call on a socket with a list the test sets.
 pub struct FakePodResources {
+    path: PathBuf,
     pods: PodList,
     stop: CancellationToken,
 }
@@ -352,12 +353,29 @@ impl FakePodResources {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        let listener = uds::bind(path).map_err(std::io::Error::other)?;
         let pods = PodList::default();
+        let stop = Self::serve(path, &pods)?;
+        Ok(FakePodResources {
+            path: path.to_owned(),
+            pods,
+            stop,
+        })
+    }
+
+    fn serve(path: &Path, pods: &PodList) -> std::io::Result<CancellationToken> {
+        let listener = uds::bind(path).map_err(std::io::Error::other)?;
         let stop = CancellationToken::new();
         let svc = PodResourcesListerServer::new(pods.clone());
         serve_until(Server::builder().add_service(svc), listener, &stop);
-        Ok(FakePodResources { pods, stop })
+        Ok(stop)
+    }
+
+    /// Simulates the pod-resources side of a kubelet restart: the server stops and a new one
+    /// binds a new socket file at the same path, listing what the test set last.
+    pub fn restart(&mut self) -> std::io::Result<()> {
+        self.stop.cancel();
+        self.stop = Self::serve(&self.path, &self.pods)?;
+        Ok(())
     }
 
     /// Replaces the listing: `(namespace/name, resource, device id)` per held device.

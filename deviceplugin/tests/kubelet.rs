@@ -304,6 +304,37 @@ async fn twins_are_exclusive_until_the_member_goes_away() {
     );
 }
 
+/// The new kubelet answers `List` before it recreates its registration socket, and no `List`
+/// failed in between: the replaced pod-resources socket alone tells the plugin not to take the
+/// empty listing for a release.
+#[tokio::test]
+async fn a_new_kubelet_listing_nothing_before_it_registers_releases_no_member() {
+    let tmp = TempDir::new().unwrap();
+    let mut n = serving_lan1(&tmp, &["s1"], MAC_S1).await;
+    n.kubelet.allocate(VETH_S1, &["s1"]).await.unwrap();
+    n.pod_resources.set(&[("default/pod1", VETH_S1, "s1")]);
+    eventually(|| n.claims.get("s1").and_then(|c| c.pod).is_some()).await;
+    let released = |n: &TestNode| n.preparer.calls().iter().any(|c| c.op == "release");
+
+    n.pod_resources.set(&[]);
+    n.pod_resources.restart().unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(
+        !released(&n),
+        "a live member was released on the new kubelet's first listing: {:?}",
+        n.preparer.calls()
+    );
+    assert!(n.claims.get("s1").is_some(), "the claim was dropped");
+
+    // The new kubelet has synced the pod: it stays; once the pod is gone it is released.
+    n.pod_resources.set(&[("default/pod1", VETH_S1, "s1")]);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(!released(&n), "{:?}", n.preparer.calls());
+    n.pod_resources.set(&[]);
+    assert!(wait_health(&n, MAC_S1, "Healthy").await);
+    assert!(released(&n));
+}
+
 #[tokio::test]
 async fn a_restarted_kubelet_that_lists_nothing_yet_releases_no_member() {
     let tmp = TempDir::new().unwrap();

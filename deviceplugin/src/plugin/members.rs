@@ -23,7 +23,8 @@ use tracing::{info, warn};
 use super::state::{Core, Denial, State};
 use crate::claim::{Claim, ClaimSnapshot, LeaseClaim};
 use crate::lan::WatchedLan;
-use crate::member::{Holdings, Member};
+use crate::member::Member;
+use crate::podresources::{KubeletId, Listing};
 use crate::pods::{PodRef, PodWarning};
 use crate::spoke::SpokeRequest;
 
@@ -195,6 +196,8 @@ pub(super) struct MemberTracker {
     adopted: bool,
     /// pod-resources stopped answering after it had answered (the kubelet may be restarting).
     listing_lost: bool,
+    /// The kubelet that gave the last listing.
+    kubelet: Option<KubeletId>,
     release_grace: Duration,
 }
 
@@ -203,6 +206,7 @@ impl MemberTracker {
         Self {
             adopted: false,
             listing_lost: false,
+            kubelet: None,
             release_grace,
         }
     }
@@ -225,21 +229,39 @@ impl MemberTracker {
         st.claims = claims;
     }
 
-    pub fn holdings_changed(&mut self, core: &Arc<Core>, holdings: Option<Holdings>) {
+    pub fn listing_changed(&mut self, core: &Arc<Core>, listing: Option<Listing>) {
         {
             let mut st = core.lock();
-            if st.holdings.is_none() && holdings.is_some() && self.listing_lost {
-                // pod-resources answers again after an outage: the kubelet may have restarted.
-                self.listing_lost = false;
+            if self.kubelet_restarted(st.holdings.is_some(), listing.as_ref()) {
+                // Its first listings can miss live members: release nothing for a while.
                 st.members
                     .hold_releases(Instant::now() + self.release_grace);
             }
-            if st.holdings.is_some() && holdings.is_none() {
-                self.listing_lost = true;
-            }
-            st.holdings = holdings;
+            st.holdings = listing.map(|l| l.holdings);
         }
         self.expire(core);
+    }
+
+    /// Whether `listing` comes from another kubelet than the last one: pod-resources answers
+    /// again after an outage, or the socket file was replaced between two listings. Notes the
+    /// listing's kubelet.
+    fn kubelet_restarted(&mut self, had_listing: bool, listing: Option<&Listing>) -> bool {
+        let Some(listing) = listing else {
+            self.listing_lost |= had_listing;
+            return false;
+        };
+        let back = !had_listing && std::mem::take(&mut self.listing_lost);
+        let replaced = match (self.kubelet, listing.kubelet) {
+            (Some(old), Some(new)) => old != new,
+            _ => false,
+        };
+        if listing.kubelet.is_some() {
+            self.kubelet = listing.kubelet;
+        }
+        if replaced {
+            info!("the kubelet's pod-resources socket was replaced (kubelet restart); holding releases");
+        }
+        back || replaced
     }
 
     /// Applies the last pod-resources listing (see [`plan`]) and starts the work it calls for.
@@ -398,7 +420,7 @@ mod tests {
     use k8slan_api::report::LanRef;
 
     use super::*;
-    use crate::member::Holding;
+    use crate::member::{Holding, Holdings};
 
     const NODE: &str = "node-a";
     const GRACE: Duration = Duration::from_secs(60);

@@ -28,9 +28,8 @@ pub use allocate::AllocateError;
 use crate::claim::{ClaimSnapshot, ClaimStore};
 use crate::inventory::{self, Inputs};
 use crate::lan::LanSnapshot;
-use crate::member::Holdings;
 use crate::memory::{self, Trimmer};
-use crate::podresources::{self, PodResources};
+use crate::podresources::{self, Listing, PodResources};
 use crate::pods::Pods;
 use crate::prepared::{PreparedDir, PreparedDirError};
 use crate::report::ReportSink;
@@ -120,12 +119,12 @@ pub async fn serve(
     let dir_events = DirEvents::watch(&config.device_plugin_dir)?;
     let span = info_span!("deviceplugin", node = %config.node_name);
     let core = Arc::new(Core::new(&config, backends, records));
-    let (holdings_tx, holdings_rx) = watch::channel(None);
+    let (listing_tx, listing_rx) = watch::channel(None);
     let poller = tokio::spawn(
         podresources::poll(
             PodResources::new(&config.pod_resources_socket),
             config.poll_interval,
-            holdings_tx,
+            listing_tx,
         )
         .instrument(span.clone()),
     );
@@ -142,7 +141,7 @@ pub async fn serve(
     info!(parent: &span, dir = %config.device_plugin_dir.display(), "device plugin running");
     let inputs = Events {
         sources,
-        holdings: holdings_rx,
+        listing: listing_rx,
         probes: probe_rx,
         dir: dir_events,
     };
@@ -156,7 +155,7 @@ pub async fn serve(
 /// Everything the serving loop waits on.
 struct Events {
     sources: Sources,
-    holdings: watch::Receiver<Option<Holdings>>,
+    listing: watch::Receiver<Option<Listing>>,
     probes: mpsc::UnboundedReceiver<std::collections::BTreeMap<String, bool>>,
     dir: DirEvents,
 }
@@ -179,7 +178,7 @@ impl Runner {
         let Sources { lans, claims } = &mut inputs.sources;
         let mut tick = tokio::time::interval(self.poll_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let (mut lans_open, mut claims_open, mut holdings_open) = (true, true, true);
+        let (mut lans_open, mut claims_open, mut listing_open) = (true, true, true);
         tokio::pin!(shutdown);
         // The initial values count as changes.
         lans.mark_changed();
@@ -195,8 +194,8 @@ impl Runner {
                     if let Some(v) = v { self.members.claims_changed(&self.core, v); }
                     true
                 }
-                v = changed(&mut inputs.holdings, &mut holdings_open), if holdings_open => {
-                    if let Some(v) = v { self.members.holdings_changed(&self.core, v); }
+                v = changed(&mut inputs.listing, &mut listing_open), if listing_open => {
+                    if let Some(v) = v { self.members.listing_changed(&self.core, v); }
                     true
                 }
                 _ = self.core.wake.notified() => true,
