@@ -201,6 +201,14 @@ pub const MANAGED_BY: &str = "k8slan";
 pub const LAN_LABEL: &str = "lan.k8slan.io/lan";
 /// Label on Leases, `claim` or `node-report`.
 pub const LEASE_ROLE_LABEL: &str = "k8slan.io/role";
+/// Scheduling gate the pod webhook puts on every pod that requests a spoke; the controller
+/// removes it once no other pod holds or is being scheduled for any of the pod's spokes.
+pub const SPOKE_GATE: &str = "k8slan.io/spoke";
+/// Label (value [`MEMBER_LABEL_VALUE`]) the pod webhook puts on pods that request a spoke, so that
+/// the controller watches only those pods.
+pub const MEMBER_LABEL: &str = "k8slan.io/member";
+/// Value of [`MEMBER_LABEL`].
+pub const MEMBER_LABEL_VALUE: &str = "true";
 
 fn fnv1a32(bytes: &[u8]) -> u32 {
     bytes.iter().fold(0x811c_9dc5_u32, |h, b| {

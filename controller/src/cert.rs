@@ -18,7 +18,9 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use k8s_openapi::ByteString;
-use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -71,9 +73,10 @@ pub enum CertError {
         "Secret {namespace}/{name} does not exist: in selfSigned mode the chart creates it (empty) and the controller only fills it; reinstall the chart or create an empty Opaque Secret of that name"
     )]
     MissingSecret { namespace: String, name: String },
-    #[error("{action} ValidatingWebhookConfiguration {name}: {source}")]
+    #[error("{action} {kind} {name}: {source}")]
     Webhook {
         action: &'static str,
+        kind: &'static str,
         name: String,
         source: Box<kube::Error>,
     },
@@ -412,27 +415,63 @@ impl SecretStore {
     }
 }
 
-/// Sets `caBundle` of every webhook in the named ValidatingWebhookConfiguration (and only that
-/// one). Returns whether anything changed.
-pub async fn patch_ca_bundle(
+/// A webhook configuration whose `caBundle`s the controller keeps: the validating one (LANs and
+/// pods) and the mutating one (the spoke gate of pods).
+pub trait WebhookConfig:
+    kube::Resource<DynamicType = (), Scope = kube::core::ClusterResourceScope>
+    + Clone
+    + std::fmt::Debug
+    + serde::de::DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+    const KIND: &'static str;
+    /// Each webhook's name and current `caBundle`.
+    fn bundles(&self) -> Vec<(&str, Option<&ByteString>)>;
+}
+
+impl WebhookConfig for ValidatingWebhookConfiguration {
+    const KIND: &'static str = "ValidatingWebhookConfiguration";
+    fn bundles(&self) -> Vec<(&str, Option<&ByteString>)> {
+        let hooks = self.webhooks.iter().flatten();
+        hooks
+            .map(|w| (w.name.as_str(), w.client_config.ca_bundle.as_ref()))
+            .collect()
+    }
+}
+
+impl WebhookConfig for MutatingWebhookConfiguration {
+    const KIND: &'static str = "MutatingWebhookConfiguration";
+    fn bundles(&self) -> Vec<(&str, Option<&ByteString>)> {
+        let hooks = self.webhooks.iter().flatten();
+        hooks
+            .map(|w| (w.name.as_str(), w.client_config.ca_bundle.as_ref()))
+            .collect()
+    }
+}
+
+/// Sets `caBundle` of every webhook in the named configuration of kind `K` (and only that one).
+/// Returns whether anything changed.
+pub async fn patch_ca_bundle<K: WebhookConfig>(
     client: Client,
     config_name: &str,
     ca_bundle: &str,
 ) -> Result<bool, CertError> {
-    let api: Api<ValidatingWebhookConfiguration> = Api::all(client);
+    let api: Api<K> = Api::all(client);
     let err = |action, source| CertError::Webhook {
         action,
+        kind: K::KIND,
         name: config_name.to_string(),
         source: Box::new(source),
     };
-    let vwc = api.get(config_name).await.map_err(|e| err("reading", e))?;
+    let config = api.get(config_name).await.map_err(|e| err("reading", e))?;
     let want = ByteString(ca_bundle.as_bytes().to_vec());
-    let stale: Vec<serde_json::Value> = vwc
-        .webhooks
-        .iter()
-        .flatten()
-        .filter(|w| w.client_config.ca_bundle.as_ref() != Some(&want))
-        .map(|w| serde_json::json!({"name": w.name, "clientConfig": {"caBundle": want}}))
+    let stale: Vec<serde_json::Value> = config
+        .bundles()
+        .into_iter()
+        .filter(|(_, have)| *have != Some(&want))
+        .map(|(name, _)| serde_json::json!({"name": name, "clientConfig": {"caBundle": want}}))
         .collect();
     if stale.is_empty() {
         return Ok(false);

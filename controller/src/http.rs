@@ -1,6 +1,6 @@
 //! The controller's two servers: plain HTTP for `/metrics`, `/healthz` and `/readyz`, and HTTPS
-//! for the webhooks (`POST /validate-lan`, `POST /validate-pod`), whose certificate can be
-//! swapped while it runs.
+//! for the webhooks (`POST /validate-lan`, `POST /validate-pod`, `POST /mutate-pod`), whose
+//! certificate can be swapped while it runs.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,12 +22,14 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::cert::{LiveCert, provider};
 use crate::metrics::{self, Metrics};
-use crate::{tenancy, webhook};
+use crate::{gate, tenancy, webhook};
 
 /// Path the ValidatingWebhookConfiguration calls for LANs.
 pub const WEBHOOK_PATH: &str = "/validate-lan";
 /// Path the ValidatingWebhookConfiguration calls for pods that request spoke resources.
 pub const POD_WEBHOOK_PATH: &str = "/validate-pod";
+/// Path the MutatingWebhookConfiguration calls for pods that request spoke resources.
+pub const POD_GATE_PATH: &str = "/mutate-pod";
 
 /// Why a server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -107,12 +109,17 @@ pub struct WebhookState {
     pub client: kube::Client,
 }
 
-/// `POST /validate-lan`, `POST /validate-pod`.
+/// `POST /validate-lan`, `POST /validate-pod`, `POST /mutate-pod`.
 pub fn webhook_router(state: WebhookState) -> Router {
     Router::new()
         .route(WEBHOOK_PATH, post(validate))
         .route(POD_WEBHOOK_PATH, post(validate_pod))
+        .route(POD_GATE_PATH, post(gate_pod))
         .with_state(state)
+}
+
+async fn gate_pod(State(s): State<WebhookState>, body: Bytes) -> Response {
+    respond(&s, "pod", gate::handle(&body))
 }
 
 async fn validate(State(s): State<WebhookState>, body: Bytes) -> Response {

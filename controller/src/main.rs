@@ -9,14 +9,16 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use clap::{Parser, ValueEnum};
 use futures::StreamExt;
-use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
 use k8s_openapi::jiff::Timestamp;
 use k8slan_api::LAN;
 use k8slan_controller::cert::{self, LiveCert, SecretStore};
 use k8slan_controller::http::{self, ProbeState, WebhookState};
 use k8slan_controller::lan::{self, Settings};
 use k8slan_controller::metrics::Metrics;
-use k8slan_controller::{claims, nad, webhook};
+use k8slan_controller::{claims, gate, nad, webhook};
 use kube::api::ListParams;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::Store;
@@ -64,6 +66,14 @@ struct Args {
         default_value = "k8slan-validating-webhook"
     )]
     webhook_config_name: String,
+    /// The only MutatingWebhookConfiguration (the spoke gate of pods) whose caBundle the
+    /// controller patches.
+    #[arg(
+        long,
+        env = "K8SLAN_MUTATING_WEBHOOK_CONFIG",
+        default_value = "k8slan-mutating-webhook"
+    )]
+    mutating_webhook_config_name: String,
     /// Service in front of the webhook (its DNS names go into the serving certificate).
     #[arg(long, env = "K8SLAN_WEBHOOK_SERVICE", default_value = "k8slan-webhook")]
     service_name: String,
@@ -125,6 +135,10 @@ fn validate_args(args: &Args) -> Result<()> {
         v::object_name("--pod-name", pod)?;
     }
     v::object_name("--webhook-config-name", &args.webhook_config_name)?;
+    v::object_name(
+        "--mutating-webhook-config-name",
+        &args.mutating_webhook_config_name,
+    )?;
     v::service_name("--service-name", &args.service_name)?;
     v::object_name("--tls-secret", &args.tls_secret)?;
     v::node_directory("--dev-dir", &args.dev_dir)
@@ -189,6 +203,13 @@ async fn main() -> Result<()> {
         },
     ));
     tokio::spawn(claims::run(claim_sweeper(&args, &client, &running)));
+    tokio::spawn(
+        gate::Keeper {
+            client: client.clone(),
+            recorder: recorder(&args, &client),
+        }
+        .run(),
+    );
     tokio::spawn(keep_certificate(
         args.clone(),
         client.clone(),
@@ -196,7 +217,20 @@ async fn main() -> Result<()> {
         metrics.clone(),
     ));
     if args.cert_mode == CertMode::SelfSigned {
-        tokio::spawn(keep_ca_bundle(args.clone(), client.clone()));
+        let (validating, mutating) = (
+            args.webhook_config_name.clone(),
+            args.mutating_webhook_config_name.clone(),
+        );
+        tokio::spawn(keep_ca_bundle::<ValidatingWebhookConfiguration>(
+            args.clone(),
+            client.clone(),
+            validating,
+        ));
+        tokio::spawn(keep_ca_bundle::<MutatingWebhookConfiguration>(
+            args.clone(),
+            client.clone(),
+            mutating,
+        ));
     }
 
     tokio::spawn(mark_ready(client.clone(), running.lans.clone(), ready));
@@ -216,19 +250,24 @@ fn claim_sweeper(args: &Args, client: &Client, running: &lan::Running) -> claims
         client: client.clone(),
         leases: running.leases.clone(),
         lans: running.lans.clone(),
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: lan::FIELD_MANAGER.into(),
-                instance: args.pod_name.clone(),
-            },
-        ),
+        recorder: recorder(args, client),
         settings: claims::Settings {
             namespace: args.namespace.clone(),
             period: Duration::from_secs(args.claim_check_seconds),
             grace: Duration::from_secs(args.claim_grace_seconds),
         },
     }
+}
+
+/// The controller's event recorder.
+fn recorder(args: &Args, client: &Client) -> Recorder {
+    Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: lan::FIELD_MANAGER.into(),
+            instance: args.pod_name.clone(),
+        },
+    )
 }
 
 /// Marks the controller ready once the LAN cache holds the cluster's LANs. The cache swaps in its
@@ -272,7 +311,7 @@ async fn first_certificate(args: &Args, client: &Client) -> Result<Arc<LiveCert>
             let store = secret_store(args, client);
             let names = cert::dns_names(&args.service_name, &args.namespace);
             let m = store.ensure(&names, Timestamp::now()).await?;
-            publish_ca(client, &args.webhook_config_name, &m.ca_bundle).await;
+            publish_ca(client, args, &m.ca_bundle).await;
             cert::certified_key(
                 &m.cert,
                 &m.key,
@@ -283,9 +322,21 @@ async fn first_certificate(args: &Args, client: &Client) -> Result<Arc<LiveCert>
     Ok(LiveCert::new(key))
 }
 
-async fn publish_ca(client: &Client, config: &str, bundle: &str) {
-    match cert::patch_ca_bundle(client.clone(), config, bundle).await {
-        Ok(true) => tracing::info!(config, "patched the webhook caBundle"),
+/// Publishes the CA bundle into both webhook configurations.
+async fn publish_ca(client: &Client, args: &Args, bundle: &str) {
+    publish_ca_into::<ValidatingWebhookConfiguration>(client, &args.webhook_config_name, bundle)
+        .await;
+    publish_ca_into::<MutatingWebhookConfiguration>(
+        client,
+        &args.mutating_webhook_config_name,
+        bundle,
+    )
+    .await;
+}
+
+async fn publish_ca_into<K: cert::WebhookConfig>(client: &Client, config: &str, bundle: &str) {
+    match cert::patch_ca_bundle::<K>(client.clone(), config, bundle).await {
+        Ok(true) => tracing::info!(kind = K::KIND, config, "patched the webhook caBundle"),
         Ok(false) => {}
         // Not fatal: the configuration may not exist yet (installed after us); keep_ca_bundle retries.
         Err(e) => tracing::warn!(error = %e, "cannot publish the webhook CA yet"),
@@ -305,7 +356,7 @@ async fn keep_certificate(args: Args, client: Client, live: Arc<LiveCert>, metri
             CertMode::CertManager => cert::load_dir(&args.cert_dir),
             CertMode::SelfSigned => match store.ensure(&names, Timestamp::now()).await {
                 Ok(m) => {
-                    publish_ca(&client, &args.webhook_config_name, &m.ca_bundle).await;
+                    publish_ca(&client, &args, &m.ca_bundle).await;
                     Ok((m.cert, m.key))
                 }
                 Err(e) => Err(e),
@@ -331,12 +382,11 @@ async fn keep_certificate(args: Args, client: Client, live: Arc<LiveCert>, metri
     }
 }
 
-/// Re-publishes the caBundle whenever the webhook configuration changes (a `helm upgrade`
-/// re-renders it without one).
-async fn keep_ca_bundle(args: Args, client: Client) {
-    let api: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
-    let cfg =
-        watcher::Config::default().fields(&format!("metadata.name={}", args.webhook_config_name));
+/// Re-publishes the caBundle whenever the webhook configuration `name` of kind `K` changes (a
+/// `helm upgrade` re-renders it without one).
+async fn keep_ca_bundle<K: cert::WebhookConfig>(args: Args, client: Client, name: String) {
+    let api: Api<K> = Api::all(client.clone());
+    let cfg = watcher::Config::default().fields(&format!("metadata.name={name}"));
     let store = secret_store(&args, &client);
     let names = cert::dns_names(&args.service_name, &args.namespace);
     let mut changes = watcher(api, cfg)
@@ -346,10 +396,12 @@ async fn keep_ca_bundle(args: Args, client: Client) {
     while let Some(ev) = changes.next().await {
         match ev {
             Ok(_) => match store.ensure(&names, Timestamp::now()).await {
-                Ok(m) => publish_ca(&client, &args.webhook_config_name, &m.ca_bundle).await,
+                Ok(m) => publish_ca_into::<K>(&client, &name, &m.ca_bundle).await,
                 Err(e) => tracing::warn!(error = %e, "cannot read the webhook certificate"),
             },
-            Err(e) => tracing::warn!(error = %e, "watching the webhook configuration"),
+            Err(e) => {
+                tracing::warn!(kind = K::KIND, error = %e, "watching the webhook configuration")
+            }
         }
     }
 }

@@ -150,7 +150,7 @@ def wait_pods_running(kubectl, namespace, *names, timeout=120):
 
 # --- k8slan: product constants and names ------------------------------------------------
 # k8slan's own defaults, which the chart installs unchanged: api/src/naming.rs (RESOURCE_DOMAIN,
-# DEFAULT_NETNS_DIR, DEFAULT_DEV_DIR, LINK_ALIAS_PREFIX) and charts/k8slan/values.yaml
+# DEFAULT_NETNS_DIR, DEFAULT_DEV_DIR, LINK_ALIAS_PREFIX, SPOKE_GATE) and charts/k8slan/values.yaml
 # (agent.kubeletDir, agent.netnsDir, agent.devDir). They are part of the contract with users, so
 # they are written here on purpose; test_helpers.py fails when they and those sources disagree.
 RESOURCE_DOMAIN = "macvtap.k8slan.io"
@@ -158,6 +158,7 @@ K8SLAN_RUN_DIR = "/run/k8slan"
 LAN_NETNS_DIR = f"{K8SLAN_RUN_DIR}/netns"
 LAN_DEV_DIR = f"{K8SLAN_RUN_DIR}/dev"
 LINK_ALIAS_PREFIX = "k8slan:"
+SPOKE_GATE = "k8slan.io/spoke"  # the scheduling gate of pods that request a spoke
 KUBELET_DIR = "/var/lib/kubelet"
 DEVICE_PLUGIN_DIR = f"{KUBELET_DIR}/device-plugins"      # the kubelet's; the agent serves its sockets there
 AGENT_DAEMONSET = "k8slan-ds"
@@ -493,16 +494,32 @@ def pod_mac(kubectl, namespace, pod, ifname=LAN_IF):
 
 # --- scheduling and the kubelet -----------------------------------------------------------
 
+def waiting_event(kubectl, namespace, pod):
+    """The note of the controller's WaitingForSpoke event on the pod, or None."""
+    events = kubectl.json("-n", namespace, "get", "events.events.k8s.io")["items"]
+    notes = [e.get("note", "") for e in events
+             if e.get("reason") == "WaitingForSpoke" and e.get("regarding", {}).get("name") == pod]
+    return notes[-1] if notes else None
+
+
 def assert_stays_pending(kubectl, namespace, pod, resource, seconds=8):
-    """The pod is unschedulable for want of `resource`, and stays unscheduled for `seconds`."""
-    def unschedulable():
+    """The pod waits for `resource` and stays unscheduled for `seconds`: either held at its
+    scheduling gate (k8slan.io/spoke) with a WaitingForSpoke event naming the spoke, or
+    unschedulable for want of the resource. Returns the PodScheduled condition."""
+    spoke = resource.split("/", 1)[1].split("-", 2)[2]   # k8slan-<kind>-<spoke>
+
+    def waiting():
         p = kubectl.json("-n", namespace, "get", "pod", pod)
         for c in p["status"].get("conditions", []):
-            if c["type"] == "PodScheduled" and c["status"] == "False" and c.get("reason") == "Unschedulable":
+            if c["type"] != "PodScheduled" or c["status"] != "False":
+                continue
+            if c.get("reason") == "Unschedulable" and resource in c.get("message", ""):
+                return c
+            note = waiting_event(kubectl, namespace, pod)
+            if c.get("reason") == "SchedulingGated" and note and f"spoke {spoke} " in note:
                 return c
         return None
-    cond = wait_for(unschedulable, 30, what=f"pod {pod} Unschedulable")
-    assert resource in cond.get("message", ""), cond
+    cond = wait_for(waiting, 30, what=f"pod {pod} waiting for {resource}")
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         p = kubectl.json("-n", namespace, "get", "pod", pod)

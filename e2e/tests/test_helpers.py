@@ -31,6 +31,7 @@ def test_product_constants_match_the_api_and_the_chart():
     assert rust["DEFAULT_NETNS_DIR"] == helpers.LAN_NETNS_DIR
     assert rust["DEFAULT_DEV_DIR"] == helpers.LAN_DEV_DIR
     assert rust["LINK_ALIAS_PREFIX"] == helpers.LINK_ALIAS_PREFIX
+    assert rust["SPOKE_GATE"] == helpers.SPOKE_GATE
     values = (REPO / "charts" / "k8slan" / "values.yaml").read_text()
     chart = dict(re.findall(r"^  (kubeletDir|netnsDir|devDir): (\S+)$", values, re.M))
     assert chart == {"kubeletDir": helpers.KUBELET_DIR, "netnsDir": helpers.LAN_NETNS_DIR,

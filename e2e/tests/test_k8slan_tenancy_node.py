@@ -33,30 +33,28 @@ def foreign_namespace(kubectl):
 
 @contextlib.contextmanager
 def pod_webhooks_bypassed(kubectl, namespace):
-    """Exclude `namespace` from every k8slan webhook that matches pods, for the block's length
-    (a webhook that is not there, or whose failurePolicy let a request through in an outage)."""
-    configs = kubectl.json("get", "validatingwebhookconfigurations",
-                           "-l", "app.kubernetes.io/name=k8slan")["items"]
+    """Exclude `namespace` from every k8slan webhook that matches pods, validating and mutating,
+    for the block's length (a webhook that is not there, or whose failurePolicy let a request
+    through in an outage)."""
     saved = []
-    for cfg in configs:
-        for i, hook in enumerate(cfg.get("webhooks", [])):
-            if not any("pods" in r.get("resources", []) for r in hook.get("rules", [])):
-                continue
-            saved.append((cfg["metadata"]["name"], i, hook.get("namespaceSelector")))
-            selector = {"matchExpressions": [{"key": "kubernetes.io/metadata.name",
-                                              "operator": "NotIn", "values": [namespace]}]}
-            patch = [{"op": "add", "path": f"/webhooks/{i}/namespaceSelector", "value": selector}]
-            kubectl("patch", "validatingwebhookconfiguration", cfg["metadata"]["name"],
-                    "--type=json", "-p", json.dumps(patch))
+    for kind in ("validatingwebhookconfiguration", "mutatingwebhookconfiguration"):
+        for cfg in kubectl.json("get", kind, "-l", "app.kubernetes.io/name=k8slan")["items"]:
+            for i, hook in enumerate(cfg.get("webhooks", [])):
+                if not any("pods" in r.get("resources", []) for r in hook.get("rules", [])):
+                    continue
+                saved.append((kind, cfg["metadata"]["name"], i, hook.get("namespaceSelector")))
+                selector = {"matchExpressions": [{"key": "kubernetes.io/metadata.name",
+                                                  "operator": "NotIn", "values": [namespace]}]}
+                patch = [{"op": "add", "path": f"/webhooks/{i}/namespaceSelector", "value": selector}]
+                kubectl("patch", kind, cfg["metadata"]["name"], "--type=json", "-p", json.dumps(patch))
     try:
         yield
     finally:
-        for name, i, selector in saved:
+        for kind, name, i, selector in saved:
             op = ({"op": "replace", "path": f"/webhooks/{i}/namespaceSelector", "value": selector}
                   if selector is not None else
                   {"op": "remove", "path": f"/webhooks/{i}/namespaceSelector"})
-            kubectl("patch", "validatingwebhookconfiguration", name, "--type=json", "-p",
-                    json.dumps([op]), check=False)
+            kubectl("patch", kind, name, "--type=json", "-p", json.dumps([op]), check=False)
 
 
 def denial_event(kubectl, namespace, pod):

@@ -85,6 +85,8 @@ def test_helm_uninstall_leaves_no_k8slan_state(k8slan, namespace):
     print(f"\nleft in {K8SLAN_NAMESPACE} (documented): {leases}")
     assert not kubectl("get", "validatingwebhookconfigurations", "k8slan-validating-webhook",
                        "--ignore-not-found", "-o", "name").strip()
+    assert not kubectl("get", "mutatingwebhookconfigurations", "k8slan-mutating-webhook",
+                       "--ignore-not-found", "-o", "name").strip()
     left = [x for n in NODES for x in k8slan_state(n) if not any(belongs_to(x, ns, sp) for ns, sp in others)]
     assert not left, "k8slan state left after helm uninstall:\n" + "\n".join(left)
     # Kept by design (see the module docstring).

@@ -23,4 +23,5 @@ app.kubernetes.io/component: agent
 {{/* Fixed names: the docs, the agents and the e2e tests refer to them. */}}
 {{- define "k8slan.webhookService" -}}k8slan-webhook{{- end -}}
 {{- define "k8slan.webhookConfig" -}}k8slan-validating-webhook{{- end -}}
+{{- define "k8slan.mutatingWebhookConfig" -}}k8slan-mutating-webhook{{- end -}}
 {{- define "k8slan.tlsSecret" -}}k8slan-webhook-tls{{- end -}}
