@@ -304,41 +304,9 @@ async fn twins_are_exclusive_until_the_member_goes_away() {
     );
 }
 
-/// The new kubelet answers `List` before it recreates its registration socket, and no `List`
-/// failed in between: the replaced pod-resources socket alone tells the plugin not to take the
-/// empty listing for a release.
-#[tokio::test]
-async fn a_new_kubelet_listing_nothing_before_it_registers_releases_no_member() {
-    let tmp = TempDir::new().unwrap();
-    let mut n = serving_lan1(&tmp, &["s1"], MAC_S1).await;
-    n.kubelet.allocate(VETH_S1, &["s1"]).await.unwrap();
-    n.pod_resources.set(&[("default/pod1", VETH_S1, "s1")]);
-    eventually(|| n.claims.get("s1").and_then(|c| c.pod).is_some()).await;
-    let released = |n: &TestNode| n.preparer.calls().iter().any(|c| c.op == "release");
-
-    n.pod_resources.set(&[]);
-    n.pod_resources.restart().unwrap();
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    assert!(
-        !released(&n),
-        "a live member was released on the new kubelet's first listing: {:?}",
-        n.preparer.calls()
-    );
-    assert!(n.claims.get("s1").is_some(), "the claim was dropped");
-
-    // The new kubelet has synced the pod: it stays; once the pod is gone it is released.
-    n.pod_resources.set(&[("default/pod1", VETH_S1, "s1")]);
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert!(!released(&n), "{:?}", n.preparer.calls());
-    n.pod_resources.set(&[]);
-    assert!(wait_health(&n, MAC_S1, "Healthy").await);
-    assert!(released(&n));
-}
-
-#[tokio::test]
-async fn a_restarted_kubelet_that_lists_nothing_yet_releases_no_member() {
-    let tmp = TempDir::new().unwrap();
-    let mut n = serving_lan1(&tmp, &["s1"], MAC_S1).await;
+/// A node serving `lan1` whose spoke `s1` (veth) is held by `default/pod1`, recorded on the claim.
+async fn held_by_pod1(tmp: &TempDir) -> TestNode {
+    let n = serving_lan1(tmp, &["s1"], MAC_S1).await;
     n.kubelet.allocate(VETH_S1, &["s1"]).await.unwrap();
     n.pod_resources.set(&[("default/pod1", VETH_S1, "s1")]);
     eventually(|| n.claims.get("s1").and_then(|c| c.pod).is_some()).await;
@@ -346,8 +314,49 @@ async fn a_restarted_kubelet_that_lists_nothing_yet_releases_no_member() {
         n.claims.get("s1").unwrap().pod.as_deref(),
         Some("default/pod1")
     );
-    let released = |n: &TestNode| n.preparer.calls().iter().any(|c| c.op == "release");
+    n
+}
 
+fn released(n: &TestNode) -> bool {
+    n.preparer.calls().iter().any(|c| c.op == "release")
+}
+
+/// After a kubelet restart whose first listings were empty: nothing was released; the kubelet
+/// lists the member again and nothing changes, even after the hold; the pod really goes away
+/// and it is released as usual.
+async fn member_survives_the_restart_and_leaves_as_usual(n: &TestNode) {
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(
+        !released(n),
+        "a live member was released on the new kubelet's first listings: {:?}",
+        n.preparer.calls()
+    );
+    assert!(n.claims.get("s1").is_some(), "the claim was dropped");
+    assert_eq!(health(n, MAC_S1).as_deref(), Some("Unhealthy"));
+    n.pod_resources.set(&[("default/pod1", VETH_S1, "s1")]);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(!released(n), "{:?}", n.preparer.calls());
+    n.pod_resources.set(&[]);
+    assert!(wait_health(n, MAC_S1, "Healthy").await);
+    assert!(released(n));
+}
+
+/// The new kubelet answers `List` before it recreates its registration socket, and no `List`
+/// failed in between: the replaced pod-resources socket alone tells the plugin not to take the
+/// empty listing for a release.
+#[tokio::test]
+async fn a_new_kubelet_listing_nothing_before_it_registers_releases_no_member() {
+    let tmp = TempDir::new().unwrap();
+    let mut n = held_by_pod1(&tmp).await;
+    n.pod_resources.set(&[]);
+    n.pod_resources.restart().unwrap();
+    member_survives_the_restart_and_leaves_as_usual(&n).await;
+}
+
+#[tokio::test]
+async fn a_restarted_kubelet_that_lists_nothing_yet_releases_no_member() {
+    let tmp = TempDir::new().unwrap();
+    let mut n = held_by_pod1(&tmp).await;
     // The kubelet restarts and, until it has synced its pods, lists none.
     n.pod_resources.set(&[]);
     n.kubelet.restart().unwrap();
@@ -356,24 +365,7 @@ async fn a_restarted_kubelet_that_lists_nothing_yet_releases_no_member() {
             .wait_until(WAIT, |m| m.len() == 2 && m.values().all(|r| r.streaming))
             .await
     );
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    assert!(
-        !released(&n),
-        "a live member was released: {:?}",
-        n.preparer.calls()
-    );
-    assert!(n.claims.get("s1").is_some(), "the claim was dropped");
-    assert_eq!(health(&n, MAC_S1).as_deref(), Some("Unhealthy"));
-
-    // It lists the member again: nothing changes, even after the hold.
-    n.pod_resources.set(&[("default/pod1", VETH_S1, "s1")]);
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert!(!released(&n), "{:?}", n.preparer.calls());
-
-    // The pod really goes away: released as usual.
-    n.pod_resources.set(&[]);
-    assert!(wait_health(&n, MAC_S1, "Healthy").await);
-    assert!(released(&n));
+    member_survives_the_restart_and_leaves_as_usual(&n).await;
 }
 
 #[tokio::test]
