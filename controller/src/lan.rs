@@ -6,7 +6,7 @@
 //! change for the LANs that clash with it or are currently rejected (so that deleting or fixing
 //! the winner lets the loser in). A resync every [`RESYNC`] covers anything missed.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -162,13 +162,24 @@ pub async fn reconcile(lan: Arc<LAN>, ctx: Arc<Context>) -> Result<Action, LanEr
         return Ok(Action::await_change());
     }
     let me = lan_ref(&lan);
-    let namespace = me.namespace.clone();
     let all = ctx.lans.state();
     ctx.metrics.lans.set(all.len() as i64);
     let (rejected, rejected_count) = rejection(&lan, &all);
     ctx.metrics.conflicting_lans.set(rejected_count as i64);
+    let nad_conflicts = sync_nads(&lan, &ctx, &me, rejected.is_none()).await?;
+    sync_status(&lan, &ctx, &me, rejected, nad_conflicts).await?;
+    Ok(Action::requeue(RESYNC))
+}
 
-    // NADs: only an accepted LAN has them; a rejected one loses those it had.
+/// Brings the LAN's NADs in line: an accepted LAN has them, a rejected one loses those it had.
+/// Returns the NADs it may not take over (`<name> (controlled by <owner>)`).
+async fn sync_nads(
+    lan: &LAN,
+    ctx: &Context,
+    me: &LanRef,
+    accepted: bool,
+) -> Result<Vec<String>, LanError> {
+    let namespace = me.namespace.clone();
     let nads: Api<NetworkAttachmentDefinition> = Api::namespaced(ctx.client.clone(), &namespace);
     let existing =
         nads.list(&ListParams::default())
@@ -178,78 +189,92 @@ pub async fn reconcile(lan: Arc<LAN>, ctx: Arc<Context>) -> Result<Action, LanEr
                 namespace: namespace.clone(),
                 source: Box::new(source),
             })?;
-    let desired = match rejected {
-        None => nad::desired(&lan, &ctx.cni).map_err(|source| LanError::Nad {
+    let desired = if accepted {
+        nad::desired(lan, &ctx.cni).map_err(|source| LanError::Nad {
             lan: me.clone(),
             source,
-        })?,
-        Some(_) => Vec::new(),
+        })?
+    } else {
+        Vec::new()
     };
     let uid = lan.metadata.uid.clone().unwrap_or_default();
     let plan = nad::plan(&uid, desired, &existing.items);
-    let apply = PatchParams::apply(FIELD_MANAGER).force();
-    for want in &plan.apply {
-        let name = want.name_any();
-        nads.patch(&name, &apply, &Patch::Apply(nad::with_type_meta(want)))
-            .await
-            .map_err(|source| LanError::WriteNad {
-                lan: me.clone(),
-                action: "applying",
-                name: name.clone(),
-                source: Box::new(source),
-            })?;
-        tracing::info!(nad = %name, "applied NetworkAttachmentDefinition");
-    }
-    for name in &plan.prune {
-        match nads.delete(name, &DeleteParams::default()).await {
-            Ok(_) => tracing::info!(nad = %name, "pruned NetworkAttachmentDefinition"),
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(source) => {
-                return Err(LanError::WriteNad {
-                    lan: me.clone(),
-                    action: "deleting",
-                    name: name.clone(),
-                    source: Box::new(source),
-                });
-            }
-        }
-    }
+    apply_nads(&nads, me, &plan).await?;
     ctx.metrics
         .nad_conflicts
         .get_or_create(&crate::metrics::LanLabel {
             lan: me.to_string(),
         })
         .set(plan.conflicts.len() as i64);
-    let nad_conflicts: Vec<String> = plan
+    Ok(plan
         .conflicts
         .iter()
         .map(|c| format!("{} (controlled by {})", c.name, c.owner))
-        .collect();
+        .collect())
+}
 
-    // Status.
+/// Applies and prunes what the NAD plan says.
+async fn apply_nads(
+    nads: &Api<NetworkAttachmentDefinition>,
+    me: &LanRef,
+    plan: &nad::NadPlan,
+) -> Result<(), LanError> {
+    let write_err = |action, name: &str, source| LanError::WriteNad {
+        lan: me.clone(),
+        action,
+        name: name.to_string(),
+        source: Box::new(source),
+    };
+    let apply = PatchParams::apply(FIELD_MANAGER).force();
+    for want in &plan.apply {
+        let name = want.name_any();
+        nads.patch(&name, &apply, &Patch::Apply(nad::with_type_meta(want)))
+            .await
+            .map_err(|e| write_err("applying", &name, e))?;
+        tracing::info!(nad = %name, "applied NetworkAttachmentDefinition");
+    }
+    for name in &plan.prune {
+        match nads.delete(name, &DeleteParams::default()).await {
+            Ok(_) => tracing::info!(nad = %name, "pruned NetworkAttachmentDefinition"),
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(source) => return Err(write_err("deleting", name, source)),
+        }
+    }
+    Ok(())
+}
+
+/// Aggregates the agents' reports and claims into the LAN's status; writes it and publishes
+/// condition transitions when it changed.
+async fn sync_status(
+    lan: &LAN,
+    ctx: &Context,
+    me: &LanRef,
+    rejected: Option<Rejection>,
+    nad_conflicts: Vec<String>,
+) -> Result<(), LanError> {
     let (reports, claims) = read_leases(&ctx.leases.state());
     let previous = lan.status.clone().unwrap_or_default();
     let next = status::aggregate(Inputs {
-        lan: &me,
+        lan: me,
         generation: lan.metadata.generation.unwrap_or(0),
         spoke_count: lan.spec.spokes.len(),
-        rejection: rejected.clone(),
-        nad_conflicts: nad_conflicts.clone(),
+        rejection: rejected,
+        nad_conflicts,
         reports: reports.iter().map(|(n, r)| (n.as_str(), r)).collect(),
         claims: &claims,
         previous: &previous.conditions,
         now: Time(Timestamp::now()),
     });
     if next != previous {
-        write_status(&ctx, &lan, &next)
+        write_status(ctx, lan, &next)
             .await
             .map_err(|source| LanError::Status {
                 lan: me.clone(),
                 source: Box::new(source),
             })?;
-        publish_transitions(&ctx, &lan, &previous, &next).await;
+        publish_transitions(ctx, lan, &previous, &next).await;
     }
-    Ok(Action::requeue(RESYNC))
+    Ok(())
 }
 
 async fn write_status(ctx: &Context, lan: &LAN, status: &LanStatus) -> Result<(), kube::Error> {
@@ -359,6 +384,54 @@ pub struct Running {
 }
 
 /// Builds the controller; the returned future runs it until SIGTERM.
+/// A Lease change reconciles the LANs it mentions now and those it mentioned before.
+fn lease_mapper() -> impl Fn(Lease) -> Vec<ObjectRef<LAN>> + Send + Sync + 'static {
+    let seen: Arc<Mutex<HashMap<String, BTreeSet<LanRef>>>> = Arc::default();
+    move |lease: Lease| {
+        let now = lease_lans(&lease);
+        let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+        let before = seen
+            .insert(lease.name_any(), now.clone())
+            .unwrap_or_default();
+        before.union(&now).map(obj_ref).collect::<Vec<_>>()
+    }
+}
+
+/// A LAN change re-judges the LANs it clashes with and those currently rejected.
+fn lan_mapper(lans: Store<LAN>) -> impl Fn(LAN) -> Vec<ObjectRef<LAN>> + Send + Sync + 'static {
+    move |changed: LAN| {
+        let me = lan_ref(&changed);
+        let all = lans.state();
+        let views: Vec<LanKeys<'_>> = all.iter().map(|l| view(l)).collect();
+        let clashing = conflict::clashes(&view(&changed), &views);
+        let rejected = all.iter().filter(|l| {
+            l.status
+                .as_ref()
+                .and_then(|s| status::condition_status(&s.conditions, ACCEPTED))
+                == Some("False")
+        });
+        let mut out: BTreeSet<LanRef> = clashing.into_iter().map(|c| c.other).collect();
+        out.extend(rejected.map(|l| lan_ref(l)));
+        out.remove(&me);
+        out.iter().map(obj_ref).collect::<Vec<_>>()
+    }
+}
+
+/// Counts a finished reconcile (its errors are counted and logged by `error_policy`).
+fn count_reconcile<E: std::fmt::Display>(
+    metrics: &Metrics,
+    res: Result<(ObjectRef<LAN>, Action), kube::runtime::controller::Error<LanError, E>>,
+) {
+    match res {
+        Ok((obj, _)) => {
+            metrics.reconciled(true);
+            tracing::debug!(lan = %obj, "reconciled");
+        }
+        Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
+        Err(e) => tracing::warn!(error = %e, "controller"),
+    }
+}
+
 pub fn start(client: Client, settings: Settings, metrics: Arc<Metrics>) -> Running {
     let lans_api: Api<LAN> = Api::all(client.clone());
     let controller = Controller::new(lans_api.clone(), watcher::Config::default())
@@ -379,39 +452,8 @@ pub fn start(client: Client, settings: Settings, metrics: Arc<Metrics>) -> Runni
     )
     .default_backoff()
     .touched_objects();
-    let seen: Arc<Mutex<HashMap<String, BTreeSet<LanRef>>>> = Arc::default();
-    let lease_mapper = move |lease: Lease| {
-        let now = lease_lans(&lease);
-        let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
-        let before = seen
-            .insert(lease.name_any(), now.clone())
-            .unwrap_or_default();
-        before.union(&now).map(obj_ref).collect::<Vec<_>>()
-    };
-
-    // A LAN change re-judges the LANs it clashes with and those currently rejected.
-    let store_for_map = lans.clone();
-    let lan_mapper = move |changed: LAN| {
-        let me = lan_ref(&changed);
-        let all = store_for_map.state();
-        let views: Vec<LanKeys<'_>> = all.iter().map(|l| view(l)).collect();
-        let clashing = conflict::clashes(&view(&changed), &views);
-        let rejected = all.iter().filter(|l| {
-            l.status
-                .as_ref()
-                .and_then(|s| status::condition_status(&s.conditions, ACCEPTED))
-                == Some("False")
-        });
-        let mut out: BTreeMap<LanRef, ()> = BTreeMap::new();
-        for c in clashing {
-            out.insert(c.other, ());
-        }
-        for l in rejected {
-            out.insert(lan_ref(l), ());
-        }
-        out.remove(&me);
-        out.keys().map(obj_ref).collect::<Vec<_>>()
-    };
+    let lease_mapper = lease_mapper();
+    let lan_mapper = lan_mapper(lans.clone());
 
     let reporter = Reporter {
         controller: FIELD_MANAGER.into(),
@@ -436,18 +478,8 @@ pub fn start(client: Client, settings: Settings, metrics: Arc<Metrics>) -> Runni
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(move |res| {
-            let metrics = metrics.clone();
-            async move {
-                match res {
-                    Ok((obj, _)) => {
-                        metrics.reconciled(true);
-                        tracing::debug!(lan = %obj, "reconciled");
-                    }
-                    // Reconcile errors are counted and logged by error_policy.
-                    Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
-                    Err(e) => tracing::warn!(error = %e, "controller"),
-                }
-            }
+            count_reconcile(&metrics, res);
+            async {}
         });
     Running {
         lans,
@@ -463,6 +495,7 @@ mod tests {
     use k8s_openapi::api::coordination::v1::LeaseSpec;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
     use k8slan_api::naming::{claim_lease_name, node_report_lease_name};
+    use std::collections::BTreeMap;
 
     fn lease(name: &str, role: &str, holder: &str, ann: &[(&str, &str)]) -> Lease {
         Lease {

@@ -210,28 +210,7 @@ async fn main() -> Result<()> {
         }
         .run(),
     );
-    tokio::spawn(keep_certificate(
-        args.clone(),
-        client.clone(),
-        live,
-        metrics.clone(),
-    ));
-    if args.cert_mode == CertMode::SelfSigned {
-        let (validating, mutating) = (
-            args.webhook_config_name.clone(),
-            args.mutating_webhook_config_name.clone(),
-        );
-        tokio::spawn(keep_ca_bundle::<ValidatingWebhookConfiguration>(
-            args.clone(),
-            client.clone(),
-            validating,
-        ));
-        tokio::spawn(keep_ca_bundle::<MutatingWebhookConfiguration>(
-            args.clone(),
-            client.clone(),
-            mutating,
-        ));
-    }
+    spawn_certificate_keepers(&args, &client, live, &metrics);
 
     tokio::spawn(mark_ready(client.clone(), running.lans.clone(), ready));
 
@@ -242,6 +221,35 @@ async fn main() -> Result<()> {
         r = webhook => r.context("webhook server task")?.context("webhook server")?,
     }
     Ok(())
+}
+
+/// Keeps the serving certificate fresh and, in selfSigned mode, the CA bundle of both webhook
+/// configurations published.
+fn spawn_certificate_keepers(
+    args: &Args,
+    client: &Client,
+    live: Arc<LiveCert>,
+    metrics: &Arc<Metrics>,
+) {
+    tokio::spawn(keep_certificate(
+        args.clone(),
+        client.clone(),
+        live,
+        metrics.clone(),
+    ));
+    if args.cert_mode != CertMode::SelfSigned {
+        return;
+    }
+    tokio::spawn(keep_ca_bundle::<ValidatingWebhookConfiguration>(
+        args.clone(),
+        client.clone(),
+        args.webhook_config_name.clone(),
+    ));
+    tokio::spawn(keep_ca_bundle::<MutatingWebhookConfiguration>(
+        args.clone(),
+        client.clone(),
+        args.mutating_webhook_config_name.clone(),
+    ));
 }
 
 /// Releases the claims of deleted nodes and gone pods, from the controller's caches.

@@ -107,12 +107,12 @@ pub fn aggregate(input: Inputs<'_>) -> LanStatus {
     }
 }
 
+/// Status, reason and message of the Ready condition.
 fn ready_condition(
     input: &Inputs<'_>,
     nodes: &[NodeLanState],
     ready_nodes: usize,
 ) -> (&'static str, &'static str, String) {
-    let generation = input.generation;
     if input.rejection.is_some() {
         return (
             "False",
@@ -130,32 +130,47 @@ fn ready_condition(
             ),
         );
     }
+    nodes_condition(input.generation, nodes, ready_nodes)
+}
+
+/// `; without an underlay device: <nodes>`, or nothing.
+fn skipped_note(nodes: &[NodeLanState]) -> String {
     let no_underlay: Vec<&str> = nodes
         .iter()
         .filter(|n| n.state == NodeState::NoUnderlay.as_str())
         .map(|n| n.node.as_str())
         .collect();
+    if no_underlay.is_empty() {
+        String::new()
+    } else {
+        format!("; without an underlay device: {}", no_underlay.join(", "))
+    }
+}
+
+/// `<node> (<state>: <message>)` of every taking part node that is not ready.
+fn failed_nodes(taking_part: &[&NodeLanState]) -> Vec<String> {
+    taking_part
+        .iter()
+        .filter(|n| n.state != NodeState::Ready.as_str())
+        .map(|n| {
+            let why = n.message.as_deref().unwrap_or("no message");
+            format!("{} ({}: {why})", n.node, n.state)
+        })
+        .collect()
+}
+
+/// The Ready condition of an accepted LAN that owns its NADs: what the nodes report.
+fn nodes_condition(
+    generation: i64,
+    nodes: &[NodeLanState],
+    ready_nodes: usize,
+) -> (&'static str, &'static str, String) {
     let taking_part: Vec<&NodeLanState> = nodes
         .iter()
         .filter(|n| n.state != NodeState::NoUnderlay.as_str())
         .collect();
-    let skipped = if no_underlay.is_empty() {
-        String::new()
-    } else {
-        format!("; without an underlay device: {}", no_underlay.join(", "))
-    };
-    let failed: Vec<String> = taking_part
-        .iter()
-        .filter(|n| n.state != NodeState::Ready.as_str())
-        .map(|n| {
-            format!(
-                "{} ({}: {})",
-                n.node,
-                n.state,
-                n.message.as_deref().unwrap_or("no message")
-            )
-        })
-        .collect();
+    let skipped = skipped_note(nodes);
+    let failed = failed_nodes(&taking_part);
     if !failed.is_empty() {
         return (
             "False",

@@ -104,41 +104,10 @@ pub fn review(
     if !matches!(request.operation, Operation::Create | Operation::Update) {
         return response;
     }
-    let Some(obj) = &request.object else {
-        return response.deny("the request carries no LAN object");
+    let (me, lan, old) = match incoming(request) {
+        Ok(x) => x,
+        Err(denial) => return response.deny(denial),
     };
-    let lan = match as_lan(obj) {
-        Ok(l) => l,
-        Err(e) => return response.deny(e),
-    };
-    let namespace = lan
-        .namespace()
-        .or_else(|| request.namespace.clone())
-        .unwrap_or_default();
-    let name = if request.name.is_empty() {
-        lan.name_any()
-    } else {
-        request.name.clone()
-    };
-    let me = LanRef::new(namespace, name);
-    if let Err(e) = validate_lan(&me.namespace, &me.name, &lan.spec) {
-        return response.deny(format!("LAN {me}: {e}"));
-    }
-    let old = match (&request.operation, &request.old_object) {
-        (Operation::Update, Some(o)) => match as_lan(o) {
-            Ok(o) => Some(o),
-            Err(e) => return response.deny(format!("LAN {me}: old object: {e}")),
-        },
-        _ => None,
-    };
-    if let Some(old) = &old
-        && old.spec.ns != lan.spec.ns
-    {
-        return response.deny(format!(
-            "LAN {me}: spec.ns is immutable (was {:?}, now {:?}): the LAN namespace exists on every node; create a new LAN to use another namespace",
-            old.spec.ns, lan.spec.ns
-        ));
-    }
     let others: Vec<LanKeys<'_>> = stored
         .iter()
         .map(|l| keys_of(l))
@@ -162,6 +131,44 @@ pub fn review(
         }
         Err(denial) => response.deny(denial),
     }
+}
+
+/// The LAN of a create or update, checked on its own: its reference, the LAN and, on update, the
+/// old LAN. The error is the denial message.
+fn incoming(
+    request: &AdmissionRequest<DynamicObject>,
+) -> Result<(LanRef, LAN, Option<LAN>), String> {
+    let obj = request
+        .object
+        .as_ref()
+        .ok_or("the request carries no LAN object")?;
+    let lan = as_lan(obj)?;
+    let namespace = lan
+        .namespace()
+        .or_else(|| request.namespace.clone())
+        .unwrap_or_default();
+    let name = if request.name.is_empty() {
+        lan.name_any()
+    } else {
+        request.name.clone()
+    };
+    let me = LanRef::new(namespace, name);
+    validate_lan(&me.namespace, &me.name, &lan.spec).map_err(|e| format!("LAN {me}: {e}"))?;
+    let old = match (&request.operation, &request.old_object) {
+        (Operation::Update, Some(o)) => {
+            Some(as_lan(o).map_err(|e| format!("LAN {me}: old object: {e}"))?)
+        }
+        _ => None,
+    };
+    if let Some(old) = &old
+        && old.spec.ns != lan.spec.ns
+    {
+        return Err(format!(
+            "LAN {me}: spec.ns is immutable (was {:?}, now {:?}): the LAN namespace exists on every node; create a new LAN to use another namespace",
+            old.spec.ns, lan.spec.ns
+        ));
+    }
+    Ok((me, lan, old))
 }
 
 /// The cross-LAN rules: denies what the change introduces, warns about what it keeps.
