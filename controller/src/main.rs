@@ -164,17 +164,11 @@ async fn main() -> Result<()> {
         .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
 
     let metrics = Arc::new(Metrics::default());
-    let mut registry = Registry::with_prefix("k8slan_controller");
-    metrics.register(&mut registry);
     let ready = Arc::new(AtomicBool::new(false));
     let any = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
-
     let probes = tokio::spawn(http::serve_probes(
         SocketAddr::new(any, args.metrics_port),
-        ProbeState {
-            registry: Arc::new(registry),
-            ready: ready.clone(),
-        },
+        probe_state(&metrics, &ready),
     ));
 
     let running = lan::start(
@@ -221,6 +215,16 @@ async fn main() -> Result<()> {
         r = webhook => r.context("webhook server task")?.context("webhook server")?,
     }
     Ok(())
+}
+
+/// What `/metrics`, `/healthz` and `/readyz` read.
+fn probe_state(metrics: &Metrics, ready: &Arc<AtomicBool>) -> ProbeState {
+    let mut registry = Registry::with_prefix("k8slan_controller");
+    metrics.register(&mut registry);
+    ProbeState {
+        registry: Arc::new(registry),
+        ready: ready.clone(),
+    }
 }
 
 /// Keeps the serving certificate fresh and, in selfSigned mode, the CA bundle of both webhook
