@@ -12,7 +12,7 @@ use crate::error::{CniError, ErrorCode};
 use crate::ipam::Ipam;
 use crate::link::{LinkError, LinkOps, LinkState, Side};
 use crate::prepared;
-use crate::result::{CniResult, IpConfig, container_interface};
+use crate::result::{CniResult, IpConfig, IpNet, container_interface};
 use crate::tap::DevNum;
 
 fn io(e: LinkError) -> CniError {
@@ -457,7 +457,20 @@ pub fn check(
             "prevResult lists no interface {ifname:?} in sandbox {sandbox:?}"
         ))
     })?;
-    if let Some(expected) = prev.interfaces[index].mac.as_deref() {
+    check_settings(att, &link, prev.interfaces[index].mac.as_deref())?;
+    let present = links.addresses(Side::Sandbox, &link).map_err(io)?;
+    check_addresses(ifname, &present, prev.ips_of(index))?;
+    if let Some(ipam) = ipam {
+        ipam.check()?;
+    }
+    Ok(())
+}
+
+/// CHECK of the link's settings: the MAC `prevResult` lists, up, promiscuous for a macvtap, the
+/// configured MTU.
+fn check_settings(att: &Attachment, link: &LinkState, mac: Option<&str>) -> Result<(), CniError> {
+    let ifname = att.env.ifname.as_str();
+    if let Some(expected) = mac {
         let actual = link.mac.map(|m| m.to_string()).unwrap_or_default();
         if !expected.eq_ignore_ascii_case(&actual) {
             return Err(check_failed(format!(
@@ -480,17 +493,22 @@ pub fn check(
             "interface {ifname:?} has MTU {actual}, the configuration says {mtu}"
         )));
     }
-    let present = links.addresses(Side::Sandbox, &link).map_err(io)?;
-    for ip in prev.ips_of(index) {
+    Ok(())
+}
+
+/// CHECK of the addresses `prevResult` lists for the interface: each is `present`.
+fn check_addresses<'a>(
+    ifname: &str,
+    present: &[IpNet],
+    listed: impl IntoIterator<Item = &'a IpConfig>,
+) -> Result<(), CniError> {
+    for ip in listed {
         if !present.contains(&ip.address) {
             return Err(check_failed(format!(
                 "address {} of interface {ifname:?} is missing",
                 ip.address
             )));
         }
-    }
-    if let Some(ipam) = ipam {
-        ipam.check()?;
     }
     Ok(())
 }
