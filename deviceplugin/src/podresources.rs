@@ -133,7 +133,11 @@ pub fn holdings_from(resp: &ListPodResourcesResponse) -> Holdings {
 /// its kubelet). Failures are logged when the state flips (not at every attempt) and publish
 /// `None`: releases are only ever learnt from a successful listing, and the plugin learns that
 /// the kubelet was away.
-pub async fn poll(mut client: PodResources, interval: Duration, tx: watch::Sender<Option<Listing>>) {
+pub async fn poll(
+    mut client: PodResources,
+    interval: Duration,
+    tx: watch::Sender<Option<Listing>>,
+) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;

@@ -259,7 +259,9 @@ impl MemberTracker {
             self.kubelet = listing.kubelet;
         }
         if replaced {
-            info!("the kubelet's pod-resources socket was replaced (kubelet restart); holding releases");
+            info!(
+                "the kubelet's pod-resources socket was replaced (kubelet restart); holding releases"
+            );
         }
         back || replaced
     }
