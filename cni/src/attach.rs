@@ -16,7 +16,11 @@ use crate::result::{CniResult, IpConfig, IpNet, container_interface};
 use crate::tap::DevNum;
 
 fn io(e: LinkError) -> CniError {
-    CniError::new(ErrorCode::IoFailure, e.to_string())
+    io_failure(e.to_string())
+}
+
+fn io_failure(details: String) -> CniError {
+    CniError::new(ErrorCode::IoFailure, details)
 }
 
 fn check_failed(details: String) -> CniError {
@@ -183,27 +187,21 @@ fn move_into_pod(
         .get(Side::Sandbox, ifname)
         .map_err(io)?
         .ok_or_else(|| {
-            CniError::new(
-                ErrorCode::IoFailure,
-                format!(
-                    "link {:?} was moved into the pod as {ifname:?} but is not there",
-                    original.name
-                ),
-            )
+            io_failure(format!(
+                "link {:?} was moved into the pod as {ifname:?} but is not there",
+                original.name
+            ))
         })?;
     if att.target.plugin == PluginKind::Macvtap && moved.index != original.index {
         // The device plugin handed the pod /dev/tap<ifindex> with the node's ifindex; KubeVirt
         // opens /dev/tap<ifindex in the pod>. They must be the same device.
-        return Err(CniError::new(
-            ErrorCode::IoFailure,
-            format!(
-                "macvtap {:?} got ifindex {} in the pod instead of {} (that index is taken there), so the tap device {} handed to the pod would not match; retry the pod",
-                original.name,
-                moved.index,
-                original.index,
-                k8slan_api::naming::container_tap_path(original.index)
-            ),
-        ));
+        return Err(io_failure(format!(
+            "macvtap {:?} got ifindex {} in the pod instead of {} (that index is taken there), so the tap device {} handed to the pod would not match; retry the pod",
+            original.name,
+            moved.index,
+            original.index,
+            k8slan_api::naming::container_tap_path(original.index)
+        )));
     }
     Ok(moved)
 }
@@ -220,12 +218,7 @@ fn repoint_tap_nodes(
     let after = links
         .tap_devnum(Side::Sandbox, moved)
         .map_err(io)?
-        .ok_or_else(|| {
-            CniError::new(
-                ErrorCode::IoFailure,
-                format!("macvtap {ifname:?} has no tap device in the pod"),
-            )
-        })?;
+        .ok_or_else(|| io_failure(format!("macvtap {ifname:?} has no tap device in the pod")))?;
     if after != before {
         let nodes = links
             .repoint_tap_nodes(dev_dir, before, after)
