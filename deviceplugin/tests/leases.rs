@@ -339,7 +339,7 @@ async fn two_nodes_racing_for_a_spoke_get_one_winner_and_the_loser_learns_it() {
 #[tokio::test]
 async fn broken_claim_leases_of_another_node_are_never_taken_over() {
     let store = Shared::default();
-    let a = holding_s1(&store, SpokeKind::Veth, "node-a").await;
+    holding_s1(&store, SpokeKind::Veth, "node-a").await;
     // Someone strips the annotations of node-a's claim.
     store.lock().unwrap().leases.get_mut("spoke-s1").unwrap()["metadata"]["annotations"] =
         json!({"k8slan.io/kind": "tap"});
