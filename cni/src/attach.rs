@@ -12,10 +12,15 @@ use crate::error::{CniError, ErrorCode};
 use crate::ipam::Ipam;
 use crate::link::{LinkError, LinkOps, LinkState, Side};
 use crate::prepared;
-use crate::result::{CniResult, IpConfig, container_interface};
+use crate::result::{CniResult, IpConfig, IpNet, container_interface};
+use crate::tap::DevNum;
 
 fn io(e: LinkError) -> CniError {
-    CniError::new(ErrorCode::IoFailure, e.to_string())
+    io_failure(e.to_string())
+}
+
+fn io_failure(details: String) -> CniError {
+    CniError::new(ErrorCode::IoFailure, details)
 }
 
 fn check_failed(details: String) -> CniError {
@@ -139,6 +144,33 @@ fn bind(
     } else {
         None
     };
+    let moved = move_into_pod(att, links, original)?;
+    if let Some(before) = tap_before {
+        repoint_tap_nodes(links, dev_dir, ifname, &moved, before)?;
+    }
+    configure_in_pod(att, links, &moved)?;
+    let mut result = CniResult::default();
+    if let Some(alloc) = allocated {
+        address_in_pod(links, &moved, alloc, &mut result)?;
+    }
+    let now = links
+        .get(Side::Sandbox, ifname)
+        .map_err(io)?
+        .unwrap_or(moved);
+    result
+        .interfaces
+        .push(container_interface(ifname, now.mac, sandbox));
+    Ok(result)
+}
+
+/// Moves the prepared link into the pod as `CNI_IFNAME` and returns it there; a macvtap must
+/// keep its ifindex.
+fn move_into_pod(
+    att: &Attachment,
+    links: &mut dyn LinkOps,
+    original: &LinkState,
+) -> Result<LinkState, CniError> {
+    let ifname = att.env.ifname.as_str();
     links.move_to(Side::Host, original, ifname).map_err(|e| {
         if e.is_exists() {
             CniError::new(
@@ -155,95 +187,102 @@ fn bind(
         .get(Side::Sandbox, ifname)
         .map_err(io)?
         .ok_or_else(|| {
-            CniError::new(
-                ErrorCode::IoFailure,
-                format!(
-                    "link {:?} was moved into the pod as {ifname:?} but is not there",
-                    original.name
-                ),
-            )
+            io_failure(format!(
+                "link {:?} was moved into the pod as {ifname:?} but is not there",
+                original.name
+            ))
         })?;
     if att.target.plugin == PluginKind::Macvtap && moved.index != original.index {
         // The device plugin handed the pod /dev/tap<ifindex> with the node's ifindex; KubeVirt
         // opens /dev/tap<ifindex in the pod>. They must be the same device.
-        return Err(CniError::new(
-            ErrorCode::IoFailure,
-            format!(
-                "macvtap {:?} got ifindex {} in the pod instead of {} (that index is taken there), so the tap device {} handed to the pod would not match; retry the pod",
-                original.name,
-                moved.index,
-                original.index,
-                k8slan_api::naming::container_tap_path(original.index)
-            ),
-        ));
+        return Err(io_failure(format!(
+            "macvtap {:?} got ifindex {} in the pod instead of {} (that index is taken there), so the tap device {} handed to the pod would not match; retry the pod",
+            original.name,
+            moved.index,
+            original.index,
+            k8slan_api::naming::container_tap_path(original.index)
+        )));
     }
-    if let Some(before) = tap_before {
-        // Moving gave the tap the lowest free minor number: re-point the node the device plugin
-        // handed the pod, before the runtime creates the container from it.
-        let after = links
-            .tap_devnum(Side::Sandbox, &moved)
-            .map_err(io)?
-            .ok_or_else(|| {
-                CniError::new(
-                    ErrorCode::IoFailure,
-                    format!("macvtap {ifname:?} has no tap device in the pod"),
-                )
-            })?;
-        if after != before {
-            let nodes = links
-                .repoint_tap_nodes(dev_dir, before, after)
-                .map_err(io)?;
-            info!(%before, %after, ?nodes, "the tap device got another number in the pod; nodes re-pointed");
-        }
+    Ok(moved)
+}
+
+/// Moving gave the tap the lowest free minor number: re-point the node the device plugin handed
+/// the pod, before the runtime creates the container from it.
+fn repoint_tap_nodes(
+    links: &mut dyn LinkOps,
+    dev_dir: &Path,
+    ifname: &str,
+    moved: &LinkState,
+    before: DevNum,
+) -> Result<(), CniError> {
+    let after = links
+        .tap_devnum(Side::Sandbox, moved)
+        .map_err(io)?
+        .ok_or_else(|| io_failure(format!("macvtap {ifname:?} has no tap device in the pod")))?;
+    if after != before {
+        let nodes = links
+            .repoint_tap_nodes(dev_dir, before, after)
+            .map_err(io)?;
+        info!(%before, %after, ?nodes, "the tap device got another number in the pod; nodes re-pointed");
     }
+    Ok(())
+}
+
+/// The link's settings in the pod (MTU, MAC; promiscuous and IPv6 off for a VM's macvtap), then
+/// up.
+fn configure_in_pod(
+    att: &Attachment,
+    links: &mut dyn LinkOps,
+    moved: &LinkState,
+) -> Result<(), CniError> {
     if let Some(mtu) = att.mtu {
-        links.set_mtu(Side::Sandbox, &moved, mtu).map_err(io)?;
+        links.set_mtu(Side::Sandbox, moved, mtu).map_err(io)?;
     }
     if let Some((mac, source)) = att.mac {
         info!(%mac, ?source, "setting MAC");
-        links.set_mac(Side::Sandbox, &moved, mac).map_err(io)?;
+        links.set_mac(Side::Sandbox, moved, mac).map_err(io)?;
     }
     if att.target.plugin == PluginKind::Macvtap {
-        links.set_promisc(Side::Sandbox, &moved, true).map_err(io)?;
+        links.set_promisc(Side::Sandbox, moved, true).map_err(io)?;
         // The macvtap is the VM's wire: the VM behind the tap owns the addresses. The pod's own
         // IPv6 on it would send MLD and neighbour frames with the VM's MAC onto the LAN.
-        links.set_ipv6(Side::Sandbox, &moved, false).map_err(io)?;
+        links.set_ipv6(Side::Sandbox, moved, false).map_err(io)?;
     }
-    links.set_up(Side::Sandbox, &moved, true).map_err(io)?;
-    let mut result = CniResult::default();
-    if let Some(alloc) = allocated {
-        for ip in &alloc.ips {
-            links
-                .add_address(Side::Sandbox, &moved, ip.address)
-                .map_err(io)?;
-        }
-        for route in &alloc.routes {
-            let gw = route
-                .gw
-                .or_else(|| default_gateway(&alloc.ips, route.dst.addr));
-            links
-                .add_route(Side::Sandbox, &moved, route.dst, gw)
-                .map_err(io)?;
-        }
-        result.ips = alloc
-            .ips
-            .iter()
-            .map(|ip| IpConfig {
-                interface: Some(0),
-                ..ip.clone()
-            })
-            .collect();
-        result.routes = alloc.routes.clone();
-        result.dns = alloc.dns.clone();
+    links.set_up(Side::Sandbox, moved, true).map_err(io)?;
+    Ok(())
+}
+
+/// The IPAM plugin's addresses and routes on the link in the pod, and in `result`.
+fn address_in_pod(
+    links: &mut dyn LinkOps,
+    moved: &LinkState,
+    alloc: &CniResult,
+    result: &mut CniResult,
+) -> Result<(), CniError> {
+    for ip in &alloc.ips {
+        links
+            .add_address(Side::Sandbox, moved, ip.address)
+            .map_err(io)?;
     }
-    let now = links
-        .get(Side::Sandbox, ifname)
-        .map_err(io)?
-        .unwrap_or(moved);
-    result
-        .interfaces
-        .push(container_interface(ifname, now.mac, sandbox));
-    Ok(result)
+    for route in &alloc.routes {
+        let gw = route
+            .gw
+            .or_else(|| default_gateway(&alloc.ips, route.dst.addr));
+        links
+            .add_route(Side::Sandbox, moved, route.dst, gw)
+            .map_err(io)?;
+    }
+    result.ips = alloc
+        .ips
+        .iter()
+        .map(|ip| IpConfig {
+            interface: Some(0),
+            ..ip.clone()
+        })
+        .collect();
+    result.routes = alloc.routes.clone();
+    result.dns = alloc.dns.clone();
+    Ok(())
 }
 
 /// A route without `gw` uses the gateway of the first address of the same family (CNI 1.0.0).
@@ -411,7 +450,20 @@ pub fn check(
             "prevResult lists no interface {ifname:?} in sandbox {sandbox:?}"
         ))
     })?;
-    if let Some(expected) = prev.interfaces[index].mac.as_deref() {
+    check_settings(att, &link, prev.interfaces[index].mac.as_deref())?;
+    let present = links.addresses(Side::Sandbox, &link).map_err(io)?;
+    check_addresses(ifname, &present, prev.ips_of(index))?;
+    if let Some(ipam) = ipam {
+        ipam.check()?;
+    }
+    Ok(())
+}
+
+/// CHECK of the link's settings: the MAC `prevResult` lists, up, promiscuous for a macvtap, the
+/// configured MTU.
+fn check_settings(att: &Attachment, link: &LinkState, mac: Option<&str>) -> Result<(), CniError> {
+    let ifname = att.env.ifname.as_str();
+    if let Some(expected) = mac {
         let actual = link.mac.map(|m| m.to_string()).unwrap_or_default();
         if !expected.eq_ignore_ascii_case(&actual) {
             return Err(check_failed(format!(
@@ -434,17 +486,22 @@ pub fn check(
             "interface {ifname:?} has MTU {actual}, the configuration says {mtu}"
         )));
     }
-    let present = links.addresses(Side::Sandbox, &link).map_err(io)?;
-    for ip in prev.ips_of(index) {
+    Ok(())
+}
+
+/// CHECK of the addresses `prevResult` lists for the interface: each is `present`.
+fn check_addresses<'a>(
+    ifname: &str,
+    present: &[IpNet],
+    listed: impl IntoIterator<Item = &'a IpConfig>,
+) -> Result<(), CniError> {
+    for ip in listed {
         if !present.contains(&ip.address) {
             return Err(check_failed(format!(
                 "address {} of interface {ifname:?} is missing",
                 ip.address
             )));
         }
-    }
-    if let Some(ipam) = ipam {
-        ipam.check()?;
     }
     Ok(())
 }

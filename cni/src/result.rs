@@ -336,24 +336,18 @@ mod tests {
 
     #[test]
     fn merge_shifts_indexes() {
-        let prev = CniResult {
-            interfaces: vec![container_interface("eth0", None, "/n")],
+        // One interface in sandbox /n with one address.
+        let one = |ifname: &str, address: &str| CniResult {
+            interfaces: vec![container_interface(ifname, None, "/n")],
             ips: vec![IpConfig {
-                address: "198.18.0.2/24".parse().unwrap(),
+                address: address.parse().unwrap(),
                 gateway: None,
                 interface: Some(0),
             }],
             ..Default::default()
         };
-        let ours = CniResult {
-            interfaces: vec![container_interface("e1", None, "/n")],
-            ips: vec![IpConfig {
-                address: "198.18.5.2/24".parse().unwrap(),
-                gateway: None,
-                interface: Some(0),
-            }],
-            ..Default::default()
-        };
+        let prev = one("eth0", "198.18.0.2/24");
+        let ours = one("e1", "198.18.5.2/24");
         let m = prev.merge(ours);
         assert_eq!(m.interface_index("e1", "/n"), Some(1));
         assert_eq!(m.ips_of(1).count(), 1);

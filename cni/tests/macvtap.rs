@@ -9,47 +9,19 @@ use serde_json::{Value, json};
 const BIN: &str = env!("CARGO_BIN_EXE_k8slanmacvtap");
 
 /// A node namespace holding spoke `vm1` as the agent prepares a VM spoke: the host veth end
-/// `vm1` (MTU 1430) and on it the passthru macvtap `mvt-vm1`; and an empty pod namespace.
-struct Fixture {
-    node: Ns,
-    pod: Ns,
-    files: NodeFiles,
-}
-
-impl Fixture {
-    fn new() -> Fixture {
-        let node = Ns::new("node");
-        let pod = Ns::new("pod");
-        ip(&[
-            "-n", &node.name, "link", "add", "vm1", "mtu", "1430", "type", "veth", "peer", "name",
-            "br-vm1",
-        ]);
-        ip(&[
-            "-n", &node.name, "link", "add", "link", "vm1", "name", "mvt-vm1", "type", "macvtap",
-            "mode", "passthru",
-        ]);
-        let files = NodeFiles::new(BIN);
-        ip(&[
-            "-n",
-            &node.name,
-            "link",
-            "set",
-            "vm1",
-            "alias",
-            "k8slan:knl/spoke/vm1",
-        ]);
-        files.prepare(&node.name, "vm1", "mac", "mvt-vm1", &[]);
-        Fixture { node, pod, files }
-    }
-
-    fn run(&self, command: &str, args: &str, config: &str) -> Run {
-        run_plugin(
-            &self.files.bin,
-            Some(&self.node.name),
-            &cni_env(command, &self.pod.path(), "net1", args),
-            config,
-        )
-    }
+/// `vm1` (MTU 1430) and on it the passthru macvtap `mvt-vm1`; and an empty pod namespace whose
+/// interface is `net1`.
+fn fixture() -> PodFixture {
+    let f = PodFixture::new(BIN, "net1");
+    let node = &f.node.name;
+    ip_n(node, "link add vm1 mtu 1430 type veth peer name br-vm1");
+    ip_n(
+        node,
+        "link add link vm1 name mvt-vm1 type macvtap mode passthru",
+    );
+    ip_n(node, "link set vm1 alias k8slan:knl/spoke/vm1");
+    f.files.prepare(node, "vm1", "mac", "mvt-vm1", &[]);
+    f
 }
 
 fn config(version: &str) -> Value {
@@ -91,50 +63,18 @@ fn node_devnum(path: &std::path::Path) -> String {
 fn the_tap_node_handed_to_the_pod_follows_the_macvtap_into_the_pod() {
     // A macvtap made before ours and gone before the ADD leaves a lower minor free: moving ours
     // into the pod re-registers its tap, which then takes that lower number.
-    let f = Fixture::new();
+    let f = fixture();
     let early = Ns::new("early");
-    ip(&["-n", &f.node.name, "link", "del", "mvt-vm1"]);
-    ip(&[
-        "-n",
-        &early.name,
-        "link",
-        "add",
-        "l0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "l0p",
-    ]);
-    ip(&[
-        "-n",
-        &early.name,
-        "link",
-        "add",
-        "link",
-        "l0",
-        "name",
-        "m0",
-        "type",
-        "macvtap",
-    ]);
-    ip(&[
-        "-n",
+    ip_n(&f.node.name, "link del mvt-vm1");
+    ip_n(&early.name, "link add l0 type veth peer name l0p");
+    ip_n(&early.name, "link add link l0 name m0 type macvtap");
+    ip_n(
         &f.node.name,
-        "link",
-        "add",
-        "link",
-        "vm1",
-        "name",
-        "mvt-vm1",
-        "type",
-        "macvtap",
-        "mode",
-        "passthru",
-    ]);
+        "link add link vm1 name mvt-vm1 type macvtap mode passthru",
+    );
     f.files.prepare(&f.node.name, "vm1", "mac", "mvt-vm1", &[]);
     let ours_before = tap_devnum(&f.node.name, "mvt-vm1");
-    ip(&["-n", &early.name, "link", "del", "m0"]);
+    ip_n(&early.name, "link del m0");
 
     // The node the device plugin made at Allocate, as the agent makes it.
     let node = f.files.dev_dir().join("tap-vm1");
@@ -170,7 +110,7 @@ fn the_tap_node_handed_to_the_pod_follows_the_macvtap_into_the_pod() {
 #[ignore = "privileged"]
 fn add_check_del_round_trip_in_every_version() {
     for version in VERSIONS {
-        let f = Fixture::new();
+        let f = fixture();
         let mut conf = config(version);
         conf["runtimeConfig"] = json!({"mac": "02:00:5e:00:01:01"});
         conf["mtu"] = json!(1400);
@@ -248,12 +188,12 @@ fn add_check_del_round_trip_in_every_version() {
 #[test]
 #[ignore = "privileged"]
 fn check_needs_promiscuous_mode() {
-    let f = Fixture::new();
+    let f = fixture();
     let add = f.run("ADD", "", &config("1.0.0").to_string());
     assert!(add.success, "{add:?}");
     let prev = with_prev(&config("1.0.0"), &add.json());
     f.run("CHECK", "", &prev).assert_silent_success();
-    ip(&["-n", &f.pod.name, "link", "set", "net1", "promisc", "off"]);
+    ip_n(&f.pod.name, "link set net1 promisc off");
     let details = f.run("CHECK", "", &prev).assert_error(100);
     assert!(details.contains("promiscuous"), "{details}");
 }
@@ -261,7 +201,7 @@ fn check_needs_promiscuous_mode() {
 #[test]
 #[ignore = "privileged"]
 fn del_after_the_pod_namespace_is_gone() {
-    let mut f = Fixture::new();
+    let mut f = fixture();
     let add = f.run("ADD", "", &config("1.0.0").to_string());
     assert!(add.success, "{add:?}");
     f.pod.delete();
@@ -274,7 +214,7 @@ fn del_after_the_pod_namespace_is_gone() {
 #[test]
 #[ignore = "privileged"]
 fn device_id_is_derived_from_the_network_name_when_missing() {
-    let f = Fixture::new();
+    let f = fixture();
     let mut conf = config("1.0.0");
     conf.as_object_mut().unwrap().remove("deviceID");
     let add = f.run("ADD", "", &conf.to_string());
@@ -285,8 +225,8 @@ fn device_id_is_derived_from_the_network_name_when_missing() {
 #[test]
 #[ignore = "privileged"]
 fn missing_macvtap_names_the_resource_to_request() {
-    let f = Fixture::new();
-    ip(&["-n", &f.node.name, "link", "del", "mvt-vm1"]);
+    let f = fixture();
+    ip_n(&f.node.name, "link del mvt-vm1");
     let details = f
         .run("ADD", "", &config("1.0.0").to_string())
         .assert_error(11);
@@ -299,20 +239,9 @@ fn missing_macvtap_names_the_resource_to_request() {
 #[test]
 #[ignore = "privileged"]
 fn a_veth_with_the_device_name_is_not_taken() {
-    let f = Fixture::new();
-    ip(&["-n", &f.node.name, "link", "del", "mvt-vm1"]);
-    ip(&[
-        "-n",
-        &f.node.name,
-        "link",
-        "add",
-        "mvt-vm1",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "x",
-    ]);
+    let f = fixture();
+    ip_n(&f.node.name, "link del mvt-vm1");
+    ip_n(&f.node.name, "link add mvt-vm1 type veth peer name x");
     let details = f
         .run("ADD", "", &config("1.0.0").to_string())
         .assert_error(5);

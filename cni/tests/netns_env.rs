@@ -43,9 +43,7 @@ struct Fixture {
 impl Fixture {
     fn new() -> Fixture {
         let node = Ns::new("node");
-        ip(&[
-            "-n", &node.name, "link", "add", "srl", "type", "veth", "peer", "name", "br-srl",
-        ]);
+        ip_n(&node.name, "link add srl type veth peer name br-srl");
         let files = NodeFiles::new(BIN);
         files.prepare(&node.name, "srl", "veth", "srl", &[]);
         Fixture {

@@ -11,59 +11,29 @@ const PREPARED_MAC: &str = "02:11:22:33:44:01";
 const PREPARED_MTU: u64 = 1430;
 
 /// A node namespace holding spoke `srl` as the agent prepares it (a veth, MTU 1430), and an
-/// empty pod namespace.
-struct Fixture {
-    node: Ns,
-    pod: Ns,
-    files: NodeFiles,
+/// empty pod namespace whose interface is `e1-1`.
+fn fixture() -> PodFixture {
+    let f = PodFixture::new(BIN, "e1-1");
+    ip_n(
+        &f.node.name,
+        &format!("link add srl mtu 1430 address {PREPARED_MAC} type veth peer name br-srl"),
+    );
+    f.files.prepare(&f.node.name, "srl", "veth", "srl", &[]);
+    f
 }
 
-impl Fixture {
-    fn new() -> Fixture {
-        let node = Ns::new("node");
-        let pod = Ns::new("pod");
-        ip(&[
-            "-n",
-            &node.name,
-            "link",
-            "add",
-            "srl",
-            "mtu",
-            "1430",
-            "address",
-            PREPARED_MAC,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "br-srl",
-        ]);
-        let files = NodeFiles::new(BIN);
-        files.prepare(&node.name, "srl", "veth", "srl", &[]);
-        Fixture { node, pod, files }
-    }
-
-    fn run(&self, command: &str, args: &str, config: &str) -> Run {
-        run_plugin(
-            &self.files.bin,
-            Some(&self.node.name),
-            &cni_env(command, &self.pod.path(), "e1-1", args),
-            config,
-        )
-    }
-
-    fn assert_spoke_home(&self) {
-        assert!(
-            link_exists(&self.node.name, "srl"),
-            "spoke srl should be back in the node namespace"
-        );
-        assert!(
-            !link_exists(&self.pod.name, "e1-1"),
-            "e1-1 should be gone from the pod"
-        );
-        let l = link_json(&self.node.name, "srl");
-        assert_eq!(l["mtu"], PREPARED_MTU);
-    }
+/// Spoke `srl` is back in the node namespace with its prepared MTU, and gone from the pod.
+fn assert_spoke_home(f: &PodFixture) {
+    assert!(
+        link_exists(&f.node.name, "srl"),
+        "spoke srl should be back in the node namespace"
+    );
+    assert!(
+        !link_exists(&f.pod.name, "e1-1"),
+        "e1-1 should be gone from the pod"
+    );
+    let l = link_json(&f.node.name, "srl");
+    assert_eq!(l["mtu"], PREPARED_MTU);
 }
 
 fn config(version: &str) -> Value {
@@ -74,7 +44,7 @@ fn config(version: &str) -> Value {
 #[ignore = "privileged"]
 fn add_check_del_round_trip_in_every_version() {
     for version in VERSIONS {
-        let f = Fixture::new();
+        let f = fixture();
         let mut conf = config(version);
         conf["mac"] = json!("02:00:5e:00:00:0a");
         let add = f.run("ADD", "", &conf.to_string());
@@ -106,11 +76,11 @@ fn add_check_del_round_trip_in_every_version() {
 
         f.run("DEL", "", &with_prev(&conf, &result))
             .assert_silent_success();
-        f.assert_spoke_home();
+        assert_spoke_home(&f);
         // The MAC the pod had stays with the link; the agent (or the next ADD) decides.
         f.run("DEL", "", &with_prev(&conf, &result))
             .assert_silent_success();
-        f.assert_spoke_home();
+        assert_spoke_home(&f);
         // And the spoke can be bound again by the next pod.
         let again = f.run("ADD", "", &config(version).to_string());
         assert!(again.success, "{version} re-ADD: {again:?}");
@@ -121,7 +91,7 @@ fn add_check_del_round_trip_in_every_version() {
 #[ignore = "privileged"]
 fn ipam_addresses_routes_and_release_in_every_version() {
     for version in VERSIONS {
-        let f = Fixture::new();
+        let f = fixture();
         let dir = TempDir::new();
         let mut conf = config(version);
         conf["mtu"] = json!(1400);
@@ -143,7 +113,7 @@ fn ipam_addresses_routes_and_release_in_every_version() {
             "{version}: ips[].version only before 1.0.0"
         );
         assert_eq!(addresses(&f.pod.name, "e1-1"), vec!["198.18.7.2/24"]);
-        let routes = ip(&["-n", &f.pod.name, "route", "show", "198.19.0.0/16"]);
+        let routes = ip_n(&f.pod.name, "route show 198.19.0.0/16");
         assert!(
             routes.contains("via 198.18.7.1 dev e1-1"),
             "{version}: gateway of the range used: {routes}"
@@ -200,7 +170,7 @@ fn mac_precedence_runtime_config_then_cni_args_then_config() {
         (None, "", None, PREPARED_MAC),
     ];
     for (runtime, args, cfg, expected) in cases {
-        let f = Fixture::new();
+        let f = fixture();
         let mut conf = config("1.0.0");
         if let Some(m) = runtime {
             conf["runtimeConfig"] = json!({"mac": m});
@@ -218,7 +188,7 @@ fn mac_precedence_runtime_config_then_cni_args_then_config() {
 #[test]
 #[ignore = "privileged"]
 fn del_after_the_pod_namespace_is_gone_releases_ipam() {
-    let mut f = Fixture::new();
+    let mut f = fixture();
     let dir = TempDir::new();
     let mut conf = config("1.0.0");
     conf["ipam"] = host_local("198.18.8.0/24", "198.18.8.1", json!([]), dir.path());
@@ -242,7 +212,7 @@ fn del_after_the_pod_namespace_is_gone_releases_ipam() {
 #[test]
 #[ignore = "privileged"]
 fn missing_prepared_link_names_the_resource_to_request() {
-    let f = Fixture::new();
+    let f = fixture();
     let mut conf = config("1.0.0");
     conf["veth"] = json!("vm2");
     let details = f.run("ADD", "", &conf.to_string()).assert_error(11);
@@ -256,7 +226,7 @@ fn missing_prepared_link_names_the_resource_to_request() {
 #[test]
 #[ignore = "privileged"]
 fn failure_after_ipam_rolls_everything_back() {
-    let f = Fixture::new();
+    let f = fixture();
     let dir = TempDir::new();
     let mut conf = config("1.0.0");
     conf["mtu"] = json!(1300);
@@ -272,7 +242,7 @@ fn failure_after_ipam_rolls_everything_back() {
     let run = f.run("ADD", "", &conf.to_string());
     let details = run.assert_error(5);
     assert!(details.contains("add route"), "{details}");
-    f.assert_spoke_home();
+    assert_spoke_home(&f);
     let l = link_json(&f.node.name, "srl");
     assert_eq!(l["address"], PREPARED_MAC, "MAC restored");
     assert!(addresses(&f.node.name, "srl").is_empty());
@@ -285,20 +255,9 @@ fn failure_after_ipam_rolls_everything_back() {
 #[test]
 #[ignore = "privileged"]
 fn interface_name_taken_in_the_pod_is_refused_and_left_alone() {
-    let f = Fixture::new();
+    let f = fixture();
     // Some other plugin's interface already is e1-1 in the pod.
-    ip(&[
-        "-n",
-        &f.pod.name,
-        "link",
-        "add",
-        "e1-1",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "other",
-    ]);
+    ip_n(&f.pod.name, "link add e1-1 type veth peer name other");
     let details = f
         .run("ADD", "", &config("1.0.0").to_string())
         .assert_error(4);
@@ -318,17 +277,17 @@ fn interface_name_taken_in_the_pod_is_refused_and_left_alone() {
 #[ignore = "privileged"]
 fn agent_alias_lets_del_work_without_prev_result() {
     // The fixture gives srl the alias the agent writes (k8slan:knl/spoke/srl).
-    let f = Fixture::new();
+    let f = fixture();
     assert!(f.run("ADD", "", &config("0.4.0").to_string()).success);
     f.run("DEL", "", &config("0.4.0").to_string())
         .assert_silent_success();
-    f.assert_spoke_home();
+    assert_spoke_home(&f);
 }
 
 #[test]
 #[ignore = "privileged"]
 fn check_reports_what_changed() {
-    let f = Fixture::new();
+    let f = fixture();
     let dir = TempDir::new();
     let mut conf = config("1.0.0");
     conf["ipam"] = host_local("198.18.10.0/24", "198.18.10.1", json!([]), dir.path());
@@ -337,23 +296,15 @@ fn check_reports_what_changed() {
     let prev = with_prev(&conf, &add.json());
     f.run("CHECK", "", &prev).assert_silent_success();
 
-    ip(&["-n", &f.pod.name, "addr", "flush", "dev", "e1-1"]);
+    ip_n(&f.pod.name, "addr flush dev e1-1");
     let details = f.run("CHECK", "", &prev).assert_error(100);
     assert!(details.contains("198.18.10.2/24"), "{details}");
 
-    ip(&[
-        "-n",
-        &f.pod.name,
-        "link",
-        "set",
-        "e1-1",
-        "address",
-        "02:00:00:00:77:77",
-    ]);
+    ip_n(&f.pod.name, "link set e1-1 address 02:00:00:00:77:77");
     let details = f.run("CHECK", "", &prev).assert_error(100);
     assert!(details.contains("02:00:00:00:77:77"), "{details}");
 
-    ip(&["-n", &f.pod.name, "link", "set", "e1-1", "name", "other"]);
+    ip_n(&f.pod.name, "link set e1-1 name other");
     let details = f.run("CHECK", "", &prev).assert_error(100);
     assert!(details.contains("missing"), "{details}");
 }
@@ -361,14 +312,14 @@ fn check_reports_what_changed() {
 #[test]
 #[ignore = "privileged"]
 fn device_id_must_match_the_spoke() {
-    let f = Fixture::new();
+    let f = fixture();
     let mut conf = config("1.0.0");
     conf["deviceID"] = json!("srl");
     assert!(
         f.run("ADD", "", &conf.to_string()).success,
         "deviceID equal to veth is fine"
     );
-    let f = Fixture::new();
+    let f = fixture();
     conf["deviceID"] = json!("other");
     let details = f.run("ADD", "", &conf.to_string()).assert_error(7);
     assert!(details.contains("deviceID \"other\""), "{details}");
@@ -378,15 +329,11 @@ fn device_id_must_match_the_spoke() {
 #[test]
 #[ignore = "privileged"]
 fn links_the_agent_did_not_prepare_for_the_network_are_never_moved() {
-    let f = Fixture::new();
+    let f = fixture();
     let n = &f.node.name;
-    ip(&[
-        "-n", n, "link", "add", "cali1a2b", "type", "veth", "peer", "name", "cali-p",
-    ]);
-    ip(&[
-        "-n", n, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0-p",
-    ]);
-    ip(&["-n", n, "link", "add", "br0", "type", "bridge"]);
+    ip_n(n, "link add cali1a2b type veth peer name cali-p");
+    ip_n(n, "link add eth0 type veth peer name eth0-p");
+    ip_n(n, "link add br0 type bridge");
     // Another pod's host veth, the node's uplink, a bridge: no record, nothing moves.
     for victim in ["cali1a2b", "eth0", "br0"] {
         let mut conf = config("1.0.0");
@@ -400,10 +347,8 @@ fn links_the_agent_did_not_prepare_for_the_network_are_never_moved() {
         assert!(!link_exists(&f.pod.name, "e1-1"));
     }
     // A record naming srl, but the srl on the node now is another link (ifindex, alias).
-    ip(&["-n", n, "link", "del", "srl"]);
-    ip(&[
-        "-n", n, "link", "add", "srl", "type", "veth", "peer", "name", "srl-p",
-    ]);
+    ip_n(n, "link del srl");
+    ip_n(n, "link add srl type veth peer name srl-p");
     let details = f
         .run("ADD", "", &config("1.0.0").to_string())
         .assert_error(5);
@@ -417,15 +362,7 @@ fn links_the_agent_did_not_prepare_for_the_network_are_never_moved() {
     );
     assert!(link_exists(n, "srl"));
     // Its alias copied onto it does not help: the index is still not the recorded one.
-    ip(&[
-        "-n",
-        n,
-        "link",
-        "set",
-        "srl",
-        "alias",
-        "k8slan:knl/spoke/srl",
-    ]);
+    ip_n(n, "link set srl alias k8slan:knl/spoke/srl");
     f.run("ADD", "", &config("1.0.0").to_string())
         .assert_error(5);
     assert!(link_exists(n, "srl"));
@@ -434,7 +371,7 @@ fn links_the_agent_did_not_prepare_for_the_network_are_never_moved() {
 #[test]
 #[ignore = "privileged"]
 fn a_pod_of_a_namespace_the_lan_does_not_admit_gets_nothing() {
-    let f = Fixture::new();
+    let f = fixture();
     let details = f
         .run(
             "ADD",

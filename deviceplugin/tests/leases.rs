@@ -165,6 +165,13 @@ fn member(spoke: &str, kind: SpokeKind, pod: &str) -> Claim {
     }
 }
 
+/// A node's lease claims that have just acquired `s1` as `kind` for `node`.
+async fn holding_s1(store: &Shared, kind: SpokeKind, node: &str) -> LeaseClaims {
+    let claims = LeaseClaims::new(client(store), NS);
+    claims.acquire(&want("s1", kind, node)).await.unwrap();
+    claims
+}
+
 fn lease(store: &Shared, name: &str) -> Option<Lease> {
     let v = store.lock().unwrap().leases.get(name).cloned()?;
     Some(serde_json::from_value(v).unwrap())
@@ -229,10 +236,7 @@ async fn claim_is_created_once_and_refused_to_other_nodes() {
 #[tokio::test]
 async fn holder_switching_kind_rewrites_its_claim() {
     let store = Shared::default();
-    let a = LeaseClaims::new(client(&store), NS);
-    a.acquire(&want("s1", SpokeKind::Veth, "node-a"))
-        .await
-        .unwrap();
+    let a = holding_s1(&store, SpokeKind::Veth, "node-a").await;
     a.record_member(&member("s1", SpokeKind::Veth, "ns/old"))
         .await
         .unwrap();
@@ -253,19 +257,13 @@ async fn holder_switching_kind_rewrites_its_claim() {
 #[tokio::test]
 async fn release_is_guarded_by_the_observed_lease() {
     let store = Shared::default();
-    let a = LeaseClaims::new(client(&store), NS);
-    a.acquire(&want("s1", SpokeKind::Veth, "node-a"))
-        .await
-        .unwrap();
+    let a = holding_s1(&store, SpokeKind::Veth, "node-a").await;
     let seen = claim_from_lease(&lease(&store, "spoke-s1").unwrap()).unwrap();
 
     // The claim was deleted and taken by another node meanwhile: our stale release must fail
     // and leave the new holder's claim alone.
     store.lock().unwrap().leases.remove("spoke-s1");
-    let b = LeaseClaims::new(client(&store), NS);
-    b.acquire(&want("s1", SpokeKind::Veth, "node-b"))
-        .await
-        .unwrap();
+    let b = holding_s1(&store, SpokeKind::Veth, "node-b").await;
     assert!(a.release("s1", Some(&seen)).await.is_err());
     assert!(lease(&store, "spoke-s1").is_some());
 
@@ -341,10 +339,7 @@ async fn two_nodes_racing_for_a_spoke_get_one_winner_and_the_loser_learns_it() {
 #[tokio::test]
 async fn broken_claim_leases_of_another_node_are_never_taken_over() {
     let store = Shared::default();
-    let a = LeaseClaims::new(client(&store), NS);
-    a.acquire(&want("s1", SpokeKind::Veth, "node-a"))
-        .await
-        .unwrap();
+    holding_s1(&store, SpokeKind::Veth, "node-a").await;
     // Someone strips the annotations of node-a's claim.
     store.lock().unwrap().leases.get_mut("spoke-s1").unwrap()["metadata"]["annotations"] =
         json!({"k8slan.io/kind": "tap"});

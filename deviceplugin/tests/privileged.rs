@@ -137,12 +137,11 @@ async fn allocate_prepares_real_spokes_and_hands_out_the_tap_device() {
     pod_resources.set(&[("default/pod", &veth_res, &pod_spoke)]);
     tokio::time::sleep(Duration::from_millis(600)).await;
     pod_resources.set(&[]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while host.sh(&format!("ip link show {pod_spoke}")).is_ok() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     assert!(
-        host.sh(&format!("ip link show {pod_spoke}")).is_err(),
+        eventually(10, || host
+            .sh(&format!("ip link show {pod_spoke}"))
+            .is_err())
+        .await,
         "released spoke's host end removed"
     );
     assert!(claims.get(&pod_spoke).is_none());
@@ -150,29 +149,23 @@ async fn allocate_prepares_real_spokes_and_hands_out_the_tap_device() {
         .path()
         .join("prepared")
         .join(format!("{pod_spoke}.json"));
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while gone.exists() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(!gone.exists(), "the released spoke's record is removed");
+    assert!(
+        eventually(5, || !gone.exists()).await,
+        "the released spoke's record is removed"
+    );
 
     // The VM spoke turns out to be held by a pod of a namespace the LAN does not admit: its
     // macvtap (whose tap the container got at Allocate) and record go, on the real kernel.
     pod_resources.set(&[("intruder/vm", &mac_res, &mac_id)]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while host.sh(&format!("ip link show {mac_id}")).is_ok() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     assert!(
-        host.sh(&format!("ip link show {mac_id}")).is_err(),
+        eventually(10, || host.sh(&format!("ip link show {mac_id}")).is_err()).await,
         "the foreign pod's macvtap is removed"
     );
     let vm_record = dir.path().join("prepared").join(format!("{vm_spoke}.json"));
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while vm_record.exists() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(!vm_record.exists(), "and its record");
+    assert!(
+        eventually(5, || !vm_record.exists()).await,
+        "and its record"
+    );
     let err = kubelet.allocate(&mac_res, &[&mac_id]).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
 
@@ -184,4 +177,13 @@ async fn allocate_prepares_real_spokes_and_hands_out_the_tap_device() {
         .await
         .unwrap()
         .unwrap();
+}
+
+/// Whether `done` holds within `seconds` (asked every 50 ms, and once more at the end).
+async fn eventually(seconds: u64, done: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    while !done() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    done()
 }

@@ -163,16 +163,7 @@ impl NetNs {
         };
         let handle = match openat(dir, name, flags, Mode::empty()) {
             Ok(fd) => fd,
-            Err(nix::Error::ENOENT) => {
-                return Err(match readlinkat(dir, name) {
-                    Ok(target) => not_netns(Found::DanglingSymlink {
-                        target: target.to_string_lossy().into_owned(),
-                    }),
-                    Err(_) => NsError::Missing {
-                        path: shown.to_owned(),
-                    },
-                });
-            }
+            Err(nix::Error::ENOENT) => return Err(absent(dir, name, shown)),
             Err(e) => return Err(open_err(e.into())),
         };
         let st = fstat(&handle).map_err(|e| open_err(e.into()))?;
@@ -186,18 +177,7 @@ impl NetNs {
         if fs.filesystem_type() != NSFS_MAGIC {
             return Err(not_netns(Found::RegularFile));
         }
-        // The O_PATH handle cannot enter the namespace: open the very same file for real.
-        let fd: OwnedFd = File::open(format!("/proc/self/fd/{}", handle.as_raw_fd()))
-            .map_err(open_err)?
-            .into();
-        // SAFETY: the ioctl takes no argument and only reads the namespace type of a valid fd.
-        let kind =
-            unsafe { ns_get_nstype(fd.as_raw_fd()) }.map_err(|_| not_netns(Found::Unknown))?;
-        if kind != CloneFlags::CLONE_NEWNET.bits() {
-            return Err(not_netns(Found::Namespace {
-                kind: ns_kind(kind),
-            }));
-        }
+        let fd = reopen_netns(&handle, shown)?;
         let id = NsId {
             dev: st.st_dev,
             ino: st.st_ino,
@@ -279,6 +259,44 @@ impl NetNs {
                 .map_err(|_| NsError::Panicked { path: path.clone() })?
         })
     }
+}
+
+/// What a missing `name` in `dir` is: a dangling symlink (named with its target) or nothing.
+fn absent(dir: BorrowedFd<'_>, name: &Path, shown: &Path) -> NsError {
+    match readlinkat(dir, name) {
+        Ok(target) => NsError::NotNetns {
+            path: shown.to_owned(),
+            found: Found::DanglingSymlink {
+                target: target.to_string_lossy().into_owned(),
+            },
+        },
+        Err(_) => NsError::Missing {
+            path: shown.to_owned(),
+        },
+    }
+}
+
+/// The O_PATH `handle` cannot enter the namespace: opens the very same file for real and
+/// verifies that it is a network namespace.
+fn reopen_netns(handle: &OwnedFd, shown: &Path) -> Result<OwnedFd, NsError> {
+    let not_netns = |found| NsError::NotNetns {
+        path: shown.to_owned(),
+        found,
+    };
+    let fd: OwnedFd = File::open(format!("/proc/self/fd/{}", handle.as_raw_fd()))
+        .map_err(|source| NsError::Open {
+            path: shown.to_owned(),
+            source,
+        })?
+        .into();
+    // SAFETY: the ioctl takes no argument and only reads the namespace type of a valid fd.
+    let kind = unsafe { ns_get_nstype(fd.as_raw_fd()) }.map_err(|_| not_netns(Found::Unknown))?;
+    if kind != CloneFlags::CLONE_NEWNET.bits() {
+        return Err(not_netns(Found::Namespace {
+            kind: ns_kind(kind),
+        }));
+    }
+    Ok(fd)
 }
 
 /// What a file of mode `mode` is, when it is not a regular file.

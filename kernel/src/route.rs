@@ -88,17 +88,7 @@ impl RouteSocket {
         msg: RouteNetlinkMessage,
         flags: u16,
     ) -> Result<Vec<RouteNetlinkMessage>, RequestError> {
-        self.seq = self.seq.wrapping_add(1).max(1);
-        let seq = self.seq;
-        let mut req =
-            NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::InnerMessage(msg));
-        req.header.flags = NLM_F_REQUEST | flags;
-        req.header.sequence_number = seq;
-        req.finalize();
-        let mut buf = vec![0; req.buffer_len()];
-        req.serialize(&mut buf);
-        self.socket.send(&buf, 0)?;
-
+        let seq = self.send(msg, flags)?;
         let expects_ack = flags & NLM_F_ACK != 0;
         let mut replies = Vec::new();
         let mut received = 0usize;
@@ -111,19 +101,7 @@ impl RouteSocket {
                 )));
             }
             let mut offset = 0;
-            while offset + NETLINK_HEADER_LEN <= datagram.len() {
-                let bytes = &datagram[offset..];
-                let len = NetlinkBuffer::new_checked(bytes)
-                    .map_err(|e| RequestError::Decode(e.to_string()))?
-                    .length() as usize;
-                if len < NETLINK_HEADER_LEN || len > bytes.len() {
-                    return Err(RequestError::Decode(format!(
-                        "message length {len} in a {} byte datagram",
-                        datagram.len()
-                    )));
-                }
-                let one = &bytes[..len];
-                offset += (len + 3) & !3;
+            while let Some(one) = next_message(&datagram, &mut offset)? {
                 let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(one)
                     .map_err(|e| RequestError::Decode(e.to_string()))?;
                 if msg.header.sequence_number != seq {
@@ -153,6 +131,47 @@ impl RouteSocket {
             }
         }
     }
+}
+
+impl RouteSocket {
+    /// Sends `msg` with `flags` (plus `NLM_F_REQUEST`) under the next sequence number, which it
+    /// returns.
+    fn send(&mut self, msg: RouteNetlinkMessage, flags: u16) -> Result<u32, RequestError> {
+        self.seq = self.seq.wrapping_add(1).max(1);
+        let seq = self.seq;
+        let mut req =
+            NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::InnerMessage(msg));
+        req.header.flags = NLM_F_REQUEST | flags;
+        req.header.sequence_number = seq;
+        req.finalize();
+        let mut buf = vec![0; req.buffer_len()];
+        req.serialize(&mut buf);
+        self.socket.send(&buf, 0)?;
+        Ok(seq)
+    }
+}
+
+/// The next netlink message of `datagram` from `offset` (moved past it, to the next 4-byte
+/// boundary); `None` when no whole header is left; an error for a length that does not fit.
+fn next_message<'a>(
+    datagram: &'a [u8],
+    offset: &mut usize,
+) -> Result<Option<&'a [u8]>, RequestError> {
+    if *offset + NETLINK_HEADER_LEN > datagram.len() {
+        return Ok(None);
+    }
+    let bytes = &datagram[*offset..];
+    let len = NetlinkBuffer::new_checked(bytes)
+        .map_err(|e| RequestError::Decode(e.to_string()))?
+        .length() as usize;
+    if len < NETLINK_HEADER_LEN || len > bytes.len() {
+        return Err(RequestError::Decode(format!(
+            "message length {len} in a {} byte datagram",
+            datagram.len()
+        )));
+    }
+    *offset += (len + 3) & !3;
+    Ok(Some(&bytes[..len]))
 }
 
 impl RouteSocket {

@@ -44,8 +44,7 @@ fn assert_reported_and_untouched(n: &Node, name: &str, what: &str) {
 #[test]
 #[ignore = "privileged"]
 fn a_symlink_to_the_nodes_namespace_is_reported_and_untouched() {
-    let ul = Underlay::new();
-    let n = Node::new(&ul, "node1", 1500);
+    let (_ul, n) = one_node();
     // The node's links, which a teardown "inside" the symlinked namespace would delete.
     n.sh("ip link add keep0 type veth peer name keep1");
     let init = netns_dir(&n).join("init");
@@ -66,8 +65,7 @@ fn a_symlink_to_the_nodes_namespace_is_reported_and_untouched() {
 #[test]
 #[ignore = "privileged"]
 fn a_bind_mounted_foreign_namespace_is_reported_and_untouched() {
-    let ul = Underlay::new();
-    let n = Node::new(&ul, "node1", 1500);
+    let (_ul, n) = one_node();
     let foreign = TestNs::new("frn").unwrap();
     // Links that look like k8slan's (its link group and an alias): still not ours to delete.
     foreign
@@ -102,8 +100,7 @@ fn a_bind_mounted_foreign_namespace_is_reported_and_untouched() {
 #[test]
 #[ignore = "privileged"]
 fn another_lans_namespace_under_a_wrong_name_is_reported_and_untouched() {
-    let ul = Underlay::new();
-    let n = Node::new(&ul, "node1", 1500);
+    let (_ul, n) = one_node();
     let a = spoke("a");
     let spec = lan_spec(781, &[&a]);
     n.spoke_up(&spec, &a, SpokeKind::Veth);
@@ -125,8 +122,7 @@ fn another_lans_namespace_under_a_wrong_name_is_reported_and_untouched() {
 #[test]
 #[ignore = "privileged"]
 fn regular_files_fifos_and_directories_are_reported_and_untouched() {
-    let ul = Underlay::new();
-    let n = Node::new(&ul, "node1", 1500);
+    let (_ul, n) = one_node();
     let dir = netns_dir(&n);
     std::fs::write(dir.join("file"), "precious").unwrap();
     nix::unistd::mkfifo(
@@ -148,8 +144,7 @@ fn regular_files_fifos_and_directories_are_reported_and_untouched() {
 #[test]
 #[ignore = "privileged"]
 fn an_entry_planted_before_the_lan_is_created_is_not_mounted_over_or_followed() {
-    let ul = Underlay::new();
-    let n = Node::new(&ul, "node1", 1500);
+    let (_ul, n) = one_node();
     let elsewhere = n.dir.path().join("elsewhere");
     // A symlink where the LAN's namespace is about to go, pointing at a file of the attacker's
     // choice (absent) and one at the node's namespace.
@@ -182,8 +177,7 @@ fn an_entry_planted_before_the_lan_is_created_is_not_mounted_over_or_followed() 
 #[test]
 #[ignore = "privileged"]
 fn a_leftover_mount_point_of_k8slans_is_replaced() {
-    let ul = Underlay::new();
-    let n = Node::new(&ul, "node1", 1500);
+    let (_ul, n) = one_node();
     let s = spoke("p");
     let spec = lan_spec(793, &[&s]);
     // What a crash between creating the mount point and mounting leaves: empty, 0400, root's.
@@ -200,8 +194,7 @@ fn a_leftover_mount_point_of_k8slans_is_replaced() {
 #[test]
 #[ignore = "privileged"]
 fn lan_namespaces_carry_the_k8slan_mark_on_lo() {
-    let ul = Underlay::new();
-    let n = Node::new(&ul, "node1", 1500);
+    let (_ul, n) = one_node();
     let s = spoke("p");
     let spec = lan_spec(794, &[&s]);
     n.dp.lan_up(&spec, &n.name).unwrap();

@@ -17,13 +17,6 @@ use k8slan_testkit::frame::{
     ETHERTYPE_LLDP, Filter, Frame, LLDP_DST, Mac, PacketSocket, TapDevice,
 };
 
-fn ping(from: &TestNs, args: &str) -> bool {
-    from.sh_output(&format!("ping -c 2 -i 0.2 -W 2 {args}"))
-        .unwrap()
-        .status
-        .success()
-}
-
 /// Send `frame` from `iface` in `from` and return what `iface_to` in `to` receives.
 fn frame_across(from: &TestNs, to: &TestNs, frame: &Frame) -> Option<Frame> {
     let (ready_tx, ready_rx) = mpsc::channel();
@@ -71,9 +64,7 @@ fn ifindexes(views: &[NodeLan]) -> Vec<(String, u32)> {
 #[test]
 #[ignore = "privileged"]
 fn pods_on_two_nodes_talk_over_the_lan() {
-    let ul = Underlay::new();
-    let n1 = Node::new(&ul, "node1", 1500);
-    let n2 = Node::new(&ul, "node2", 1500);
+    let (_ul, n1, n2) = two_nodes();
     let (a, b) = (spoke("a"), spoke("b"));
     let spec = lan_spec(4242, &[&a, &b]);
 
@@ -155,9 +146,7 @@ fn pods_on_two_nodes_talk_over_the_lan() {
 #[test]
 #[ignore = "privileged"]
 fn vm_tap_device_reaches_a_remote_pod_and_gets_the_reply() {
-    let ul = Underlay::new();
-    let n1 = Node::new(&ul, "node1", 1500);
-    let n2 = Node::new(&ul, "node2", 1500);
+    let (_ul, n1, n2) = two_nodes();
     let (vm, b) = (spoke("vm"), spoke("b"));
     let spec = lan_spec(777, &[&vm, &b]);
     let att = n1.spoke_up(&spec, &vm, SpokeKind::Mac);
@@ -267,9 +256,7 @@ fn vm_tap_device_reaches_a_remote_pod_and_gets_the_reply() {
 #[test]
 #[ignore = "privileged"]
 fn the_node_never_speaks_onto_the_lan() {
-    let ul = Underlay::new();
-    let n1 = Node::new(&ul, "node1", 1500);
-    let n2 = Node::new(&ul, "node2", 1500);
+    let (_ul, n1, n2) = two_nodes();
     let (vm, waiting, b) = (spoke("vm"), spoke("w"), spoke("b"));
     let spec = lan_spec(778, &[&vm, &waiting, &b]);
     n2.spoke_up(&spec, &b, SpokeKind::Veth);
@@ -316,8 +303,7 @@ fn the_node_never_speaks_onto_the_lan() {
 #[test]
 #[ignore = "privileged"]
 fn a_lan_namespace_replaced_behind_the_agents_back_is_left_alone_and_reported() {
-    let ul = Underlay::new();
-    let n1 = Node::new(&ul, "node1", 1500);
+    let (_ul, n1) = one_node();
     let a = spoke("a");
     let spec = lan_spec(779, &[&a]);
     n1.spoke_up(&spec, &a, SpokeKind::Veth);
@@ -352,9 +338,7 @@ fn a_lan_namespace_replaced_behind_the_agents_back_is_left_alone_and_reported() 
 #[test]
 #[ignore = "privileged"]
 fn two_lans_with_different_vnis_are_isolated() {
-    let ul = Underlay::new();
-    let n1 = Node::new(&ul, "node1", 1500);
-    let n2 = Node::new(&ul, "node2", 1500);
+    let (_ul, n1, n2) = two_nodes();
     let (a1, a2, b2) = (spoke("a"), spoke("a"), spoke("b"));
     let lan_a = lan_spec(100, &[&a1, &a2]);
     let lan_b = lan_spec(200, &[&b2]);
@@ -377,9 +361,7 @@ fn two_lans_with_different_vnis_are_isolated() {
 #[test]
 #[ignore = "privileged"]
 fn second_up_is_a_no_op_and_drift_is_repaired() {
-    let ul = Underlay::new();
-    let n1 = Node::new(&ul, "node1", 1500);
-    let n2 = Node::new(&ul, "node2", 1500);
+    let (_ul, n1, n2) = two_nodes();
     let (a, b, c, vm) = (spoke("a"), spoke("b"), spoke("c"), spoke("vm"));
     let spec = lan_spec(31337, &[&a, &b, &c, &vm]);
     n1.spoke_up(&spec, &a, SpokeKind::Veth);
@@ -459,8 +441,7 @@ fn second_up_is_a_no_op_and_drift_is_repaired() {
 #[test]
 #[ignore = "privileged"]
 fn down_leaves_nothing_behind() {
-    let ul = Underlay::new();
-    let n1 = Node::new(&ul, "node1", 1500);
+    let (_ul, n1) = one_node();
     let (a, vm) = (spoke("a"), spoke("vm"));
     let spec = lan_spec(55, &[&a, &vm]);
     let other = lan_spec(56, &[&spoke("o")]);
@@ -506,8 +487,7 @@ fn down_leaves_nothing_behind() {
 #[test]
 #[ignore = "privileged"]
 fn an_orphan_lan_is_listed_by_show_and_removed_alone() {
-    let ul = Underlay::new();
-    let n1 = Node::new(&ul, "node1", 1500);
+    let (_ul, n1) = one_node();
     let (a, o) = (spoke("a"), spoke("o"));
     let known = lan_spec(60, &[&a]);
     let gone = lan_spec(61, &[&o]);

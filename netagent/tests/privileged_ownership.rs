@@ -25,8 +25,7 @@ fn host_links(node: &Node) -> String {
 #[test]
 #[ignore = "privileged"]
 fn node_interfaces_named_as_spokes_are_never_touched() {
-    let ul = Underlay::new();
-    let n1 = Node::new(&ul, "node1", 1500);
+    let (_ul, n1) = one_node();
     // The simulated node's own interfaces: an uplink `ens3`, a CNI bridge `podbr0` with another
     // pod's veth `vethab12` on it, and a link with someone else's alias. (`eth0`, `cni0` and the
     // LAN's own underlay are refused by the API rules before the node is looked at: unit tier.)
@@ -64,8 +63,7 @@ fn node_interfaces_named_as_spokes_are_never_touched() {
 #[test]
 #[ignore = "privileged"]
 fn another_lans_spoke_links_are_never_touched() {
-    let ul = Underlay::new();
-    let n1 = Node::new(&ul, "node1", 1500);
+    let (_ul, n1) = one_node();
     let x = spoke("x");
     let a = lan_spec(901, &[&x]);
     let att = n1.spoke_up(&a, &x, SpokeKind::Mac);
@@ -103,8 +101,7 @@ fn another_lans_spoke_links_are_never_touched() {
 #[test]
 #[ignore = "privileged"]
 fn lo_and_k8slan_links_are_refused_as_underlay() {
-    let ul = Underlay::new();
-    let n1 = Node::new(&ul, "node1", 1500);
+    let (_ul, n1) = one_node();
     let (x, v) = (spoke("x"), spoke("v"));
     let a = lan_spec(903, &[&x, &v]);
     n1.spoke_up(&a, &x, SpokeKind::Veth);

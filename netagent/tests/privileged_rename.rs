@@ -45,13 +45,6 @@ fn ping_stream(from: &TestNs, to: &str, count: u32) -> (u32, u32) {
     (num(0), num(1))
 }
 
-fn ping_once(from: &TestNs, to: &str) -> bool {
-    from.sh_output(&format!("ping -c 2 -i 0.2 -W 2 {to}"))
-        .unwrap()
-        .status
-        .success()
-}
-
 /// The LAN namespace's bridges and VXLANs by name.
 fn lan_links(node: &Node, lan: &str, kind: &str) -> Vec<String> {
     node.lan_sh(
@@ -66,9 +59,7 @@ fn lan_links(node: &Node, lan: &str, kind: &str) -> Vec<String> {
 #[test]
 #[ignore = "privileged"]
 fn renaming_bridge_and_vxlan_of_a_live_lan_keeps_its_members() {
-    let ul = Underlay::new();
-    let n1 = Node::new(&ul, "node1", 1500);
-    let n2 = Node::new(&ul, "node2", 1500);
+    let (_ul, n1, n2) = two_nodes();
     let (a, c, b, w) = (spoke("a"), spoke("c"), spoke("b"), spoke("w"));
     let mut spec = lan_spec(4343, &[&a, &c, &b, &w]);
     for (n, s) in [(&n1, &a), (&n1, &c), (&n2, &b)] {
@@ -77,7 +68,7 @@ fn renaming_bridge_and_vxlan_of_a_live_lan_keeps_its_members() {
     let p1 = pod_with(&n1, &a, "198.18.11.1/24");
     let p3 = pod_with(&n1, &c, "198.18.11.3/24");
     let p2 = pod_with(&n2, &b, "198.18.11.2/24");
-    assert!(ping_once(&p2, "198.18.11.1") && ping_once(&p3, "198.18.11.1"));
+    assert!(ping(&p2, "198.18.11.1") && ping(&p3, "198.18.11.1"));
     let pods = [ifindex(&p1), ifindex(&p2), ifindex(&p3)];
     let inodes = (ns_inode(&n1, &spec.ns), ns_inode(&n2, &spec.ns));
 
@@ -105,11 +96,11 @@ fn renaming_bridge_and_vxlan_of_a_live_lan_keeps_its_members() {
         local.0
     );
     assert!(
-        ping_once(&p2, "198.18.11.1"),
+        ping(&p2, "198.18.11.1"),
         "no traffic across the VXLAN after the rename"
     );
     assert!(
-        ping_once(&p3, "198.18.11.1"),
+        ping(&p3, "198.18.11.1"),
         "no traffic across the bridge after the rename"
     );
     // Most of the stream arrived: the LAN was replaced in place, not rebuilt.

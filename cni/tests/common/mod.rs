@@ -32,6 +32,13 @@ pub fn ip(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Runs `ip -n <ns> <args>` (`args` split at whitespace); panics with its stderr on failure.
+pub fn ip_n(ns: &str, args: &str) -> String {
+    let mut all = vec!["-n", ns];
+    all.extend(args.split_whitespace());
+    ip(&all)
+}
+
 /// Whether `ip -n <ns> link show <dev>` finds the device.
 pub fn link_exists(ns: &str, dev: &str) -> bool {
     Command::new("ip")
@@ -253,6 +260,36 @@ pub fn cni_env(command: &str, pod: &str, ifname: &str, args: &str) -> Vec<(&'sta
         ("CNI_ARGS", args),
         ("CNI_PATH", "/usr/lib/cni:/opt/cni/bin".to_owned()),
     ]
+}
+
+/// A node namespace, an empty pod namespace and the node's k8slan files with the plugin
+/// `binary` installed; [`PodFixture::run`] runs it for the pod's interface `ifname`.
+pub struct PodFixture {
+    pub node: Ns,
+    pub pod: Ns,
+    pub files: NodeFiles,
+    ifname: &'static str,
+}
+
+impl PodFixture {
+    pub fn new(binary: &str, ifname: &'static str) -> PodFixture {
+        PodFixture {
+            node: Ns::new("node"),
+            pod: Ns::new("pod"),
+            files: NodeFiles::new(binary),
+            ifname,
+        }
+    }
+
+    /// Runs the plugin in the node namespace as a runtime does for this pod's interface.
+    pub fn run(&self, command: &str, args: &str, config: &str) -> Run {
+        run_plugin(
+            &self.files.bin,
+            Some(&self.node.name),
+            &cni_env(command, &self.pod.path(), self.ifname, args),
+            config,
+        )
+    }
 }
 
 /// A node's k8slan files: the plugin binary installed with its `k8slan-cni.json`, the

@@ -35,9 +35,7 @@ pub(super) fn parse_link(msg: &LinkMessage) -> Link {
     let mut alias = None;
     let mut master = None;
     let mut link = None;
-    let mut kind_name: Option<InfoKind> = None;
-    let mut data: Option<&InfoData> = None;
-    let mut port_mask = None;
+    let mut info = Info::default();
     let mut ipv6 = None;
     for attr in &msg.attributes {
         match attr {
@@ -46,102 +44,11 @@ pub(super) fn parse_link(msg: &LinkMessage) -> Link {
             LinkAttribute::IfAlias(a) if !a.is_empty() => alias = Some(a.clone()),
             LinkAttribute::Controller(c) => master = Some(*c),
             LinkAttribute::Link(l) => link = Some(*l),
-            LinkAttribute::AfSpecUnspec(families) => {
-                for family in families {
-                    if let AfSpecUnspec::Inet6(attrs) = family {
-                        for a in attrs {
-                            if let AfSpecInet6::DevConf(conf) = a {
-                                ipv6 = Some(conf.disable_ipv6 == 0);
-                            }
-                        }
-                    }
-                }
-            }
-            LinkAttribute::LinkInfo(infos) => {
-                for info in infos {
-                    match info {
-                        LinkInfo::Kind(k) => kind_name = Some(k.clone()),
-                        LinkInfo::Data(d) => data = Some(d),
-                        LinkInfo::PortData(InfoPortData::BridgePort(p)) => {
-                            port_mask = p.iter().find_map(|x| match x {
-                                InfoBridgePort::GroupFwdMask(m) => Some(*m),
-                                _ => None,
-                            });
-                        }
-                        _ => {}
-                    }
-                }
-            }
+            LinkAttribute::AfSpecUnspec(families) => ipv6 = ipv6_enabled(families).or(ipv6),
+            LinkAttribute::LinkInfo(infos) => info = Info::of(infos),
             _ => {}
         }
     }
-    let kind = match (kind_name, data) {
-        (Some(InfoKind::Bridge), d) => {
-            let mut p = BridgeParams {
-                vlan_filtering: false,
-                mcast_snooping: true,
-                group_fwd_mask: 0,
-            };
-            if let Some(InfoData::Bridge(infos)) = d {
-                for i in infos {
-                    match i {
-                        InfoBridge::VlanFiltering(v) => p.vlan_filtering = *v,
-                        InfoBridge::MulticastSnooping(v) => p.mcast_snooping = *v,
-                        InfoBridge::GroupFwdMask(v) => p.group_fwd_mask = *v,
-                        _ => {}
-                    }
-                }
-            }
-            LinkKind::Bridge(p)
-        }
-        (Some(InfoKind::Vxlan), d) => {
-            let mut p = VxlanParams {
-                vni: 0,
-                group: std::net::Ipv6Addr::UNSPECIFIED,
-                port: 0,
-                underlay_ifindex: 0,
-                learning: false,
-            };
-            if let Some(InfoData::Vxlan(infos)) = d {
-                for i in infos {
-                    match i {
-                        InfoVxlan::Id(v) => p.vni = *v,
-                        InfoVxlan::Group6(g) => p.group = *g,
-                        InfoVxlan::Port(v) => p.port = *v,
-                        InfoVxlan::Link(v) => p.underlay_ifindex = *v,
-                        InfoVxlan::Learning(v) => p.learning = *v,
-                        _ => {}
-                    }
-                }
-            }
-            LinkKind::Vxlan(p)
-        }
-        (Some(InfoKind::Veth), _) => LinkKind::Veth { peer_ifindex: link },
-        (Some(InfoKind::MacVtap), d) => {
-            let mode = match d {
-                Some(InfoData::MacVtap(infos)) => infos.iter().find_map(|i| match i {
-                    InfoMacVtap::Mode(m) => mode_from_nl(m),
-                    _ => None,
-                }),
-                _ => None,
-            };
-            match mode {
-                Some(mode) => LinkKind::Macvtap {
-                    lower_ifindex: link.unwrap_or(0),
-                    mode,
-                },
-                None => LinkKind::Other {
-                    kind: "macvtap(source)".into(),
-                },
-            }
-        }
-        (Some(k), _) => LinkKind::Other {
-            kind: format!("{k:?}").to_lowercase(),
-        },
-        (None, _) => LinkKind::Other {
-            kind: "device".into(),
-        },
-    };
     Link {
         name,
         ifindex: msg.header.index,
@@ -149,8 +56,130 @@ pub(super) fn parse_link(msg: &LinkMessage) -> Link {
         up: msg.header.flags.contains(LinkFlags::Up),
         alias,
         master,
-        port_group_fwd_mask: port_mask,
+        port_group_fwd_mask: info.port_mask,
         ipv6,
-        kind,
+        kind: link_kind(info.kind, info.data, link),
+    }
+}
+
+/// What a link's `IFLA_LINKINFO` says: its kind, that kind's data and, on a bridge port, the
+/// port's group forward mask.
+#[derive(Default)]
+struct Info<'a> {
+    kind: Option<InfoKind>,
+    data: Option<&'a InfoData>,
+    port_mask: Option<u16>,
+}
+
+impl<'a> Info<'a> {
+    fn of(infos: &'a [LinkInfo]) -> Self {
+        let mut info = Info::default();
+        for i in infos {
+            match i {
+                LinkInfo::Kind(k) => info.kind = Some(k.clone()),
+                LinkInfo::Data(d) => info.data = Some(d),
+                LinkInfo::PortData(InfoPortData::BridgePort(p)) => {
+                    info.port_mask = p.iter().find_map(|x| match x {
+                        InfoBridgePort::GroupFwdMask(m) => Some(*m),
+                        _ => None,
+                    });
+                }
+                _ => {}
+            }
+        }
+        info
+    }
+}
+
+/// Whether IPv6 is on for the link (its `disable_ipv6` is 0), when the message says.
+fn ipv6_enabled(families: &[AfSpecUnspec]) -> Option<bool> {
+    let mut on = None;
+    for family in families {
+        if let AfSpecUnspec::Inet6(attrs) = family {
+            for a in attrs {
+                if let AfSpecInet6::DevConf(conf) = a {
+                    on = Some(conf.disable_ipv6 == 0);
+                }
+            }
+        }
+    }
+    on
+}
+
+/// The datapath's kind of a link from its info kind and data; `link` is `IFLA_LINK` (a veth's
+/// peer, a macvtap's lower device).
+fn link_kind(kind: Option<InfoKind>, data: Option<&InfoData>, link: Option<u32>) -> LinkKind {
+    match kind {
+        Some(InfoKind::Bridge) => LinkKind::Bridge(bridge_params(data)),
+        Some(InfoKind::Vxlan) => LinkKind::Vxlan(vxlan_params(data)),
+        Some(InfoKind::Veth) => LinkKind::Veth { peer_ifindex: link },
+        Some(InfoKind::MacVtap) => match macvtap_mode(data) {
+            Some(mode) => LinkKind::Macvtap {
+                lower_ifindex: link.unwrap_or(0),
+                mode,
+            },
+            None => LinkKind::Other {
+                kind: "macvtap(source)".into(),
+            },
+        },
+        Some(k) => LinkKind::Other {
+            kind: format!("{k:?}").to_lowercase(),
+        },
+        None => LinkKind::Other {
+            kind: "device".into(),
+        },
+    }
+}
+
+fn bridge_params(data: Option<&InfoData>) -> BridgeParams {
+    let mut p = BridgeParams {
+        vlan_filtering: false,
+        mcast_snooping: true,
+        group_fwd_mask: 0,
+    };
+    if let Some(InfoData::Bridge(infos)) = data {
+        for i in infos {
+            match i {
+                InfoBridge::VlanFiltering(v) => p.vlan_filtering = *v,
+                InfoBridge::MulticastSnooping(v) => p.mcast_snooping = *v,
+                InfoBridge::GroupFwdMask(v) => p.group_fwd_mask = *v,
+                _ => {}
+            }
+        }
+    }
+    p
+}
+
+fn vxlan_params(data: Option<&InfoData>) -> VxlanParams {
+    let mut p = VxlanParams {
+        vni: 0,
+        group: std::net::Ipv6Addr::UNSPECIFIED,
+        port: 0,
+        underlay_ifindex: 0,
+        learning: false,
+    };
+    if let Some(InfoData::Vxlan(infos)) = data {
+        for i in infos {
+            match i {
+                InfoVxlan::Id(v) => p.vni = *v,
+                InfoVxlan::Group6(g) => p.group = *g,
+                InfoVxlan::Port(v) => p.port = *v,
+                InfoVxlan::Link(v) => p.underlay_ifindex = *v,
+                InfoVxlan::Learning(v) => p.learning = *v,
+                _ => {}
+            }
+        }
+    }
+    p
+}
+
+/// A macvtap's mode; `None` for a mode the datapath does not use (source).
+fn macvtap_mode(data: Option<&InfoData>) -> Option<MacvtapMode> {
+    match data {
+        Some(InfoData::MacVtap(infos)) => infos.iter().find_map(|i| match i {
+            InfoMacVtap::Mode(m) => mode_from_nl(m),
+            _ => None,
+        }),
+        _ => None,
     }
 }

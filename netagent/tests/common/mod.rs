@@ -25,6 +25,28 @@ impl Underlay {
     }
 }
 
+/// One simulated node `node1` on an underlay of its own; keep the underlay as long as the node.
+pub fn one_node() -> (Underlay, Node) {
+    let ul = Underlay::new();
+    let n1 = Node::new(&ul, "node1", 1500);
+    (ul, n1)
+}
+
+/// Two simulated nodes `node1` and `node2` on one underlay; keep the underlay as long as them.
+pub fn two_nodes() -> (Underlay, Node, Node) {
+    let (ul, n1) = one_node();
+    let n2 = Node::new(&ul, "node2", 1500);
+    (ul, n1, n2)
+}
+
+/// Whether `ping <args>` (two echoes, 2 s each at most) from `from` is answered.
+pub fn ping(from: &TestNs, args: &str) -> bool {
+    from.sh_output(&format!("ping -c 2 -i 0.2 -W 2 {args}"))
+        .unwrap()
+        .status
+        .success()
+}
+
 /// One simulated node.
 pub struct Node {
     pub name: String,
