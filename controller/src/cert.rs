@@ -431,25 +431,26 @@ pub trait WebhookConfig:
     fn bundles(&self) -> Vec<(&str, Option<&ByteString>)>;
 }
 
-impl WebhookConfig for ValidatingWebhookConfiguration {
-    const KIND: &'static str = "ValidatingWebhookConfiguration";
-    fn bundles(&self) -> Vec<(&str, Option<&ByteString>)> {
-        let hooks = self.webhooks.iter().flatten();
-        hooks
-            .map(|w| (w.name.as_str(), w.client_config.ca_bundle.as_ref()))
-            .collect()
-    }
+/// Both kinds carry `webhooks[].name` and `webhooks[].clientConfig.caBundle` alike.
+macro_rules! webhook_config {
+    ($kind:ty, $name:literal) => {
+        impl WebhookConfig for $kind {
+            const KIND: &'static str = $name;
+            fn bundles(&self) -> Vec<(&str, Option<&ByteString>)> {
+                let hooks = self.webhooks.iter().flatten();
+                hooks
+                    .map(|w| (w.name.as_str(), w.client_config.ca_bundle.as_ref()))
+                    .collect()
+            }
+        }
+    };
 }
 
-impl WebhookConfig for MutatingWebhookConfiguration {
-    const KIND: &'static str = "MutatingWebhookConfiguration";
-    fn bundles(&self) -> Vec<(&str, Option<&ByteString>)> {
-        let hooks = self.webhooks.iter().flatten();
-        hooks
-            .map(|w| (w.name.as_str(), w.client_config.ca_bundle.as_ref()))
-            .collect()
-    }
-}
+webhook_config!(
+    ValidatingWebhookConfiguration,
+    "ValidatingWebhookConfiguration"
+);
+webhook_config!(MutatingWebhookConfiguration, "MutatingWebhookConfiguration");
 
 /// Sets `caBundle` of every webhook in the named configuration of kind `K` (and only that one).
 /// Returns whether anything changed.

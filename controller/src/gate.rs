@@ -412,6 +412,11 @@ mod tests {
         p
     }
 
+    /// A pod that waits at our gate alone.
+    fn gated(name: &str, secs: i64, resources: &[&str]) -> Arc<Pod> {
+        Arc::new(pod("ns", name, secs, resources, &[SPOKE_GATE]))
+    }
+
     fn veth(spoke: &str) -> String {
         format!("macvtap.k8slan.io/k8slan-veth-{spoke}")
     }
@@ -482,8 +487,8 @@ mod tests {
     #[test]
     fn two_pods_for_one_spoke_the_older_is_lifted_the_other_waits() {
         let pods = [
-            Arc::new(pod("ns", "young", 20, &[&veth("a")], &[SPOKE_GATE])),
-            Arc::new(pod("ns", "old", 10, &[&veth("a")], &[SPOKE_GATE])),
+            gated("young", 20, &[&veth("a")]),
+            gated("old", 10, &[&veth("a")]),
         ];
         let plan = plan(&pods);
         assert_eq!(lifted(&plan), ["old"]);
@@ -496,13 +501,7 @@ mod tests {
     fn the_twin_kind_counts_as_the_same_spoke() {
         let pods = [
             Arc::new(pod("ns", "vm", 10, &[&mac("a")], &[])),
-            Arc::new(pod(
-                "ns",
-                "cnf",
-                5,
-                &[&veth("a"), &veth("b")],
-                &[SPOKE_GATE],
-            )),
+            gated("cnf", 5, &[&veth("a"), &veth("b")]),
         ];
         let plan = plan(&pods);
         assert!(plan.lift.is_empty());
@@ -529,13 +528,7 @@ mod tests {
                 &[&veth("b")],
                 &["example.com/quota", SPOKE_GATE],
             )),
-            Arc::new(pod(
-                "ns",
-                "next",
-                3,
-                &[&veth("a"), &veth("b")],
-                &[SPOKE_GATE],
-            )),
+            gated("next", 3, &[&veth("a"), &veth("b")]),
         ];
         assert_eq!(lifted(&plan(&pods)), ["next"]);
     }
@@ -549,8 +542,8 @@ mod tests {
         let pods = [
             Arc::new(lost),
             Arc::new(alive),
-            Arc::new(pod("ns", "wants-a", 2, &[&veth("a")], &[SPOKE_GATE])),
-            Arc::new(pod("ns", "wants-b", 2, &[&veth("b")], &[SPOKE_GATE])),
+            gated("wants-a", 2, &[&veth("a")]),
+            gated("wants-b", 2, &[&veth("b")]),
         ];
         assert_eq!(lifted(&plan(&pods)), ["wants-a"]);
     }
@@ -559,14 +552,8 @@ mod tests {
     fn a_waiting_pod_does_not_block_a_younger_one_on_other_spokes() {
         let pods = [
             Arc::new(pod("ns", "holder", 1, &[&veth("a")], &[])),
-            Arc::new(pod(
-                "ns",
-                "wants-a-and-b",
-                2,
-                &[&veth("a"), &veth("b")],
-                &[SPOKE_GATE],
-            )),
-            Arc::new(pod("ns", "wants-c", 3, &[&veth("c")], &[SPOKE_GATE])),
+            gated("wants-a-and-b", 2, &[&veth("a"), &veth("b")]),
+            gated("wants-c", 3, &[&veth("c")]),
         ];
         assert_eq!(lifted(&plan(&pods)), ["wants-c"]);
     }

@@ -303,6 +303,30 @@ fn remove_link(st: &mut State, ns: &Ns, name: &str) {
 }
 
 /// As the kernel: one VXLAN per VNI and UDP port on an underlay (link-local group).
+/// What the kernel refuses of a new vxlan: a missing underlay, a VNI already in use.
+fn vxlan_allowed(
+    st: &State,
+    name: &str,
+    params: &crate::kernel::VxlanParams,
+) -> Result<(), KernelError> {
+    if !st.host.iter().any(|l| l.ifindex == params.underlay_ifindex) {
+        return Err(
+            KernelError::new("create vxlan", name, &Ns::Host, "no underlay")
+                .with_errno(libc::ENODEV),
+        );
+    }
+    if vni_in_use(st, params) {
+        return Err(KernelError::new(
+            "create vxlan",
+            name,
+            &Ns::Host,
+            "A VXLAN device with the specified VNI already exists",
+        )
+        .with_errno(libc::EEXIST));
+    }
+    Ok(())
+}
+
 fn vni_in_use(st: &State, want: &crate::kernel::VxlanParams) -> bool {
     st.lans.values().flatten().any(|l| {
         matches!(&l.kind, LinkKind::Vxlan(p) if p.vni == want.vni
@@ -401,14 +425,8 @@ impl Kernel for RecordingKernel {
                 alias,
                 params,
             } => {
-                add(
-                    &mut st,
-                    &Ns::Lan(lan.clone()),
-                    name,
-                    *mtu,
-                    alias,
-                    LinkKind::Bridge(*params),
-                )?;
+                let kind = LinkKind::Bridge(*params);
+                add(&mut st, &Ns::Lan(lan.clone()), name, *mtu, alias, kind)?;
             }
             NewLink::Vxlan {
                 lan,
@@ -417,29 +435,9 @@ impl Kernel for RecordingKernel {
                 alias,
                 params,
             } => {
-                if !st.host.iter().any(|l| l.ifindex == params.underlay_ifindex) {
-                    return Err(
-                        KernelError::new("create vxlan", name, &Ns::Host, "no underlay")
-                            .with_errno(libc::ENODEV),
-                    );
-                }
-                if vni_in_use(&st, params) {
-                    return Err(KernelError::new(
-                        "create vxlan",
-                        name,
-                        &Ns::Host,
-                        "A VXLAN device with the specified VNI already exists",
-                    )
-                    .with_errno(libc::EEXIST));
-                }
-                add(
-                    &mut st,
-                    &Ns::Lan(lan.clone()),
-                    name,
-                    *mtu,
-                    alias,
-                    LinkKind::Vxlan(*params),
-                )?;
+                vxlan_allowed(&st, name, params)?;
+                let kind = LinkKind::Vxlan(*params);
+                add(&mut st, &Ns::Lan(lan.clone()), name, *mtu, alias, kind)?;
             }
             NewLink::VethPair {
                 lan,
