@@ -22,6 +22,8 @@ expect_refused "webhook.certificates.mode must be selfSigned or certManager" \
   --set webhook.certificates.mode=vault
 expect_refused "controller.maxSpokesPerNode is 0: it must be at least 1" \
   --set controller.maxSpokesPerNode=0
+expect_refused 'agent.tapOwner is "qemu:qemu": it must be a numeric UID:GID' \
+  --set agent.tapOwner=qemu:qemu
 # And the defaults render.
 "$helm" template k8slan charts/k8slan -n k8slan-system >/dev/null
 ((fails == 0)) && echo "chart-guards: bad values refused with a message naming them"

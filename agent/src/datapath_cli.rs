@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use k8slan_api::SpokeKind;
 use k8slan_api::naming::{DEFAULT_DEV_DIR, DEFAULT_NETNS_DIR};
+use k8slan_netagent::kernel::NodeOwner;
 use k8slan_netagent::{Datapath, HostNs, RtnlKernel};
 use serde::Serialize;
 
@@ -33,6 +34,15 @@ pub struct Dirs {
     /// Network namespace to treat as the node's host namespace (default: the agent's own).
     #[arg(long, global = true, env = "K8SLAN_HOST_NETNS")]
     pub host_netns: Option<PathBuf>,
+    /// Owner (`UID:GID`, numeric) of the VM spokes' tap device nodes: the container gets the
+    /// node with this owner, and KubeVirt's QEMU runs as 107:107 (non-root VMs).
+    #[arg(
+        long,
+        global = true,
+        env = "K8SLAN_TAP_OWNER",
+        default_value = "107:107"
+    )]
+    pub tap_owner: NodeOwner,
 }
 
 #[derive(Debug, Subcommand)]
@@ -102,7 +112,7 @@ pub fn run(args: DatapathArgs) -> Result<()> {
         None => HostNs::Current,
     };
     let kernel = RtnlKernel::new(host, &args.dirs.netns_dir).context("open the host namespace")?;
-    let dp = Datapath::new(kernel, &args.dirs.dev_dir);
+    let dp = Datapath::new(kernel, &args.dirs.dev_dir).with_tap_owner(args.dirs.tap_owner);
     match (args.op, spec) {
         (Op::Up { node, .. }, Some(spec)) => print(&dp.lan_up(&spec, &node)?),
         (

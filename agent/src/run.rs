@@ -100,7 +100,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
     };
     let kernel = RtnlKernel::new(host, &args.dirs.netns_dir)
         .context("cannot open the host network namespace")?;
-    let dp = Arc::new(Datapath::new(kernel, &args.dirs.dev_dir));
+    let dp =
+        Arc::new(Datapath::new(kernel, &args.dirs.dev_dir).with_tap_owner(args.dirs.tap_owner));
     let client = kube::Client::try_default()
         .await
         .context("cannot build a Kubernetes client (in-cluster config or KUBECONFIG)")?;

@@ -95,6 +95,33 @@ def test_vm_like_pod_talks_through_its_tap_device(k8slan, namespace):
     assert reply["dst"] == peer and reply["payload"].startswith("echo:to-the-vm"), reply
 
 
+def test_a_non_root_vm_opens_its_tap_device(k8slan, namespace):
+    """KubeVirt runs QEMU as 107:107 without capabilities (non-root VMs, the default): the tap
+    device the container gets from Allocate is owned by that user (agent.tapOwner), so it can
+    open it and write a frame that reaches a pod on the other node."""
+    kubectl = k8slan
+    lan = Lan()
+    kubectl.apply(lan.manifest(), namespace)
+    vm = member_pod("vm", W1, lan.spokes["a"], kind="mac", command=["sleep", "3600"])
+    vm["spec"]["securityContext"] = {"runAsUser": 107, "runAsGroup": 107, "runAsNonRoot": True}
+    vm["spec"]["containers"][0]["securityContext"] = {
+        "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+    kubectl.apply([vm, member_pod("peer", W2, lan.spokes["b"])], namespace)
+    wait_pods_running(kubectl, namespace, "vm", "peer")
+    taps = kubectl.exec(namespace, "vm", "sh", "-c", "ls /dev/tap*").split()
+    assert len(taps) == 1, taps
+    tap = taps[0]
+    assert kubectl.exec(namespace, "vm", "id", "-u").strip() == "107"
+    owner = kubectl.exec(namespace, "vm", "stat", "-c", "%u:%g %a", tap).strip()
+    assert owner == "107:107 660", f"{tap} in the VM's container: {owner}"
+    peer = pod_mac(kubectl, namespace, "peer")
+    vm_src = "52:54:00:10:70:07"
+    frame = exchange(kubectl, namespace, "peer", ["recv", "--iface", LAN_IF, "--ethertype", "88b5", "--src", vm_src],
+                     "vm", ["tap-send", "--dev", tap, "--dst", peer, "--src", vm_src, "--ethertype", "88b5",
+                            "--payload", "from-qemu-107"])
+    assert frame["payload"].startswith("from-qemu-107"), frame
+
+
 def test_one_member_per_spoke(k8slan, namespace):
     """A held spoke keeps a second pod Pending on the same and on the other node; released, it
     goes to the waiting pod, which connects. A pod on the veth twin blocks the mac twin."""

@@ -24,4 +24,4 @@ pub mod tap;
 pub use netns::{Found, NetNs, NsError, NsId, NsThread};
 pub use nsdir::{NsDir, NsDirError, NsEntry};
 pub use route::{RequestError, RouteSocket};
-pub use tap::{DevNum, TapDir, TapError};
+pub use tap::{DevNum, NodeOwner, TapDir, TapError, TapNode};

@@ -15,8 +15,10 @@ use std::str::FromStr;
 
 use nix::dir::Dir;
 use nix::fcntl::{AT_FDCWD, AtFlags, OFlag, openat, renameat};
-use nix::sys::stat::{FileStat, Mode, SFlag, fstatat, major, makedev, minor, mknodat};
-use nix::unistd::{UnlinkatFlags, unlinkat};
+use nix::sys::stat::{
+    FchmodatFlags, FileStat, Mode, SFlag, fchmodat, fstatat, major, makedev, minor, mknodat,
+};
+use nix::unistd::{Gid, Uid, UnlinkatFlags, fchownat, unlinkat};
 
 use crate::name;
 
@@ -61,6 +63,61 @@ impl FromStr for DevNum {
             minor: num(mi)?,
         })
     }
+}
+
+/// Owner of a tap device node, `UID:GID`. The container runtime gives the node inside the
+/// container the host node's owner, so a VM's QEMU that runs as an unprivileged user (KubeVirt's
+/// qemu, 107:107) can open the tap only when the host node is its. The directory holding the
+/// nodes is 0700 root, so no user of the node itself reaches them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct NodeOwner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl NodeOwner {
+    /// root:root.
+    pub const ROOT: NodeOwner = NodeOwner { uid: 0, gid: 0 };
+    /// KubeVirt's qemu user and group (non-root VMs, the default since KubeVirt 1.0).
+    pub const QEMU: NodeOwner = NodeOwner { uid: 107, gid: 107 };
+
+    fn of(st: &FileStat) -> NodeOwner {
+        NodeOwner {
+            uid: st.st_uid,
+            gid: st.st_gid,
+        }
+    }
+}
+
+impl fmt::Display for NodeOwner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.uid, self.gid)
+    }
+}
+
+impl FromStr for NodeOwner {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (u, g) = s
+            .split_once(':')
+            .ok_or_else(|| format!("{s:?} is not UID:GID (numbers, e.g. 107:107)"))?;
+        let num = |x: &str| {
+            x.parse::<u32>()
+                .map_err(|e| format!("{x:?} in {s:?} is not a numeric id: {e}"))
+        };
+        Ok(NodeOwner {
+            uid: num(u)?,
+            gid: num(g)?,
+        })
+    }
+}
+
+/// A tap device node as found or wanted: its device number and owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TapNode {
+    pub dev: DevNum,
+    pub owner: NodeOwner,
 }
 
 /// A failed tap operation, naming the file or link.
@@ -174,9 +231,17 @@ impl TapDir {
     /// The device number of node `file`, `None` when there is none; anything else there
     /// (a symlink, a regular file, ...) is an error.
     pub fn node(&self, file: &str) -> Result<Option<DevNum>, TapError> {
+        Ok(self.entry(file)?.map(|n| n.dev))
+    }
+
+    /// Node `file` with its owner, `None` when there is none; anything else there is an error.
+    pub fn entry(&self, file: &str) -> Result<Option<TapNode>, TapError> {
         match self.stat(file)? {
             None => Ok(None),
-            Some(st) if is_char_device(&st) => Ok(Some(DevNum::of(&st))),
+            Some(st) if is_char_device(&st) => Ok(Some(TapNode {
+                dev: DevNum::of(&st),
+                owner: NodeOwner::of(&st),
+            })),
             Some(st) => Err(TapError::NotDevice {
                 path: self.path.join(file),
                 what: kind_of(&st),
@@ -184,9 +249,16 @@ impl TapDir {
         }
     }
 
-    /// Makes (or atomically replaces) character device node `file` with `dev` and `mode`.
-    /// Whatever else is at `file` (not a character device) is refused and left alone.
-    pub fn make(&self, file: &str, dev: DevNum, mode: u32) -> Result<(), TapError> {
+    /// Makes (or atomically replaces) character device node `file` with `dev`, `mode` and
+    /// `owner` (set before the node takes the name). Whatever else is at `file` (not a character
+    /// device) is refused and left alone.
+    pub fn make(
+        &self,
+        file: &str,
+        dev: DevNum,
+        mode: u32,
+        owner: NodeOwner,
+    ) -> Result<(), TapError> {
         if let Some(st) = self.stat(file)?
             && !is_char_device(&st)
         {
@@ -210,6 +282,28 @@ impl TapDir {
             dev.dev_t(),
         )
         .map_err(|e| TapError::io(&tmp_path, e))?;
+        let (uid, gid) = (Uid::from_raw(owner.uid), Gid::from_raw(owner.gid));
+        if let Err(e) = fchownat(
+            self.fd.as_fd(),
+            tmp.as_str(),
+            Some(uid),
+            Some(gid),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        ) {
+            let _ = unlinkat(self.fd.as_fd(), tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+            return Err(TapError::io(&tmp_path, e));
+        }
+        // mknod applies the umask: set the mode itself (the fresh node is ours; nothing to follow).
+        let mode = Mode::from_bits_truncate(mode & 0o7777);
+        if let Err(e) = fchmodat(
+            self.fd.as_fd(),
+            tmp.as_str(),
+            mode,
+            FchmodatFlags::FollowSymlink,
+        ) {
+            let _ = unlinkat(self.fd.as_fd(), tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+            return Err(TapError::io(&tmp_path, e));
+        }
         renameat(self.fd.as_fd(), tmp.as_str(), self.fd.as_fd(), file).map_err(|e| {
             let _ = unlinkat(self.fd.as_fd(), tmp.as_str(), UnlinkatFlags::NoRemoveDir);
             TapError::io(&self.path.join(file), e)
@@ -242,7 +336,8 @@ impl TapDir {
         Ok(names)
     }
 
-    /// Re-points every character device node carrying `old` to `new`, keeping its mode.
+    /// Re-points every character device node carrying `old` to `new`, keeping its mode and
+    /// owner.
     /// Returns the names changed.
     pub fn repoint(&self, old: DevNum, new: DevNum) -> Result<Vec<String>, TapError> {
         let mut changed = Vec::new();
@@ -256,7 +351,7 @@ impl TapDir {
             if !is_char_device(&st) || DevNum::of(&st) != old {
                 continue;
             }
-            self.make(&file, new, st.st_mode)?;
+            self.make(&file, new, st.st_mode, NodeOwner::of(&st))?;
             changed.push(file);
         }
         Ok(changed)
@@ -316,7 +411,8 @@ mod tests {
                 "{f}"
             );
             assert!(dir.remove(f).is_err(), "{f}");
-            assert!(dir.make(f, DevNum { major: 1, minor: 3 }, 0o600).is_err());
+            let null = DevNum { major: 1, minor: 3 };
+            assert!(dir.make(f, null, 0o600, NodeOwner::ROOT).is_err());
         }
         assert_eq!(std::fs::read_to_string(path.join("tap-file")).unwrap(), "x");
         assert!(path.join("tap-link").is_symlink());
@@ -329,5 +425,56 @@ mod tests {
         std::os::unix::fs::symlink("/dev", &link).unwrap();
         assert!(TapDir::open(&link, false).is_err());
         std::fs::remove_file(&link).unwrap();
+    }
+
+    #[test]
+    fn owners_parse_as_numeric_uid_and_gid() {
+        assert_eq!("107:107".parse::<NodeOwner>(), Ok(NodeOwner::QEMU));
+        assert_eq!(NodeOwner { uid: 0, gid: 5 }.to_string(), "0:5");
+        for bad in [
+            "",
+            "107",
+            "qemu:qemu",
+            "107:",
+            "-1:0",
+            "1:2:3",
+            "4294967296:0",
+        ] {
+            let err = bad.parse::<NodeOwner>().unwrap_err();
+            assert!(
+                err.contains("UID:GID") || err.contains("numeric id"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    #[ignore = "privileged"]
+    fn nodes_get_their_owner_and_a_repoint_keeps_it() {
+        let path = std::env::temp_dir().join(format!("k8slan-tapown-{}", std::process::id()));
+        let dir = TapDir::open(&path, true).unwrap().unwrap();
+        let (null, zero) = (DevNum { major: 1, minor: 3 }, DevNum { major: 1, minor: 5 });
+        dir.make("tap-vm", null, 0o660, NodeOwner::QEMU).unwrap();
+        let want = TapNode {
+            dev: null,
+            owner: NodeOwner::QEMU,
+        };
+        assert_eq!(dir.entry("tap-vm").unwrap(), Some(want));
+        assert_eq!(dir.repoint(null, zero).unwrap(), vec!["tap-vm"]);
+        let got = dir.entry("tap-vm").unwrap().unwrap();
+        assert_eq!(
+            got,
+            TapNode {
+                dev: zero,
+                owner: NodeOwner::QEMU
+            }
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path.join("tap-vm"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7777, 0o660);
+        std::fs::remove_dir_all(&path).unwrap();
     }
 }

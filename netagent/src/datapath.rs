@@ -11,7 +11,7 @@ use std::sync::{Mutex, MutexGuard};
 use k8slan_api::mtu::MtuTooSmall;
 use k8slan_api::validate::{FieldError, InvalidLan};
 
-use crate::kernel::{Kernel, KernelError, Link, LinkChange, Ns};
+use crate::kernel::{Kernel, KernelError, Link, LinkChange, NodeOwner, Ns};
 
 /// Per-port group forward mask of every bridge port k8slan makes: forward every link-local
 /// group address (STP, LACP, LLDP, 802.1X, ...) except PAUSE (bit 1), which the kernel refuses.
@@ -86,6 +86,8 @@ pub enum DatapathError {
 pub struct Datapath<K> {
     pub(crate) kernel: K,
     pub(crate) dev_dir: PathBuf,
+    /// Owner of the tap device nodes it makes (KubeVirt's qemu by default in the agent).
+    pub(crate) tap_owner: NodeOwner,
     lock: Mutex<()>,
 }
 
@@ -95,8 +97,15 @@ impl<K: Kernel> Datapath<K> {
         Self {
             kernel,
             dev_dir: dev_dir.into(),
+            tap_owner: NodeOwner::ROOT,
             lock: Mutex::new(()),
         }
+    }
+
+    /// The same datapath, making its tap device nodes owned by `owner` (root:root otherwise).
+    pub fn with_tap_owner(mut self, owner: NodeOwner) -> Self {
+        self.tap_owner = owner;
+        self
     }
 
     /// The kernel this datapath drives.

@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
-use crate::kernel::{DevNum, Kernel, KernelError, Link, LinkChange, LinkKind, NewLink, Ns};
+use crate::kernel::{
+    DevNum, Kernel, KernelError, Link, LinkChange, LinkKind, NewLink, Ns, TapNode,
+};
 
 /// One recorded call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,7 +51,7 @@ impl Call {
 struct State {
     host: Vec<Link>,
     lans: BTreeMap<String, Vec<Link>>,
-    taps: BTreeMap<PathBuf, DevNum>,
+    taps: BTreeMap<PathBuf, TapNode>,
     next_ifindex: u32,
     calls: Vec<Call>,
     fail: Option<(String, String)>,
@@ -132,7 +134,11 @@ impl RecordingKernel {
 
     /// Tap device nodes, without recording a call.
     pub fn peek_taps(&self) -> BTreeMap<PathBuf, DevNum> {
-        self.st().taps.clone()
+        self.st()
+            .taps
+            .iter()
+            .map(|(p, n)| (p.clone(), n.dev))
+            .collect()
     }
 
     /// Drift: change a link behind the datapath's back (not recorded).
@@ -627,14 +633,15 @@ impl Kernel for RecordingKernel {
             })
     }
 
-    fn tap_node(&self, path: &Path) -> Result<Option<DevNum>, KernelError> {
+    fn tap_node(&self, path: &Path) -> Result<Option<TapNode>, KernelError> {
         let st = self.begin_tap_path(Call::TapNode, "tap_node", path)?;
         Ok(st.taps.get(path).copied())
     }
 
-    fn make_tap_node(&self, path: &Path, dev: DevNum) -> Result<(), KernelError> {
-        let mut st = self.begin_tap_path(|p| Call::MakeTapNode(p, dev), "make_tap_node", path)?;
-        st.taps.insert(path.into(), dev);
+    fn make_tap_node(&self, path: &Path, node: TapNode) -> Result<(), KernelError> {
+        let make = |p| Call::MakeTapNode(p, node.dev);
+        let mut st = self.begin_tap_path(make, "make_tap_node", path)?;
+        st.taps.insert(path.into(), node);
         Ok(())
     }
 

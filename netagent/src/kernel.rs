@@ -168,7 +168,7 @@ impl LinkChange {
 }
 
 /// Major and minor number of a character device (defined once, in the kernel layer).
-pub use k8slan_kernel::DevNum;
+pub use k8slan_kernel::{DevNum, NodeOwner, TapNode};
 
 /// Link group (`IFLA_GROUP`) of every link k8slan creates in a LAN namespace, so that
 /// `lan down` deletes them all in one batch (`ip link delete group`).
@@ -241,11 +241,12 @@ pub trait Kernel: Send + Sync {
 
     /// Device number of a host-namespace macvtap's character device.
     fn macvtap_devnum(&self, macvtap: &str) -> Result<DevNum, KernelError>;
-    /// The device number of a character device node, `None` when the file does not exist
-    /// (a file that is not a character device is reported as an error).
-    fn tap_node(&self, path: &Path) -> Result<Option<DevNum>, KernelError>;
-    /// Create (replace) a character device node, creating its directory if needed.
-    fn make_tap_node(&self, path: &Path, dev: DevNum) -> Result<(), KernelError>;
+    /// The device number and owner of a character device node, `None` when the file does not
+    /// exist (a file that is not a character device is reported as an error).
+    fn tap_node(&self, path: &Path) -> Result<Option<TapNode>, KernelError>;
+    /// Create (replace) a character device node with that device number and owner (mode
+    /// 0660), creating its directory if needed.
+    fn make_tap_node(&self, path: &Path, node: TapNode) -> Result<(), KernelError>;
     /// Remove a device node; absent is fine.
     fn remove_tap_node(&self, path: &Path) -> Result<(), KernelError>;
     /// Every file in the device directory.

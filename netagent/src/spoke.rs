@@ -10,7 +10,7 @@ use serde::Serialize;
 use tracing::{debug, instrument};
 
 use crate::datapath::{Datapath, DatapathError, Owner, Want, is_ours, kerr, role};
-use crate::kernel::{Kernel, KernelError, Link, LinkKind, NewLink, Ns};
+use crate::kernel::{Kernel, KernelError, Link, LinkKind, NewLink, Ns, TapNode};
 use crate::lan::{LanState, held_elsewhere};
 
 /// What a prepared spoke gives its member. The CNI plugin moves `host_ifname` (veth) or
@@ -400,10 +400,15 @@ impl<K: Kernel> SpokeUp<'_, K> {
         }
         let dev = self.k(self.dp.kernel.macvtap_devnum(&self.names.mvt))?;
         let tap_path = self.dp.tap_node_path(self.spoke);
-        if self.k(self.dp.kernel.tap_node(&tap_path))? != Some(dev) {
-            self.k(self.dp.kernel.make_tap_node(&tap_path, dev))?;
-            let p = tap_path.display();
-            self.changes.push(format!("create tap node {p} ({dev})"));
+        let node = TapNode {
+            dev,
+            owner: self.dp.tap_owner,
+        };
+        if self.k(self.dp.kernel.tap_node(&tap_path))? != Some(node) {
+            self.k(self.dp.kernel.make_tap_node(&tap_path, node))?;
+            let (p, owner) = (tap_path.display(), node.owner);
+            self.changes
+                .push(format!("create tap node {p} ({dev}, owner {owner})"));
         }
         Ok(MacAttachment {
             macvtap: self.names.mvt.clone(),

@@ -153,6 +153,13 @@ fn vm_tap_device_reaches_a_remote_pod_and_gets_the_reply() {
     n2.spoke_up(&spec, &b, SpokeKind::Veth);
     let mac = att.mac.clone().unwrap();
     assert!(mac.tap_host_path.starts_with(n1.dir.path()));
+    // Owned by the configured user (KubeVirt's qemu, 107:107), 0660: a non-root QEMU opens it.
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(&mac.tap_host_path).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.gid(), meta.mode() & 0o7777),
+        (107, 107, 0o660)
+    );
     assert_eq!(
         mac.tap_container_path,
         format!("/dev/tap{}", mac.macvtap_ifindex)
@@ -187,9 +194,12 @@ fn vm_tap_device_reaches_a_remote_pod_and_gets_the_reply() {
         .kernel()
         .make_tap_node(
             &mac.tap_host_path,
-            k8slan_netagent::kernel::DevNum {
-                major: ma.parse().unwrap(),
-                minor: mi.parse().unwrap(),
+            k8slan_netagent::kernel::TapNode {
+                dev: k8slan_netagent::kernel::DevNum {
+                    major: ma.parse().unwrap(),
+                    minor: mi.parse().unwrap(),
+                },
+                owner: k8slan_netagent::kernel::NodeOwner::QEMU,
             },
         )
         .unwrap();

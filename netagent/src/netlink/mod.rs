@@ -20,7 +20,9 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use k8slan_kernel::{DevNum, NetNs, NsId, NsThread, RequestError, RouteSocket, TapDir, tap};
+use k8slan_kernel::{
+    DevNum, NetNs, NsId, NsThread, RequestError, RouteSocket, TapDir, TapNode, tap,
+};
 use rtnetlink::packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::packet_route::link::{
@@ -641,21 +643,22 @@ impl Kernel for RtnlKernel {
         )
     }
 
-    fn tap_node(&self, path: &Path) -> Result<Option<DevNum>, KernelError> {
+    fn tap_node(&self, path: &Path) -> Result<Option<TapNode>, KernelError> {
         let (dir, file) = self.tap_dir("inspect", path, false)?;
         let Some(dir) = dir else { return Ok(None) };
-        dir.node(&file)
+        dir.entry(&file)
             .map_err(|e| KernelError::new("inspect", path.display().to_string(), &Ns::Host, e))
     }
 
-    fn make_tap_node(&self, path: &Path, dev: DevNum) -> Result<(), KernelError> {
+    fn make_tap_node(&self, path: &Path, node: TapNode) -> Result<(), KernelError> {
         const OP: &str = "create tap device node";
         let (dir, file) = self.tap_dir(OP, path, true)?;
         let err = |e: &dyn std::fmt::Display| {
             KernelError::new(OP, path.display().to_string(), &Ns::Host, e)
         };
         let dir = dir.ok_or_else(|| err(&"the directory is missing"))?;
-        dir.make(&file, dev, 0o660).map_err(|e| err(&e))
+        dir.make(&file, node.dev, 0o660, node.owner)
+            .map_err(|e| err(&e))
     }
 
     fn remove_tap_node(&self, path: &Path) -> Result<(), KernelError> {

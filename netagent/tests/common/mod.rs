@@ -73,7 +73,9 @@ impl Node {
         ns.sh(&format!("ip link set {UNDERLAY} up")).unwrap();
         let dir = TestDir::new("node").unwrap();
         let kernel = RtnlKernel::new(HostNs::Path(ns.path()), dir.path().join("netns")).unwrap();
-        let dp = Datapath::new(kernel, dir.path().join("dev"));
+        // As the agent runs by default: tap nodes owned by KubeVirt's qemu user.
+        let dp = Datapath::new(kernel, dir.path().join("dev"))
+            .with_tap_owner(k8slan_netagent::kernel::NodeOwner::QEMU);
         Self {
             name: name.to_string(),
             ns,
