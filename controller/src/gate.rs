@@ -31,7 +31,7 @@ use kube::api::{Patch, PatchParams};
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
 use kube::core::{DynamicObject, PartialObjectMeta};
 use kube::runtime::events::{Event, EventType, Recorder};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::{Value, json};
@@ -354,7 +354,7 @@ impl Keeper {
     }
 
     async fn tell_waiting(&self, pods: &Store<Pod>, w: &Wait) {
-        let Some(pod) = pods.state().into_iter().find(|p| key_of(p) == w.pod) else {
+        let Some(pod) = pods.get(&ObjectRef::new(&w.pod.name).within(&w.pod.namespace)) else {
             return;
         };
         let ev = Event {
