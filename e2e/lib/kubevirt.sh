@@ -1,0 +1,7 @@
+# shellcheck shell=bash
+# shellcheck disable=SC2034  # used by the scripts that source it
+# KubeVirt in the e2e cluster: where its build lives and the names of its local images.
+# Source after common.sh.
+
+KUBEVIRT_BIN=$K8SLAN_CACHE/bin/kubevirt-$KUBEVIRT_VERSION
+KUBEVIRT_SRC=$K8SLAN_CACHE/src/kubevirt-$KUBEVIRT_VERSION
