@@ -17,6 +17,8 @@ build_pause() {
   local work=$1
   gcc -static -Os -Wall -Werror -o "$work/pause" "$E2E_DIR/images/pause.c"
   strip "$work/pause"
+  # The same binary is every node's PID 1 (lib/node-init.sh).
+  install -m 755 "$work/pause" "$NODE_INIT"
   python3 "$OCI_IMAGE" --name "$PAUSE_IMAGE" --output "$IMAGES_DIR/pause.tar" \
     --add "$work/pause:/pause" --entrypoint /pause
 }

@@ -64,13 +64,35 @@ build_binaries() {
   log "kubevirt $KUBEVIRT_VERSION: built in $((SECONDS - start))s"
 }
 
+# Upstream's two passes (hack/build-manifests.sh): fill in the generated resources, then the
+# variables (image names, namespace, pull policy).
+build_manifests() {
+  local out=$KUBEVIRT_MANIFESTS
+  if [[ -f $out/.complete ]]; then log "kubevirt manifests: cached in $out"; return; fi
+  [[ -f $KUBEVIRT_BIN/.complete ]] || build_binaries
+  local dir templator=$KUBEVIRT_BIN/manifest-templator
+  dir=$(cd "$KUBEVIRT_SRC" && go mod download -json "kubevirt.io/kubevirt@$KUBEVIRT_VERSION" | jq -r .Dir)
+  mkdir -p "$out"
+  "$templator" --process-files --generated-manifests-dir="$dir/manifests/generated/" \
+    --input-file="$dir/manifests/release/kubevirt-operator.yaml.in" >"$out/kubevirt-operator.yaml.in"
+  "$templator" --process-vars --input-file="$out/kubevirt-operator.yaml.in" \
+    --namespace="$KUBEVIRT_NAMESPACE" --container-prefix="$KUBEVIRT_IMAGE_PREFIX" \
+    --container-tag="$KUBEVIRT_VERSION" --image-pull-policy=IfNotPresent --verbosity=2 \
+    >"$out/kubevirt-operator.yaml"
+  rm "$out/kubevirt-operator.yaml.in"
+  grep -q "image: $KUBEVIRT_IMAGE_PREFIX/virt-operator:$KUBEVIRT_VERSION" "$out/kubevirt-operator.yaml" \
+    || die "the rendered operator manifest does not name our virt-operator image"
+  touch "$out/.complete"
+  log "kubevirt manifests: $out/kubevirt-operator.yaml"
+}
+
 main() {
   local targets=("$@") t
   [[ ${#targets[@]} -gt 0 ]] || targets=(all)
-  [[ ${targets[0]} == all ]] && targets=(binaries)
+  [[ ${targets[0]} == all ]] && targets=(binaries manifests)
   for t in "${targets[@]}"; do
     case $t in
-      binaries) "build_$t" ;;
+      binaries|manifests) "build_$t" ;;
       *) die "unknown kubevirt build target: $t" ;;
     esac
   done

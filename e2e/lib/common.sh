@@ -64,7 +64,12 @@ NODE_PRIVATE_DIRS=(
   /var/lib/kubelet /var/lib/containerd /var/lib/cni /var/lib/k8slan
   /var/log/pods /var/log/containers
   /run/containerd /run/netns /run/k8slan
+  # KubeVirt's node state: virt-handler's and the launchers' sockets collide when shared.
+  /run/kubevirt /run/kubevirt-private /run/kubevirt-libvirt-runtimes /var/lib/kubevirt-node-labeller
 )
+# PID 1 of every node's PID namespace: the pause binary (reaps orphans, exits on SIGTERM,
+# which ends every process of the node). Built by images/build-images.sh.
+NODE_INIT=$IMAGES_DIR/node-init
 
 # --- helpers ------------------------------------------------------------------
 log()  { printf '[e2e %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -88,11 +93,12 @@ alive_pid() {
   echo "$pid"
 }
 
-# Run a command inside a node's mount, UTS and network namespaces.
+# Run a command inside a node's mount, UTS, network and PID namespaces (nsenter forks
+# into the PID namespace and returns the command's status).
 in_node() {
   local node=$1 pid; shift
   pid=$(alive_pid "$(holder_pidfile "$node")") || die "node $node is not running"
-  nsenter -t "$pid" -m -u -n -- "$@"
+  nsenter -t "$pid" -m -u -n -p -- "$@"
 }
 
 # Wait until a command succeeds; $1 seconds, $2 description, rest the command.

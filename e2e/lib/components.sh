@@ -14,10 +14,12 @@ start_daemon() {
   alive_pid "$pidfile" >/dev/null && return 0
   holder=$(alive_pid "$(holder_pidfile "$node")") || die "node $node has no holder"
   log "start: $node: $name"
-  # The inner bash writes its own pid, then execs nsenter, which execs the daemon.
+  # nsenter forks a bash into the node's PID namespace; that bash writes its pid as the host
+  # sees it (the host's /proc is still mounted), then execs nsenter into the node's other
+  # namespaces, which execs the daemon: the pid file holds the daemon's host pid.
   # shellcheck disable=SC2016  # expanded by the inner bash
-  setsid bash -c 'echo $$ >"$0"; exec "$@"' "$pidfile" \
-    nsenter -t "$holder" -m -u -n -- "$@" >>"$(node_logs "$node")/$name.log" 2>&1 </dev/null &
+  setsid nsenter -t "$holder" -p -- bash -c 'read -r pid _ </proc/self/stat; echo "$pid" >"$0"; exec "$@"' \
+    "$pidfile" nsenter -t "$holder" -m -u -n -- "$@" >>"$(node_logs "$node")/$name.log" 2>&1 </dev/null &
   wait_for 5 "$name pid file" test -s "$pidfile"
 }
 

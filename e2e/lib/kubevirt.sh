@@ -5,3 +5,7 @@
 
 KUBEVIRT_BIN=$K8SLAN_CACHE/bin/kubevirt-$KUBEVIRT_VERSION
 KUBEVIRT_SRC=$K8SLAN_CACHE/src/kubevirt-$KUBEVIRT_VERSION
+KUBEVIRT_MANIFESTS=$KUBEVIRT_BIN/manifests
+KUBEVIRT_NAMESPACE=kubevirt
+# Our images are imported into every node, never pulled: k8slan.local/kubevirt/<component>:<version>.
+KUBEVIRT_IMAGE_PREFIX=k8slan.local/kubevirt

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs as the namespace holder of one node, already inside the node's network
-# namespace and a fresh, private mount + UTS namespace (see start_node_holder).
+# namespace and a fresh, private mount, UTS and PID namespace, as its PID 1 (see
+# start_node_holder). KubeVirt's virt-handler (a hostPID pod) takes PID 1 for the node's init:
+# /proc/1/root and /proc/1/ns/mnt must be the node's, not the host's.
 # Usage: node-init.sh NODE PIDFILE
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
@@ -31,6 +33,11 @@ fi
 mount --make-rshared /
 hostname "$node"
 
-echo $$ >"$pidfile"
-echo "node $node: holder $$ ready"
-exec sleep infinity
+# The host's /proc is still mounted: it names this process by its host pid. Then a /proc of
+# the node's own PID namespace replaces it.
+read -r host_pid _ </proc/self/stat
+mount -t proc -o nosuid,nodev,noexec proc /proc
+
+echo "$host_pid" >"$pidfile"
+echo "node $node: holder $host_pid (PID 1 of the node) ready"
+exec "$NODE_INIT"

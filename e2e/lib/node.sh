@@ -1,9 +1,9 @@
 # shellcheck shell=bash
 # Host networks, node namespaces, node cgroups — setup and teardown.
 #
-# A node is a long-lived "holder" process (sleep) in its own network, mount and UTS
-# namespaces; every daemon of the node is started with nsenter into the holder's
-# namespaces. See lib/node-init.sh for what the holder mounts.
+# A node is a long-lived "holder" process (the node's PID 1, a reaper) in its own network,
+# mount, UTS and PID namespaces; every daemon of the node is started with nsenter into the
+# holder's namespaces. See lib/node-init.sh for what the holder mounts.
 
 # --- host side ----------------------------------------------------------------
 
@@ -138,7 +138,7 @@ start_node_holder() {
   mkdir -p "$(node_dir "$node")" "$(node_logs "$node")" "$E2E_RUN"
   rm -f "$pidfile"
   setsid nsenter --net="/run/netns/$ns" \
-    unshare --mount --uts --propagation private --fork --kill-child -- \
+    unshare --mount --uts --pid --propagation private --fork --kill-child -- \
     bash "$E2E_DIR/lib/node-init.sh" "$node" "$pidfile" \
     >>"$(node_logs "$node")/holder.log" 2>&1 </dev/null &
   wait_for 20 "holder of $node" alive_pid "$pidfile" || die "node $node did not start (see $(node_logs "$node")/holder.log)"
@@ -146,21 +146,24 @@ start_node_holder() {
   local pid; pid=$(<"$pidfile")
   readlink "/proc/$pid/ns/mnt" >"$E2E_RUN/$node.mntns"
   readlink "/proc/$pid/ns/net" >"$E2E_RUN/$node.netns"
+  readlink "/proc/$pid/ns/pid" >"$E2E_RUN/$node.pidns"
 }
 
-# Every process that belongs to a node: in its network or mount namespace, or in
+# Every process that belongs to a node: in its network, mount or PID namespace, or in
 # its cgroup tree (containers have their own namespaces but live in the tree).
 node_pids() {
-  local node=$1 net="" mnt=""
+  local node=$1 net="" mnt="" pidns=""
   [[ -f $E2E_RUN/$node.netns ]] && net=$(<"$E2E_RUN/$node.netns")
   [[ -f $E2E_RUN/$node.mntns ]] && mnt=$(<"$E2E_RUN/$node.mntns")
+  [[ -f $E2E_RUN/$node.pidns ]] && pidns=$(<"$E2E_RUN/$node.pidns")
   if [[ -e /run/netns/$(netns_name "$node") ]]; then
     net="net:[$(stat -L -c %i "/run/netns/$(netns_name "$node")")]"
   fi
   {
     # One find over /proc/<pid>/ns/{net,mnt} prints "<dir> <link target>".
-    find /proc/[0-9]*/ns/ -maxdepth 1 \( -name net -o -name mnt \) -printf '%h %l\n' 2>/dev/null \
-      | awk -v net="${net:-none}" -v mnt="${mnt:-none}" '$2 == net || $2 == mnt { split($1, p, "/"); print p[3] }'
+    find /proc/[0-9]*/ns/ -maxdepth 1 \( -name net -o -name mnt -o -name pid \) -printf '%h %l\n' 2>/dev/null \
+      | awk -v net="${net:-none}" -v mnt="${mnt:-none}" -v pidns="${pidns:-none}" \
+        '$2 == net || $2 == mnt || $2 == pidns { split($1, p, "/"); print p[3] }'
     node_cgroup_pids "$node"
   } | sort -u | grep -vx "$$" || true
 }

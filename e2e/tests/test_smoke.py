@@ -13,7 +13,7 @@ import sys
 
 from helpers import (CONTROL_PLANE, E2E_DIR, HELM, K8SLAN_RUN_DIR, KUBECTL, KUBERNETES_SERVICE_IP,
                      KUBERNETES_VERSION, NODE_EXEC, NODES, PY_VENV, SERVICE_CIDR, WORKERS, box_pod,
-                     lan_subnet, ping, run, wait_for)
+                     lan_subnet, node_run, ping, run, wait_for)
 
 W1, W2 = WORKERS
 
@@ -30,6 +30,20 @@ def test_all_nodes_ready(kubectl):
     client = json.loads(kubectl("version", "-o", "json"))
     assert client["clientVersion"]["gitVersion"] == KUBERNETES_VERSION
     assert client["serverVersion"]["gitVersion"] == KUBERNETES_VERSION
+
+
+def test_each_node_is_its_own_pid_namespace_with_a_reaper_as_pid_1(kubectl):
+    # KubeVirt's virt-handler (hostPID) takes /proc/1 for the node's init: its root and mount
+    # namespace must be the node's. A pod with hostPID sees the node's processes, not another's.
+    pidns = {}
+    for node in NODES:
+        assert node_run(node, "cat", "/proc/1/comm").strip() == "node-init", node
+        pidns[node] = node_run(node, "readlink", "/proc/1/ns/pid").strip()
+        assert node_run(node, "readlink", "/proc/1/ns/mnt").strip() == \
+            node_run(node, "readlink", "/proc/self/ns/mnt").strip(), f"{node}: PID 1 is not in the node's mounts"
+        kubelets = [p for p in node_run(node, "ps", "-o", "comm=").split() if p == "kubelet"]
+        assert kubelets == ["kubelet"], f"{node} sees {len(kubelets)} kubelets: another node's processes leak in"
+    assert len(set(pidns.values())) == len(NODES), f"nodes share a PID namespace: {pidns}"
 
 
 def test_pods_on_workers_reach_each_other_and_the_api(kubectl, namespace):
