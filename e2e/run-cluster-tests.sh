@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make test-cluster`: the cluster tier. Builds what is missing (cached), brings the e2e cluster
-# up (reused when running), installs k8slan with Helm (e2e/install-k8slan.sh), runs the k8slan
+# up (reused when running), installs k8slan with Helm (e2e/install-k8slan.sh) and KubeVirt
+# (e2e/kubevirt/install.sh, for the VM scenarios of test_k8slan_kubevirt.py), runs the k8slan
 # scenario tests and then the e2e smoke tests, and tears everything down with the leftover check.
 # On failure, logs are collected under $E2E_LOGS/k8slan (kept by cluster-down): the agent and
 # controller logs and the events of each failed test (tests/conftest.py), all events, and the
@@ -17,6 +18,10 @@ collect_logs() {
   "$k" get pods -A -o wide >"$ARTIFACTS/pods.txt" 2>&1 || true
   "$k" get lans -A -o yaml >"$ARTIFACTS/lans.yaml" 2>&1 || true
   "$k" -n "$K8SLAN_NAMESPACE" get leases -o yaml >"$ARTIFACTS/leases.yaml" 2>&1 || true
+  "$k" get vm,vmi -A -o wide >"$ARTIFACTS/vms.txt" 2>&1 || true
+  for pod in $("$k" -n "$KUBEVIRT_NAMESPACE" get pods -o name 2>/dev/null); do
+    "$k" -n "$KUBEVIRT_NAMESPACE" logs "$pod" --all-containers --prefix >"$ARTIFACTS/${pod#pod/}.log" 2>&1 || true
+  done
   for pod in $("$k" -n "$K8SLAN_NAMESPACE" get pods -o name 2>/dev/null); do
     "$k" -n "$K8SLAN_NAMESPACE" logs "$pod" --all-containers --prefix >"$ARTIFACTS/${pod#pod/}.log" 2>&1 || true
   done
@@ -34,6 +39,7 @@ collect_logs() {
 "$E2E_DIR/cluster-up.sh" >/dev/null
 rc=0
 "$E2E_DIR/install-k8slan.sh" >/dev/null || rc=$?
+((rc == 0)) && { "$E2E_DIR/kubevirt/install.sh" >/dev/null || rc=$?; }
 if ((rc == 0)); then
   run_pytest -s "$E2E_DIR/tests/test_helpers.py" "$E2E_DIR"/tests/test_k8slan_*.py \
     "$E2E_DIR/tests/test_smoke.py" "$@" || rc=$?

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # make demo: a local three-node Kubernetes cluster (e2e/) with k8slan installed by Helm, a demo
-# LAN (e2e/demo/lan.yaml) and two member pods on different workers (e2e/demo/pods.yaml) that ping
-# each other over it. Builds whatever is missing (cached in $K8SLAN_CACHE), reuses a running
+# LAN (e2e/demo/lan.yaml), two member pods on different workers (e2e/demo/pods.yaml) that ping
+# each other over it, and a KubeVirt VM on the same LAN (e2e/demo/vm.yaml; KubeVirt built from
+# source and installed by e2e/kubevirt/install.sh) that srl1 pings. Builds whatever is missing (cached in $K8SLAN_CACHE), reuses a running
 # cluster, and can be run again at any time (idempotent).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +24,9 @@ e2e/cluster-up.sh >/dev/null
 
 step "building k8slan and installing it with Helm (charts/k8slan)"
 e2e/install-k8slan.sh >/dev/null
+
+step "installing KubeVirt $KUBEVIRT_VERSION (built from source, cached; the macvtap binding plugin)"
+e2e/kubevirt/install.sh >/dev/null
 
 step "applying the demo LAN (e2e/demo/lan.yaml)"
 "$KUBECTL" apply -f e2e/demo/lan.yaml
@@ -50,6 +54,17 @@ step "srl1 (worker1) pings srl2 (worker2) over the LAN"
 step "srl2 (worker2) pings srl1 (worker1) over the LAN"
 "$KUBECTL" -n "$NS" exec srl2 -- ping -c 3 -W 3 198.18.222.1
 
+step "starting VirtualMachine vm on spoke vm (e2e/demo/vm.yaml; boots under QEMU, about a minute)"
+"$KUBECTL" apply -f e2e/demo/vm.yaml
+"$KUBECTL" -n "$NS" wait --for=condition=Ready vmi/vm --timeout=420s
+# shellcheck disable=SC2016  # expanded by the inner bash
+wait_for 300 "the VM to answer on the LAN" bash -c \
+  '"$0" -n "$1" exec srl1 -- ping -c 1 -W 2 198.18.222.3' "$KUBECTL" "$NS" \
+  || die "the VM does not answer on the LAN (kubectl -n $NS describe vmi vm)"
+"$KUBECTL" -n "$NS" get vmi -o wide
+step "srl1 (worker1) pings the VM over the LAN"
+"$KUBECTL" -n "$NS" exec srl1 -- ping -c 3 198.18.222.3
+
 cat <<EOF
 
 k8slan demo ready in $((SECONDS - start))s.
@@ -64,12 +79,14 @@ Use the cluster:
   kubectl -n $NS exec -it srl1 -- sh         # ping 198.18.222.2, ip link show e1-1
   $REPO/e2e/node-exec worker1 nsenter --net=/run/k8slan/netns/$NS ip -br link   # the LAN namespace
   $REPO/e2e/helm -n k8slan-system status k8slan
+  kubectl -n $NS get vm,vmi                  # the KubeVirt VM on spoke vm (198.18.222.3)
+  $KUBEVIRT_BIN/virtctl --kubeconfig $ADMIN_KUBECONFIG -n $NS console vm   # its console (Ctrl+] leaves)
 
 Add a member: add a spoke to the LAN (kubectl -n $NS edit lan demo-lan), then create a pod with
   annotation k8s.v1.cni.cncf.io/networks: k8slan-veth-<spoke>@e1-1
   and resources.limits: {macvtap.k8slan.io/k8slan-veth-<spoke>: 1}
 
 Tear down:
-  kubectl delete -f $REPO/e2e/demo/pods.yaml -f $REPO/e2e/demo/lan.yaml   # just the demo
+  kubectl delete -f $REPO/e2e/demo/vm.yaml -f $REPO/e2e/demo/pods.yaml -f $REPO/e2e/demo/lan.yaml   # just the demo
   make -C $REPO cluster-down   # everything (checks nothing is left)
 EOF

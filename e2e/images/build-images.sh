@@ -2,7 +2,8 @@
 # Build the cluster's local images as OCI archives under $IMAGES_DIR:
 #   pause.tar    $PAUSE_IMAGE   static C pause (images/pause.c)
 #   testbox.tar  $TESTBOX_IMAGE busybox (applets as symlinks), e2e-webhook
-#                (tools/webhook) and any extra static binaries
+#                (tools/webhook), dfping (images/dfping.c) and any extra static binaries
+#   dfping       the static DF ping itself, for the KubeVirt guest (kubevirt/guest)
 # Usage: e2e/images/build-images.sh [--add SRC:DEST]...
 #   Each --add puts SRC (static binary or directory) at DEST in the testbox image,
 #   e.g. --add target/release/rawframe:/usr/local/bin/rawframe. TESTBOX_ADD (space
@@ -23,6 +24,12 @@ build_pause() {
     --add "$work/pause:/pause" --entrypoint /pause
 }
 
+# A one-shot ICMP echo that forbids fragmentation (busybox ping cannot): MTU checks.
+build_dfping() {
+  gcc -static -Os -Wall -Wextra -Werror -o "$DFPING" "$E2E_DIR/images/dfping.c"
+  strip "$DFPING"
+}
+
 build_testbox() {
   local work=$1; shift
   file -L "$BUSYBOX" 2>/dev/null | grep -q 'statically linked' \
@@ -31,7 +38,7 @@ build_testbox() {
   (cd "$E2E_DIR/tools/webhook" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$work/e2e-webhook" .)
   local args=(--name "$TESTBOX_IMAGE" --output "$IMAGES_DIR/testbox.tar"
     --add "$BUSYBOX:/bin/busybox" --mkdir /tmp:1777 --mkdir /root:700
-    --add "$work/e2e-webhook:/usr/local/bin/e2e-webhook"
+    --add "$work/e2e-webhook:/usr/local/bin/e2e-webhook" --add "$DFPING:/usr/local/bin/dfping"
     --add "$work/etc:/etc" --entrypoint /bin/sh --env HOME=/root)
   # One symlink per applet, as `busybox --install -s` would do.
   local applet
@@ -59,6 +66,7 @@ main() {
   local work; work=$(mktemp -d)
   trap 'rm -rf "$work"' RETURN
   build_pause "$work"
+  build_dfping
   build_testbox "$work" "${extras[@]}"
   log "images in $IMAGES_DIR: $(cd "$IMAGES_DIR" && echo *.tar)"
 }

@@ -78,6 +78,7 @@ build_manifests() {
   "$templator" --process-vars --input-file="$out/kubevirt-operator.yaml.in" \
     --namespace="$KUBEVIRT_NAMESPACE" --container-prefix="$KUBEVIRT_IMAGE_PREFIX" \
     --container-tag="$KUBEVIRT_VERSION" --image-pull-policy=IfNotPresent --verbosity=2 \
+    --kubevirt-logo-path="$dir/assets/kubevirt_logo.png" \
     >"$out/kubevirt-operator.yaml"
   rm "$out/kubevirt-operator.yaml.in"
   grep -q "image: $KUBEVIRT_IMAGE_PREFIX/virt-operator:$KUBEVIRT_VERSION" "$out/kubevirt-operator.yaml" \

@@ -25,6 +25,8 @@ IMAGES_DIR=$K8SLAN_CACHE/images
 PY_VENV=$K8SLAN_CACHE/venv
 CNI_SRC_DIR=${CNI_SRC_DIR:-/usr/lib/cni}                 # Debian's reference plugins
 GO_BUILD_JOBS=${GO_BUILD_JOBS:-2}
+# shellcheck source=kubevirt.sh
+source "$E2E_DIR/lib/kubevirt.sh"
 
 # --- names and addresses (all test-only: 198.18.0.0/15, link-local IPv6) ---------
 NODES=(control-plane worker1 worker2)
@@ -70,6 +72,7 @@ NODE_PRIVATE_DIRS=(
 # PID 1 of every node's PID namespace: the pause binary (reaps orphans, exits on SIGTERM,
 # which ends every process of the node). Built by images/build-images.sh.
 NODE_INIT=$IMAGES_DIR/node-init
+DFPING=$IMAGES_DIR/dfping          # images/dfping.c, in the testbox and the KubeVirt guest
 
 # --- helpers ------------------------------------------------------------------
 log()  { printf '[e2e %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -124,7 +127,9 @@ e2e_test_settings() {
     "TEST_SUPERNET=$TEST_SUPERNET" "MGMT_NODE_CIDR=$MGMT_NODE_CIDR" "CLUSTER_CIDR=$CLUSTER_CIDR" \
     "SERVICE_CIDR=$SERVICE_CIDR" "KUBERNETES_SERVICE_IP=$KUBERNETES_SERVICE_IP" \
     "TEST_LAN_RANGE=$TEST_LAN_RANGE" "UNDERLAY_IF=$UNDERLAY_IF" "UNDERLAY_MTU=$UNDERLAY_MTU" \
-    "K8SLAN_RELEASE=$K8SLAN_RELEASE" "K8SLAN_NAMESPACE=$K8SLAN_NAMESPACE"
+    "K8SLAN_RELEASE=$K8SLAN_RELEASE" "K8SLAN_NAMESPACE=$K8SLAN_NAMESPACE" \
+    "KUBEVIRT_VERSION=$KUBEVIRT_VERSION" "KUBEVIRT_NAMESPACE=$KUBEVIRT_NAMESPACE" \
+    "KUBEVIRT_GUEST_IMAGE=$KUBEVIRT_GUEST_IMAGE" "KUBEVIRT_BIN=$KUBEVIRT_BIN"
 }
 
 # Run pytest from the venv with those settings; arguments go to pytest.

@@ -46,7 +46,7 @@ def k8slan(kubectl):
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """When a k8slan test fails, save what explains it at once (a later test may uninstall
-    k8slan): agent and controller logs, the test namespace's events and pods, the LANs, Leases.
+    k8slan): agent and controller logs, the test namespace's events and pods, the LANs, VMs and VM launcher logs, Leases.
     Directory: K8SLAN_ARTIFACTS (e2e/lib/common.sh: $E2E_LOGS/k8slan)/<test>/."""
     outcome = yield
     rep = outcome.get_result()
@@ -65,6 +65,12 @@ def pytest_runtest_makereport(item, call):
         save("pods.txt", "-n", ns, "get", "pods", "-o", "wide")
         save("describe-pods.txt", "-n", ns, "describe", "pods")
         save("lans.yaml", "-n", ns, "get", "lans", "-o", "yaml")
+        save("vms.yaml", "-n", ns, "get", "vm,vmi", "-o", "yaml")
+        launchers = run([KUBECTL, "-n", ns, "get", "pods", "-l", "kubevirt.io=virt-launcher", "-o", "name"],
+                        check=False).split()
+        for pod in launchers:
+            save(f"{pod.removeprefix('pod/')}.log", "-n", ns, "logs", pod, "--all-containers", "--prefix",
+                 "--tail=400")
     save("system-pods.txt", "-n", K8SLAN_NAMESPACE, "get", "pods", "-o", "wide")
     save("leases.yaml", "-n", K8SLAN_NAMESPACE, "get", "leases", "-o", "yaml")
     pods = run([KUBECTL, "-n", K8SLAN_NAMESPACE, "get", "pods", "-o", "name"], check=False).split()
