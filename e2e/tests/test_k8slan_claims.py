@@ -141,10 +141,11 @@ def kill_agent(node):
                'labels."io.kubernetes.container.name"==agent,'
                f'labels."io.kubernetes.pod.namespace"=={K8SLAN_NAMESPACE}']).split()
     tasks = run(["ctr", "-a", sock, "-n", "k8s.io", "tasks", "ls"]).splitlines()[1:]
-    pids = [int(t.split()[1]) for t in tasks if t.split()[0] in ids and t.split()[2] == "RUNNING"]
-    assert pids, f"no running agent container on {node}: {ids} {tasks}"
-    for pid in pids:
-        os.kill(pid, signal.SIGKILL)
+    # containerd reports pids of the node's PID namespace: let it send the signal.
+    running = [t.split()[0] for t in tasks if t.split()[0] in ids and t.split()[2] == "RUNNING"]
+    assert running, f"no running agent container on {node}: {ids} {tasks}"
+    for task in running:
+        run(["ctr", "-a", sock, "-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL", task])
 
 
 def start_kubelet(node):
