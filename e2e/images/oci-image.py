@@ -10,6 +10,9 @@ Usage:
 Options (repeatable ones marked *):
   --add SRC:DEST        * copy a file or a directory tree SRC to DEST in the image
                           (DEST ending in "/" keeps SRC's basename)
+  --rootfs DIR          * merge the tree DIR into the image's / keeping its symlinks,
+                          modes, numeric owners and file capabilities (security.capability);
+                          later options win on the same path
   --symlink DEST:TARGET * create symlink DEST -> TARGET
   --mkdir DEST[:MODE]   * create an empty directory (MODE octal, default 755)
   --entrypoint ARG      * entrypoint argv element (in order)
@@ -20,8 +23,10 @@ Options (repeatable ones marked *):
   --label KEY=VALUE     * image label
   --arch ARCH             architecture (default: amd64)
 
-The layer is deterministic (sorted entries, mtime 0, uid/gid 0), so the same inputs
-give the same image digest. Example (k8slan's own image):
+The layer is deterministic (sorted entries, mtime 0, uid/gid 0 except what --rootfs
+takes from its tree), so the same inputs give the same image digest. The layer is
+written through temporary files beside OUT, so large root filesystems do not have to
+fit in memory. Example (k8slan's own image):
   oci-image.py --name k8slan.local/k8slan:dev --output k8slan.tar \
       --add target/x86_64-unknown-linux-musl/release/k8slan-agent:/usr/bin/k8slan-agent \
       --entrypoint /usr/bin/k8slan-agent
@@ -37,6 +42,7 @@ import sys
 import tarfile
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+CAP_XATTR = "security.capability"
 
 
 def split_pair(value, sep=":"):
@@ -60,33 +66,62 @@ class Layer:
                 self.mkdir(d)
 
     @staticmethod
-    def _info(path, kind, mode):
+    def _info(path, kind, mode, owner=(0, 0)):
         ti = tarfile.TarInfo(path)
         ti.type, ti.mode = kind, mode
-        ti.uid = ti.gid = 0
-        ti.uname = ti.gname = "root"
+        ti.uid, ti.gid = owner
+        # Names only for root; other owners are numeric (the image's /etc/passwd names them).
+        ti.uname = "root" if ti.uid == 0 else ""
+        ti.gname = "root" if ti.gid == 0 else ""
         ti.mtime = 0
         return ti
 
-    def mkdir(self, path, mode=0o755):
+    def mkdir(self, path, mode=0o755, owner=(0, 0)):
         path = path.strip("/")
+        if not path:
+            return  # the image's root itself is not an entry
         self._parents(path)
-        self.entries[path] = (self._info(path, tarfile.DIRTYPE, mode), None)
+        self.entries[path] = (self._info(path, tarfile.DIRTYPE, mode, owner), None)
 
-    def symlink(self, path, target):
+    def symlink(self, path, target, owner=(0, 0)):
         path = path.strip("/")
         self._parents(path)
-        ti = self._info(path, tarfile.SYMTYPE, 0o777)
+        ti = self._info(path, tarfile.SYMTYPE, 0o777, owner)
         ti.linkname = target
         self.entries[path] = (ti, None)
 
-    def add_file(self, src, path):
+    def add_file(self, src, path, owner=(0, 0), keep_caps=False):
         path = path.strip("/")
         self._parents(path)
         st = os.stat(src)  # follows symlinks on purpose: we copy what they point to
-        ti = self._info(path, tarfile.REGTYPE, stat.S_IMODE(st.st_mode))
+        ti = self._info(path, tarfile.REGTYPE, stat.S_IMODE(st.st_mode), owner)
         ti.size = st.st_size
+        if keep_caps:
+            caps = file_caps(src)
+            if caps is not None:
+                # Binary value, carried as the PAX record containerd applies as an xattr.
+                ti.pax_headers = {f"SCHILY.xattr.{CAP_XATTR}": caps.decode("utf-8", "surrogateescape")}
         self.entries[path] = (ti, src)
+
+    def add_rootfs(self, root):
+        """Merge the tree at root into /, keeping what a package manager set up there."""
+        if not os.path.isdir(root):
+            sys.exit(f"oci-image: --rootfs needs a directory: {root}")
+        for dirpath, dirs, files in os.walk(root):
+            dirs.sort()
+            for name in sorted(dirs) + sorted(files):
+                full = os.path.join(dirpath, name)
+                dest = os.path.relpath(full, root)
+                st = os.lstat(full)
+                owner = (st.st_uid, st.st_gid)
+                if stat.S_ISLNK(st.st_mode):
+                    self.symlink(dest, os.readlink(full), owner)
+                elif stat.S_ISDIR(st.st_mode):
+                    self.mkdir(dest, stat.S_IMODE(st.st_mode), owner)
+                elif stat.S_ISREG(st.st_mode):
+                    self.add_file(full, dest, owner, keep_caps=True)
+                else:
+                    sys.exit(f"oci-image: {full}: only directories, files and symlinks go in an image")
 
     def add(self, src, dest):
         if not os.path.exists(src):
@@ -113,9 +148,8 @@ class Layer:
         else:
             self.add_file(src, dest)
 
-    def tar_bytes(self):
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+    def write_tar(self, fileobj):
+        with tarfile.open(fileobj=fileobj, mode="w", format=tarfile.PAX_FORMAT) as tar:
             for path in sorted(self.entries):
                 ti, src = self.entries[path]
                 if src is None:
@@ -123,7 +157,42 @@ class Layer:
                 else:
                     with open(src, "rb") as f:
                         tar.addfile(ti, f)
-        return buf.getvalue()
+
+
+def file_caps(path):
+    """The raw security.capability xattr of path, or None."""
+    try:
+        return os.getxattr(path, CAP_XATTR, follow_symlinks=False)
+    except OSError:
+        return None
+
+
+class HashingWriter:
+    """A write-only file that passes bytes on and hashes them."""
+
+    def __init__(self, inner):
+        self.inner, self.sha, self.size = inner, hashlib.sha256(), 0
+
+    def write(self, data):
+        self.sha.update(data)
+        self.size += len(data)
+        return self.inner.write(data)
+
+    def tell(self):
+        return self.size
+
+    def flush(self):
+        self.inner.flush()
+
+
+def write_layer(layer, gz_path):
+    """Write the gzipped layer to gz_path; return (diff_id hex, digest hex, size)."""
+    with open(gz_path, "wb") as out:
+        gz_hash = HashingWriter(out)
+        with gzip.GzipFile(fileobj=gz_hash, mode="wb", mtime=0, compresslevel=6) as g:
+            raw_hash = HashingWriter(g)
+            layer.write_tar(raw_hash)
+    return raw_hash.sha.hexdigest(), gz_hash.sha.hexdigest(), gz_hash.size
 
 
 def blob(out, data, media_type):
@@ -135,6 +204,15 @@ def blob(out, data, media_type):
     return {"mediaType": media_type, "digest": f"sha256:{digest}", "size": len(data)}
 
 
+def file_blob(out, path, digest, size, media_type):
+    """Add a blob already on disk (with known sha256 and size) to the outer tar."""
+    ti = tarfile.TarInfo(f"blobs/sha256/{digest}")
+    ti.size, ti.mtime, ti.mode = size, 0, 0o644
+    with open(path, "rb") as f:
+        out.addfile(ti, f)
+    return {"mediaType": media_type, "digest": f"sha256:{digest}", "size": size}
+
+
 def jbytes(obj):
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
 
@@ -144,6 +222,7 @@ def main():
     p.add_argument("--name", required=True, help="image reference, e.g. k8slan.local/testbox:dev")
     p.add_argument("--output", required=True)
     p.add_argument("--add", action="append", default=[], type=split_pair)
+    p.add_argument("--rootfs", action="append", default=[])
     p.add_argument("--symlink", action="append", default=[], type=split_pair)
     p.add_argument("--mkdir", action="append", default=[])
     p.add_argument("--entrypoint", action="append")
@@ -156,6 +235,8 @@ def main():
     a = p.parse_args()
 
     layer = Layer()
+    for root in a.rootfs:
+        layer.add_rootfs(root)
     for d in a.mkdir:
         path, _, mode = d.partition(":")
         layer.mkdir(path, int(mode, 8) if mode else 0o755)
@@ -163,10 +244,17 @@ def main():
         layer.add(src, dest)
     for dest, target in a.symlink:
         layer.symlink(dest, target)
-    raw = layer.tar_bytes()
-    gz = io.BytesIO()
-    with gzip.GzipFile(fileobj=gz, mode="wb", mtime=0) as g:
-        g.write(raw)
+    tmp, gz_path = a.output + ".tmp", a.output + ".layer.tmp"
+    try:
+        write_image(a, layer, tmp, gz_path)
+    finally:
+        for leftover in (tmp, gz_path):
+            if os.path.exists(leftover):
+                os.unlink(leftover)
+
+
+def write_image(a, layer, tmp, gz_path):
+    diff_id, gz_digest, gz_size = write_layer(layer, gz_path)
 
     env = list(a.env)
     if not any(e.startswith("PATH=") for e in env):
@@ -188,13 +276,12 @@ def main():
         "os": "linux",
         "created": "1970-01-01T00:00:00Z",
         "config": config,
-        "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(raw).hexdigest()]},
+        "rootfs": {"type": "layers", "diff_ids": ["sha256:" + diff_id]},
         "history": [{"created": "1970-01-01T00:00:00Z", "created_by": "k8slan e2e/images/oci-image.py"}],
     }
 
-    tmp = a.output + ".tmp"
     with tarfile.open(tmp, mode="w") as out:
-        layer_desc = blob(out, gz.getvalue(), "application/vnd.oci.image.layer.v1.tar+gzip")
+        layer_desc = file_blob(out, gz_path, gz_digest, gz_size, "application/vnd.oci.image.layer.v1.tar+gzip")
         config_desc = blob(out, jbytes(image_config), "application/vnd.oci.image.config.v1+json")
         manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
                     "config": config_desc, "layers": [layer_desc]}
