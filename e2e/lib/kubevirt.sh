@@ -10,3 +10,12 @@ KUBEVIRT_NAMESPACE=kubevirt
 # Our images are imported into every node, never pulled: k8slan.local/kubevirt/<component>:<version>.
 KUBEVIRT_IMAGE_PREFIX=k8slan.local/kubevirt
 KUBEVIRT_GUEST_IMAGE=$KUBEVIRT_IMAGE_PREFIX/guest:dev
+
+# The five component images (kubevirt/images.sh builds them as OCI archives; the installer
+# imports them and the rendered operator manifest names them). The operator derives the other
+# images' names from its own (same prefix, same tag), so all five follow one pattern.
+KUBEVIRT_COMPONENTS=(virt-operator virt-api virt-controller virt-handler virt-launcher)
+KUBEVIRT_IMAGES_DIR=$IMAGES_DIR/kubevirt-$KUBEVIRT_VERSION
+KUBEVIRT_DEBS=$K8SLAN_CACHE/debs/kubevirt-$KUBEVIRT_VERSION   # Debian packages of the images
+kubevirt_image()     { echo "$KUBEVIRT_IMAGE_PREFIX/$1:$KUBEVIRT_VERSION"; }
+kubevirt_image_tar() { echo "$KUBEVIRT_IMAGES_DIR/$1.tar"; }
