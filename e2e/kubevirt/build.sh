@@ -90,10 +90,11 @@ build_manifests() {
 main() {
   local targets=("$@") t
   [[ ${#targets[@]} -gt 0 ]] || targets=(all)
-  [[ ${targets[0]} == all ]] && targets=(binaries manifests)
+  [[ ${targets[0]} == all ]] && targets=(binaries manifests images)
   for t in "${targets[@]}"; do
     case $t in
       binaries|manifests) "build_$t" ;;
+      images) "$E2E_DIR/kubevirt/images.sh" ;;
       *) die "unknown kubevirt build target: $t" ;;
     esac
   done
