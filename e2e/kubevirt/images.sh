@@ -28,8 +28,9 @@ MARKER=$KUBEVIRT_IMAGES_DIR/.complete
 
 # Debian packages of each image. Their closure is resolved against an empty dpkg status,
 # so Essential packages (bash, coreutils, grep, ...) that the image runs must be named.
-HANDLER_PACKAGES=(bash dash coreutils util-linux procps qemu-utils nftables)
-LAUNCHER_PACKAGES=(bash dash coreutils grep sed findutils libvirt-daemon libvirt-daemon-driver-qemu
+# usr-is-merged (the tree is merged-/usr already) keeps apt from choosing usrmerge and perl.
+HANDLER_PACKAGES=(usr-is-merged bash dash coreutils util-linux procps qemu-utils nftables)
+LAUNCHER_PACKAGES=(usr-is-merged bash dash coreutils grep sed findutils libvirt-daemon libvirt-daemon-driver-qemu
   libvirt-clients qemu-system-x86 qemu-utils seabios ipxe-qemu xorriso)
 # Unpacked but never read at run time.
 TRIM_PATHS=(usr/share/doc usr/share/man usr/share/info usr/share/locale usr/share/lintian
