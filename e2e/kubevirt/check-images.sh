@@ -30,13 +30,30 @@ unpack_image() {
   cat "$oci/blobs/sha256/$config"
 }
 
+# Run a command in the image's root with a clean environment; print its output.
+run_in() {
+  local root=$1; shift
+  env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin chroot "$root" "$@" 2>&1
+}
+
 # Run a command in the image's root; $1 the root, $2 a description, the rest the command.
 in_root() {
   local root=$1 what=$2 out; shift 2
-  if out=$(chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin "$@" 2>&1); then
+  if out=$(run_in "$root" "$@"); then
     pass "$what: $(head -1 <<<"$out")"
   else
     fail "$what: $(tail -3 <<<"$out")"
+  fi
+}
+
+# The binary starts and parses its flags (pflag's --help exits 2 after the usage).
+check_help() {
+  local root=$1 bin=$2 out
+  out=$(run_in "$root" "$bin" --help) || true
+  if grep -q 'help requested\|^Usage' <<<"$out"; then
+    pass "$bin --help: $(grep -c -- '^ *-' <<<"$out") flags"
+  else
+    fail "$bin --help: $(tail -3 <<<"$out")"
   fi
 }
 
@@ -48,7 +65,7 @@ check_libs() {
     if grep -q 'not found' <<<"$out" || ! grep -q '=>' <<<"$out"; then
       fail "libraries of $bin: $(grep 'not found' <<<"$out" | tr -s '\t\n' '  ')"
     else
-      pass "libraries of $bin: $(grep -c '=>' <<<"$out") resolved"
+      pass "libraries of $bin: $(grep -c '=>' <<<"$out") resolved ($(grep -o '^\s*lib[^ ]*' <<<"$out" | head -4 | tr -d '\t' | tr '\n' ' ')...)"
     fi
   done
 }
@@ -76,25 +93,42 @@ check_control() {
   check_static "$root" "/usr/bin/$component"
   check_user "$root" nonroot-user 1001
   check "image runs as user 1001" test "$(jq -r .config.User <<<"$config")" = 1001
-  in_root "$root" "$component --help" "/usr/bin/$component" --help
+  check_help "$root" "/usr/bin/$component"
 }
 
 check_handler() {
   local root=$1
   check_libs "$root" /usr/bin/virt-handler /usr/bin/virt-chroot
   check_user "$root" qemu 107
-  in_root "$root" "virt-handler --help" /usr/bin/virt-handler --help
-  in_root "$root" "virt-chroot --help" /usr/bin/virt-chroot --help
+  check_help "$root" /usr/bin/virt-handler
+  check_help "$root" /usr/bin/virt-chroot
   in_root "$root" findmnt /usr/bin/findmnt --version
   in_root "$root" sysctl sysctl --version
   in_root "$root" qemu-img /usr/bin/qemu-img --version
   in_root "$root" nft nft --version
 }
 
+# virt-launcher is built with libvirt_dlopen: it dlopen()s these sonames (RTLD_NOW) when it
+# first calls libvirt. Do the same from a host-built program run in the image's root.
+check_dlopen() {
+  local root=$1; shift
+  gcc -O -Wall -Werror -x c -o "$root/tmp/dlopen-check" - -ldl <<'EOF'
+#include <dlfcn.h>
+#include <stdio.h>
+int main(int argc, char **argv) {
+  for (int i = 1; i < argc; i++)
+    if (!dlopen(argv[i], RTLD_NOW | RTLD_LOCAL)) { fprintf(stderr, "%s\n", dlerror()); return 1; }
+  return 0;
+}
+EOF
+  in_root "$root" "dlopen $*" /tmp/dlopen-check "$@"
+  rm -f "$root/tmp/dlopen-check"
+}
+
 check_launcher() {
   local root=$1
-  check_libs "$root" /usr/bin/virt-launcher /usr/lib/x86_64-linux-gnu/libvirt.so.0 \
-    /usr/sbin/libvirtd /usr/bin/qemu-system-x86_64
+  check_libs "$root" /usr/bin/virt-launcher /usr/sbin/libvirtd /usr/bin/qemu-system-x86_64
+  check_dlopen "$root" libvirt.so.0 libvirt-qemu.so.0 libvirt-lxc.so.0 libvirt-admin.so.0
   check_static "$root" /usr/bin/container-disk /usr/bin/virt-launcher-monitor /usr/bin/virt-probe \
     /usr/bin/virt-tail /usr/bin/virt-freezer
   check_user "$root" qemu 107
@@ -102,7 +136,8 @@ check_launcher() {
   if getcap "$root/usr/bin/virt-launcher-monitor" | grep -q cap_net_bind_service=ep; then
     pass "virt-launcher-monitor has cap_net_bind_service=ep"
   else fail "virt-launcher-monitor lacks cap_net_bind_service"; fi
-  in_root "$root" "virt-launcher --help" /usr/bin/virt-launcher --help
+  check_help "$root" /usr/bin/virt-launcher
+  check_help "$root" /usr/bin/virt-launcher-monitor
   in_root "$root" "virtqemud shim" /usr/sbin/virtqemud --version
   in_root "$root" virtlogd /usr/sbin/virtlogd --version
   in_root "$root" qemu-system-x86_64 qemu-system-x86_64 --version
@@ -114,15 +149,15 @@ check_launcher() {
   for conf in virtqemud.conf qemu.conf virtlogd.conf libvirtd.conf hooks/qemu; do
     check "/etc/libvirt/$conf is there" test -f "$root/etc/libvirt/$conf"
   done
-  # The firmware QEMU loads for the default machine and NIC.
-  local fw
-  for fw in bios-256k.bin efi-virtio.rom vgabios-stdvga.bin; do
-    in_root "$root" "firmware $fw" /usr/bin/test -e "/usr/share/qemu/$fw"
-  done
+  # QEMU finds the firmware of KubeVirt's default machine, NIC and video (BIOS, the NIC's
+  # option ROM and VGA BIOS are loaded at realize, so a paused machine that quits is enough).
+  in_root "$root" "QEMU q35 with virtio-net and VGA under TCG" /bin/sh -c 'echo quit |
+    qemu-system-x86_64 -machine q35,accel=tcg -nodefaults -display none -S -monitor stdio \
+      -netdev user,id=n0 -device virtio-net-pci,netdev=n0 -device VGA >/dev/null'
 }
 
 check_image() {
-  local work=$1 component=$2 tar root=$1/$2 config entry
+  local component=$2 tar root=$1/$2 config entry
   tar=$(kubevirt_image_tar "$component")
   [[ -f $tar ]] || { fail "$component: no $tar (run e2e/kubevirt/images.sh)"; return; }
   log "--- $component ($(du -h "$tar" | cut -f1), $(tar -tf "$tar" | wc -l) archive entries)"
@@ -138,12 +173,12 @@ check_image() {
 }
 
 main() {
-  local components=("$@") c work
+  local components=("$@") c
   ((${#components[@]})) || components=("${KUBEVIRT_COMPONENTS[@]}")
   mkdir -p "$K8SLAN_CACHE/tmp"
-  work=$(mktemp -d "$K8SLAN_CACHE/tmp/kubevirt-check.XXXXXX")
-  trap 'rm -rf "$work"' EXIT
-  for c in "${components[@]}"; do check_image "$work" "$c"; done
+  WORK=$(mktemp -d "$K8SLAN_CACHE/tmp/kubevirt-check.XXXXXX")   # global: the EXIT trap removes it
+  trap 'rm -rf "$WORK"' EXIT
+  for c in "${components[@]}"; do check_image "$WORK" "$c"; done
   ((FAILURES == 0)) || die "$FAILURES check(s) failed"
   log "all checks passed"
 }

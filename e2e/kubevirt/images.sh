@@ -180,7 +180,7 @@ tree_launcher() {
 
 # Build the tree of one component under $1 and write its OCI archive.
 build_image() {
-  local work=$1 component=$2 root=$1/$2 args=()
+  local component=$2 root=$1/$2 args=()
   log "kubevirt image $component: assembling"
   mkdir -p "$root"
   case $component in
@@ -198,7 +198,7 @@ build_image() {
 
 main() {
   (($# == 0)) || die "usage: $0 (no arguments; settings come from versions.env)"
-  local key start=$SECONDS c work
+  local key start=$SECONDS c
   key=$(images_key)
   if [[ -f $MARKER && $(<"$MARKER") == "$key" ]]; then
     log "kubevirt images $KUBEVIRT_VERSION: cached in $KUBEVIRT_IMAGES_DIR"; return
@@ -207,12 +207,12 @@ main() {
   ((EUID == 0)) || die "run as root (package owners, file capabilities)"
   rm -f "$MARKER"
   mkdir -p "$KUBEVIRT_IMAGES_DIR" "$K8SLAN_CACHE/tmp"
-  work=$(mktemp -d "$K8SLAN_CACHE/tmp/kubevirt-images.XXXXXX")
-  trap 'rm -rf "$work"' EXIT
-  for c in "${KUBEVIRT_COMPONENTS[@]}"; do build_image "$work" "$c"; done
+  WORK=$(mktemp -d "$K8SLAN_CACHE/tmp/kubevirt-images.XXXXXX")   # global: the EXIT trap removes it
+  trap 'rm -rf "$WORK"' EXIT
+  for c in "${KUBEVIRT_COMPONENTS[@]}"; do build_image "$WORK" "$c"; done
   echo "$key" >"$MARKER"
   log "kubevirt images $KUBEVIRT_VERSION: built in $((SECONDS - start))s:" \
-    "$(cd "$KUBEVIRT_IMAGES_DIR" && du -h ./*.tar | tr '\n\t' ', ')"
+    "$(cd "$KUBEVIRT_IMAGES_DIR" && du -h ./*.tar | awk '{printf "%s %s  ", $2, $1}')"
 }
 
 main "$@"
