@@ -65,7 +65,8 @@ check_libs() {
     if grep -q 'not found' <<<"$out" || ! grep -q '=>' <<<"$out"; then
       fail "libraries of $bin: $(grep 'not found' <<<"$out" | tr -s '\t\n' '  ')"
     else
-      pass "libraries of $bin: $(grep -c '=>' <<<"$out") resolved ($(grep -o '^\s*lib[^ ]*' <<<"$out" | head -4 | tr -d '\t' | tr '\n' ' ')...)"
+      local first; first=$(grep -o '^\s*lib[^ ]*' <<<"$out" | head -4 | tr -d '\t' | tr '\n' ' ')
+      pass "libraries of $bin: $(grep -c '=>' <<<"$out") resolved (${first}...)"
     fi
   done
 }
@@ -144,7 +145,8 @@ check_launcher() {
   in_root "$root" qemu-img /usr/bin/qemu-img --version
   in_root "$root" virsh virsh --version
   in_root "$root" xorrisofs xorrisofs -version
-  in_root "$root" "bash for node-labeller.sh" /bin/sh -c 'command -v node-labeller.sh bash grep cut uname mknod cp'
+  in_root "$root" "the tools of node-labeller.sh and the init containers" \
+    /bin/sh -c 'command -v node-labeller.sh bash grep cut uname mknod chmod cp'
   local conf
   for conf in virtqemud.conf qemu.conf virtlogd.conf libvirtd.conf hooks/qemu; do
     check "/etc/libvirt/$conf is there" test -f "$root/etc/libvirt/$conf"

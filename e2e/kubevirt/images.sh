@@ -34,17 +34,20 @@ MARKER=$KUBEVIRT_IMAGES_DIR/.complete
 # so Essential packages (bash, coreutils, grep, ...) that the image runs must be named.
 # usr-is-merged (the tree is merged-/usr already) keeps apt from choosing usrmerge and perl.
 HANDLER_PACKAGES=(usr-is-merged bash dash coreutils util-linux procps qemu-utils nftables)
-LAUNCHER_PACKAGES=(usr-is-merged bash dash coreutils grep sed findutils libvirt-daemon libvirt-daemon-driver-qemu
-  libvirt-clients qemu-system-x86 qemu-utils seabios ipxe-qemu xorriso)
+LAUNCHER_PACKAGES=(usr-is-merged bash dash coreutils grep sed findutils
+  libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils seabios
+  ipxe-qemu xorriso)
 # Unpacked but never read at run time.
 TRIM_PATHS=(usr/share/doc usr/share/man usr/share/info usr/share/locale usr/share/lintian
   usr/share/bug usr/share/doc-base usr/share/bash-completion usr/share/zsh)
 
-# The cache key: everything that changes what the images contain.
+# The cache key: everything that changes what the images contain (the Debian packages by
+# name: a warm cache keeps the versions it resolved until the key changes).
 images_key() {
   {
     echo "$KUBEVIRT_VERSION ${HANDLER_PACKAGES[*]} / ${LAUNCHER_PACKAGES[*]} / ${TRIM_PATHS[*]}"
     cat "$0" "$OCI_IMAGE" "$KV_FILES/nsswitch.conf" "$KV_FILES"/launcher/*
+    find "$KUBEVIRT_BIN" -type f -printf '%f %s %T@\n' 2>/dev/null | sort
   } | sha256sum | cut -d' ' -f1
 }
 
@@ -61,7 +64,8 @@ apt_closure() {
 
 # Print the .deb files of the closure of the named packages, downloading what is missing.
 fetch_debs() {
-  local state; state=$(mktemp -d)
+  local state=$WORK/apt
+  mkdir -p "$state"
   : >"$state/status"
   mkdir -p "$KUBEVIRT_DEBS/partial"
   local -a closure
@@ -70,7 +74,6 @@ fetch_debs() {
   ((${#closure[@]})) || die "apt resolved no packages for: $*"
   apt_closure "$state" --download-only install "$@" >&2 \
     || die "downloading $* failed (stale package lists? run apt-get update)"
-  rm -rf "$state"
   local deb
   for deb in "${closure[@]}"; do
     [[ -f $KUBEVIRT_DEBS/$deb ]] || die "$deb is not in $KUBEVIRT_DEBS after the download"
