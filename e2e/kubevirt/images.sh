@@ -47,7 +47,7 @@ images_key() {
   {
     echo "$KUBEVIRT_VERSION ${HANDLER_PACKAGES[*]} / ${LAUNCHER_PACKAGES[*]} / ${TRIM_PATHS[*]}"
     cat "$0" "$OCI_IMAGE" "$KV_FILES/nsswitch.conf" "$KV_FILES"/launcher/*
-    find "$KUBEVIRT_BIN" -type f -printf '%f %s %T@\n' 2>/dev/null | sort
+    find "$KUBEVIRT_BIN" -maxdepth 1 -type f -printf '%f %s %T@\n' 2>/dev/null | sort
   } | sha256sum | cut -d' ' -f1
 }
 
