@@ -10,7 +10,6 @@
 # under $K8SLAN_CACHE; a ".complete" marker means reuse. Moving the pin: see e2e/README.md.
 set -euo pipefail
 source "$(dirname "$0")/../lib/common.sh"
-source "$E2E_DIR/lib/kubevirt.sh"
 
 # Pure Go commands, and the ones linking libvirt or C helpers (cgo).
 KUBEVIRT_GO_COMMANDS=(virt-operator virt-api virt-controller virt-launcher-monitor virt-probe

@@ -17,19 +17,6 @@ pass() { log "ok   $*"; }
 # check DESCRIPTION COMMAND...: pass or fail by the command's status.
 check() { local what=$1; shift; if "$@"; then pass "$what"; else fail "$what"; fi; }
 
-# Unpack the single layer of OCI archive $1 into directory $2; print the image config.
-unpack_image() {
-  local tar=$1 root=$2 oci=$2.oci manifest layer config
-  mkdir -p "$oci" "$root"
-  tar -xf "$tar" -C "$oci"
-  manifest=$(jq -r '.manifests[0].digest | sub("sha256:"; "")' "$oci/index.json")
-  layer=$(jq -r '.layers[0].digest | sub("sha256:"; "")' "$oci/blobs/sha256/$manifest")
-  config=$(jq -r '.config.digest | sub("sha256:"; "")' "$oci/blobs/sha256/$manifest")
-  tar -xzf "$oci/blobs/sha256/$layer" -C "$root" --numeric-owner \
-    --xattrs --xattrs-include='security.capability'
-  cat "$oci/blobs/sha256/$config"
-}
-
 # Run a command in the image's root with a clean environment; print its output.
 run_in() {
   local root=$1; shift

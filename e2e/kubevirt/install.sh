@@ -3,29 +3,33 @@
 # build: the operator manifest (e2e/kubevirt/build.sh manifests), then the KubeVirt CR
 # (e2e/kubevirt/kubevirt-cr.yaml) with the macvtap binding plugin, and waits until it is Available.
 #   1. builds what is missing (binaries, manifests, images, guest; cached) and imports the
-#      images into the workers (virt-handler and every VM run there; nothing is pulled);
+#      images into the nodes (nothing is pulled);
 #   2. decides emulation: KVM is used only when a probe guest boots under it on this machine
 #      (K8SLAN_KUBEVIRT_EMULATION=true|false overrides the probe);
 #   3. kubectl apply of the operator and the CR; waits for condition Available.
 # Idempotent: an installed KubeVirt is updated in place. Prints the admin kubeconfig path last.
 set -euo pipefail
 source "$(dirname "$0")/../lib/common.sh"
-source "$E2E_DIR/lib/kubevirt.sh"
 KUBECTL=$E2E_DIR/kubectl
 KUBEVIRT_TIMEOUT=${KUBEVIRT_TIMEOUT:-600}
 
+# The operator, virt-api and virt-controller prefer the control plane (they tolerate its taint);
+# virt-handler, the launchers and the guest's containerDisk run on the workers.
 import_kubevirt_images() {
-  local tars=() c
-  for c in "${KUBEVIRT_COMPONENTS[@]}"; do tars+=("$(kubevirt_image_tar "$c")"); done
-  tars+=("$KUBEVIRT_GUEST_TAR")
-  "$E2E_DIR/images/import-image.sh" "${WORKERS[@]/#/--node=}" "${tars[@]}" >&2
+  local c control=() workers=() node
+  for c in virt-operator virt-api virt-controller; do control+=("$(kubevirt_image_tar "$c")"); done
+  for c in virt-handler virt-launcher; do workers+=("$(kubevirt_image_tar "$c")"); done
+  "$E2E_DIR/images/import-image.sh" "${control[@]}" >&2
+  for node in "${WORKERS[@]}"; do
+    "$E2E_DIR/images/import-image.sh" --node "$node" "${workers[@]}" "$KUBEVIRT_GUEST_TAR" >&2
+  done
 }
 
-# true when QEMU cannot run a guest under this machine's KVM (kubevirt.sh kvm_runs_guests).
+# true when QEMU cannot run a guest under this machine's KVM (kvm-probe.sh).
 use_emulation() {
   case ${K8SLAN_KUBEVIRT_EMULATION:-auto} in
     true|false) echo "$K8SLAN_KUBEVIRT_EMULATION" ;;
-    auto) if kvm_runs_guests; then echo false; else echo true; fi ;;
+    auto) if "$E2E_DIR/kubevirt/kvm-probe.sh"; then echo false; else echo true; fi ;;
     *) die "K8SLAN_KUBEVIRT_EMULATION=$K8SLAN_KUBEVIRT_EMULATION: use true, false or auto" ;;
   esac
 }
