@@ -50,11 +50,18 @@ dhcp_first_nic() {
     >/dev/null 2>&1 || say "$first: no DHCP lease; it keeps only its link-local address"
 }
 
-# One line per NIC: name, MAC, MTU and addresses (waits up to ~5 s for IPv6 DAD to finish).
+# Whether $1 has a link-local address that passed duplicate address detection.
+has_link_local() {
+  ip -6 addr show dev "$1" scope link | grep inet6 | grep -qv tentative
+}
+
+# One line per NIC: name, MAC, MTU and addresses, once every NIC has its usable link-local
+# address (it appears a moment after the link is up, then DAD takes about a second; ~5 s max).
 report_nics() {
   local nic i=0
-  while ip -6 addr | grep -q tentative && [ $i -lt 10 ]; do
-    sleep 0.5; i=$((i + 1))
+  for nic in $(nics); do
+    while ! has_link_local "$nic" && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+    has_link_local "$nic" || say "$nic has no link-local address yet"
   done
   for nic in $(nics); do
     say "$nic mac $(cat "/sys/class/net/$nic/address") mtu $(cat "/sys/class/net/$nic/mtu")" \
