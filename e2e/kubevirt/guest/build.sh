@@ -27,14 +27,20 @@ K8SLAN_FRAME=${K8SLAN_FRAME:-$IMAGES_DIR/k8slan-frame}          # left there by 
 GUEST_CMDLINE="console=ttyS0 quiet panic=10"
 GUEST_DISK=k8slan-guest.img
 QEMU_UID=107                        # KubeVirt's qemu user and group (virt-launcher runs as it)
-BUILD_TOOLS=(apt-get:apt dpkg-deb:dpkg make:make gcc:gcc flex:flex bison:bison bc:bc xz:xz-utils
-  cpio:cpio gzip:gzip mkfs.fat:dosfstools mcopy:mtools syslinux:syslinux python3:python3)
+# command:package; the kernel's only when it is not cached yet (gelf.h: its objtool).
+BUILD_TOOLS=(apt-get:apt cpio:cpio gzip:gzip mkfs.fat:dosfstools mcopy:mtools syslinux:syslinux
+  python3:python3)
+KERNEL_TOOLS=(dpkg-deb:dpkg make:make gcc:gcc flex:flex bison:bison bc:bc xz:xz-utils)
+
+# Dies naming the packages to install for the command:package pairs given.
+need_tools() {
+  local t missing=()
+  for t in "$@"; do command -v "${t%%:*}" >/dev/null || missing+=("${t#*:}"); done
+  ((${#missing[@]} == 0)) || die "guest build needs: apt-get install ${missing[*]}"
+}
 
 check_tools() {
-  local t missing=()
-  for t in "${BUILD_TOOLS[@]}"; do command -v "${t%%:*}" >/dev/null || missing+=("${t#*:}"); done
-  [[ -f /usr/include/gelf.h ]] || missing+=(libelf-dev)           # the kernel's objtool
-  ((${#missing[@]} == 0)) || die "guest build needs: apt-get install ${missing[*]}"
+  need_tools "${BUILD_TOOLS[@]}"
   if ! "$BUSYBOX" --list-full >/dev/null 2>&1 || ldd "$BUSYBOX" >/dev/null 2>&1; then
     die "$BUSYBOX is not a static busybox (apt-get install busybox-static)"
   fi
@@ -89,6 +95,8 @@ build_kernel() {
   out=$GUEST_CACHE/kernel-$(basename "$deb" _all.deb)-${key:0:12}
   [[ -f $out/.complete ]] && { echo "$out/bzImage"; return; }
   local src=$WORK/linux obj=$WORK/kernel-obj start=$SECONDS
+  need_tools "${KERNEL_TOOLS[@]}"
+  [[ -f /usr/include/gelf.h ]] || die "guest build needs: apt-get install libelf-dev"
   log "guest: building the kernel from $(basename "$deb") into $out (~10 CPU-minutes)"
   mkdir -p "$src" "$obj" "$out"
   dpkg-deb --fsys-tarfile "$deb" | tar -xO --wildcards './usr/src/linux-source-*.tar.xz' \
