@@ -15,6 +15,7 @@
 # the image (these files, busybox, k8slan-frame, the kernel, the tools' versions), which
 # decides whether the image is rebuilt. Runs without root; needs the packages in check_tools.
 set -euo pipefail
+# shellcheck source=../../lib/common.sh
 source "$(dirname "$0")/../../lib/common.sh"
 # shellcheck source=../../lib/kubevirt.sh
 source "$E2E_DIR/lib/kubevirt.sh"

@@ -14,6 +14,7 @@
 # Needs root, qemu-system-x86, qemu-utils, xorriso, tcpdump, curl, socat.
 # Usage: e2e/kubevirt/guest/test-qemu.sh (after build.sh); GUEST_TEST_LOGS=DIR keeps the consoles.
 set -euo pipefail
+# shellcheck source=../../lib/common.sh
 source "$(dirname "$0")/../../lib/common.sh"
 # shellcheck source=../../lib/kubevirt.sh
 source "$E2E_DIR/lib/kubevirt.sh"
