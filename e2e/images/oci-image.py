@@ -15,6 +15,9 @@ Options (repeatable ones marked *):
                           later options win on the same path
   --symlink DEST:TARGET * create symlink DEST -> TARGET
   --mkdir DEST[:MODE]   * create an empty directory (MODE octal, default 755)
+  --chown DEST:UID:GID  * set the numeric owner of the entry DEST (applied after the
+                          entries above; DEST must be one of them, it is not recursive)
+  --chmod DEST:MODE     * set the mode (octal) of the entry DEST (likewise)
   --entrypoint ARG      * entrypoint argv element (in order)
   --cmd ARG             * default arguments (in order)
   --env KEY=VALUE       * environment variable (PATH has a default)
@@ -24,9 +27,9 @@ Options (repeatable ones marked *):
   --arch ARCH             architecture (default: amd64)
 
 The layer is deterministic (sorted entries, mtime 0, uid/gid 0 except what --rootfs
-takes from its tree), so the same inputs give the same image digest. The layer is
-written through temporary files beside OUT, so large root filesystems do not have to
-fit in memory. Example (k8slan's own image):
+takes from its tree and what --chown sets), so the same inputs give the same image
+digest. The layer is written through temporary files beside OUT, so large root
+filesystems do not have to fit in memory. Example (k8slan's own image):
   oci-image.py --name k8slan.local/k8slan:dev --output k8slan.tar \
       --add target/x86_64-unknown-linux-musl/release/k8slan-agent:/usr/bin/k8slan-agent \
       --entrypoint /usr/bin/k8slan-agent
@@ -148,6 +151,20 @@ class Layer:
         else:
             self.add_file(src, dest)
 
+    def entry(self, dest):
+        path = dest.strip("/")
+        if path not in self.entries:
+            sys.exit(f"oci-image: --chown/--chmod of {dest}: no such entry in the image")
+        return self.entries[path][0]
+
+    def chown(self, dest, uid, gid):
+        ti = self.entry(dest)
+        ti.uid, ti.gid = uid, gid
+        ti.uname = ti.gname = "root" if (uid, gid) == (0, 0) else ""
+
+    def chmod(self, dest, mode):
+        self.entry(dest).mode = mode
+
     def write_tar(self, fileobj):
         with tarfile.open(fileobj=fileobj, mode="w", format=tarfile.PAX_FORMAT) as tar:
             for path in sorted(self.entries):
@@ -225,6 +242,8 @@ def main():
     p.add_argument("--rootfs", action="append", default=[])
     p.add_argument("--symlink", action="append", default=[], type=split_pair)
     p.add_argument("--mkdir", action="append", default=[])
+    p.add_argument("--chown", action="append", default=[], type=split_pair)
+    p.add_argument("--chmod", action="append", default=[], type=split_pair)
     p.add_argument("--entrypoint", action="append")
     p.add_argument("--cmd", action="append")
     p.add_argument("--env", action="append", default=[])
@@ -244,6 +263,11 @@ def main():
         layer.add(src, dest)
     for dest, target in a.symlink:
         layer.symlink(dest, target)
+    for dest, owner in a.chown:
+        uid, _, gid = owner.partition(":")
+        layer.chown(dest, int(uid), int(gid or uid))
+    for dest, mode in a.chmod:
+        layer.chmod(dest, int(mode, 8))
     tmp, gz_path = a.output + ".tmp", a.output + ".layer.tmp"
     try:
         write_image(a, layer, tmp, gz_path)

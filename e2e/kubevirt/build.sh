@@ -94,6 +94,7 @@ main() {
     case $t in
       binaries|manifests) "build_$t" ;;
       images) "$E2E_DIR/kubevirt/images.sh" ;;
+      guest) "$E2E_DIR/kubevirt/guest/build.sh" ;;
       *) die "unknown kubevirt build target: $t" ;;
     esac
   done

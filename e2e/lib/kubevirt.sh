@@ -9,6 +9,7 @@ KUBEVIRT_MANIFESTS=$KUBEVIRT_BIN/manifests
 KUBEVIRT_NAMESPACE=kubevirt
 # Our images are imported into every node, never pulled: k8slan.local/kubevirt/<component>:<version>.
 KUBEVIRT_IMAGE_PREFIX=k8slan.local/kubevirt
+# The test guest, a containerDisk (kubevirt/guest/build.sh; its contract in that README).
 KUBEVIRT_GUEST_IMAGE=$KUBEVIRT_IMAGE_PREFIX/guest:dev
 KUBEVIRT_GUEST_TAR=$IMAGES_DIR/kubevirt-guest.tar
 
