@@ -16,7 +16,9 @@ set -euo pipefail
 source "$(dirname "$0")/lib/common.sh"
 
 APT_PACKAGES=(etcd-server containerd runc containernetworking-plugins iproute2 iptables
-  conntrack socat openssl busybox-static jq ethtool curl gcc libc6-dev python3 python3-venv)
+  conntrack socat openssl busybox-static jq ethtool curl gcc libc6-dev python3 python3-venv
+  # KubeVirt's test guest (kubevirt/guest): its disk and initramfs, and its kernel's first build.
+  cpio dosfstools mtools syslinux make flex bison libelf-dev xz-utils bc)
 K8S_COMMANDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
 export CGO_ENABLED=0 GOFLAGS=-mod=mod
 MACVTAP_CNI_BIN=$K8SLAN_CACHE/bin/macvtap-cni-$MACVTAP_CNI_VERSION

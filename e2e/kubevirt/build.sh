@@ -87,9 +87,12 @@ build_manifests() {
 }
 
 main() {
-  local targets=("$@") t
-  [[ ${#targets[@]} -gt 0 ]] || targets=(all)
-  [[ ${targets[0]} == all ]] && targets=(binaries manifests images)
+  local targets=() t
+  (($#)) || set -- all
+  # "all" is everything but the guest, which needs k8slan-frame (hack/build-image.sh) first.
+  for t in "$@"; do
+    if [[ $t == all ]]; then targets+=(binaries manifests images); else targets+=("$t"); fi
+  done
   for t in "${targets[@]}"; do
     case $t in
       binaries|manifests) "build_$t" ;;

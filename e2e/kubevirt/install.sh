@@ -45,7 +45,8 @@ main() {
   [[ $EUID -eq 0 ]] || die "run as root"
   [[ -s $ADMIN_KUBECONFIG ]] || die "no cluster: run make cluster-up first"
   local start=$SECONDS emulation
-  "$E2E_DIR/kubevirt/build.sh" all
+  # The guest image needs k8slan-frame, which install-k8slan.sh (hack/build-image.sh) leaves.
+  "$E2E_DIR/kubevirt/build.sh" all guest
   import_kubevirt_images
   emulation=$(use_emulation)
   log "kubevirt: useEmulation=$emulation"

@@ -5,7 +5,7 @@
 #           tinyconfig + kernel.config, everything built in. Debian's own cloud kernel needs
 #           more than 72 MB of RAM to boot; the seed VM has 64M.
 #   disk    a raw FAT disk that SeaBIOS boots: SYSLINUX -> that kernel with an initramfs of
-#           busybox-static, k8slan-frame and the guest's own files (rootfs/)
+#           busybox-static, k8slan-frame, dfping (images/dfping.c) and the guest's own files (rootfs/)
 #   image   that disk as /disk/k8slan-guest.img, owned 107:107 mode 0440 (KubeVirt's
 #           containerDisk convention: the only file under /disk/, readable by its qemu user)
 # The guest's contract (NICs, user-data, console marker, test control endpoint): README.md.
@@ -46,6 +46,7 @@ check_tools() {
     die "$BUSYBOX is not a static busybox (apt-get install busybox-static)"
   fi
   [[ -x $K8SLAN_FRAME ]] || die "no $K8SLAN_FRAME: run hack/build-image.sh (make image) first"
+  [[ -x $DFPING ]] || die "no $DFPING: run e2e/images/build-images.sh first"
 }
 
 # The cached .deb of package $1 (the newest apt knows), downloaded once.
@@ -118,7 +119,7 @@ input_key() {
   {
     (cd "$GUEST_DIR" && find build.sh kernel.config rootfs -printf '%m %p\n' | LC_ALL=C sort)
     (cd "$GUEST_DIR" && find build.sh rootfs -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum)
-    sha256sum "$E2E_DIR/images/oci-image.py" "$BUSYBOX" "$K8SLAN_FRAME" "$kernel" | cut -d ' ' -f 1
+    sha256sum "$E2E_DIR/images/oci-image.py" "$BUSYBOX" "$K8SLAN_FRAME" "$DFPING" "$kernel" | cut -d ' ' -f 1
     dpkg-query -W syslinux mtools dosfstools cpio gzip
     echo "$GUEST_CMDLINE $KUBEVIRT_GUEST_IMAGE"
   } | sha256sum | cut -c 1-32
@@ -139,6 +140,7 @@ stage_rootfs() {
   done
   ln -s /bin/busybox "$root/init"
   install -m 0755 "$K8SLAN_FRAME" "$root/usr/local/bin/k8slan-frame"
+  install -m 0755 "$DFPING" "$root/usr/local/bin/dfping"
 }
 
 # A newc cpio, gzip'd; sorted names, mtime 0 and owner root make it reproducible.
