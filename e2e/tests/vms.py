@@ -9,6 +9,7 @@ reaches at the launcher pod's IP (masquerade forwards every port into the guest)
 import base64
 import hashlib
 import json
+import re
 import subprocess
 import time
 
@@ -62,7 +63,8 @@ def vm_manifest(name, spoke, node=None, address=None, user_data=None):
 
 
 def multus_ifname(network):
-    """The interface name KubeVirt asks Multus for: "pod" + 11 hex digits of sha256(network)."""
+    """The interface name KubeVirt asks Multus for: "pod" + 11 hex digits of sha256 of the VM's
+    network name (`link1`, not the NAD's)."""
     return "pod" + hashlib.sha256(network.encode()).hexdigest()[:11]
 
 
@@ -130,16 +132,17 @@ class Guest:
         self.ip = launcher_pod(kubectl, namespace, v)["status"]["podIP"]
 
     def _command(self, script, timeout):
-        url = f"http://{self.ip}:{GUEST_CONTROL_PORT}{GUEST_CONTROL_PATH}"
-        return ["wget", "-q", "-O", "-", "-T", str(timeout), "--post-data", script, url]
+        # A raw HTTP/1.0 POST through nc: the testbox's static busybox wget crashes resolving
+        # any host, an IP address included (static glibc, NSS).
+        request = ('printf "POST %s?timeout=%s HTTP/1.0\\r\\nContent-Length: %d\\r\\n\\r\\n%s" '
+                   f'{GUEST_CONTROL_PATH} {timeout} "${{#1}}" "$1" | nc {self.ip} {GUEST_CONTROL_PORT}')
+        return ["sh", "-c", request, "sh", script]
 
     def run(self, script, timeout=30):
         """Run a shell script in the guest; (exit status, output)."""
         out = self.kubectl.exec(self.namespace, self.client, *self._command(script, timeout),
                                 timeout=timeout + 30)
-        lines = out.rstrip("\n").split("\n")
-        assert lines and lines[-1].startswith("exit="), f"guest {self.name}: no exit status in {out!r}"
-        return int(lines[-1][5:]), "\n".join(lines[:-1])
+        return parse_answer(self.name, out)
 
     def check(self, script, timeout=30):
         rc, out = self.run(script, timeout)
@@ -158,6 +161,14 @@ class Guest:
         return time.monotonic() - start
 
 
+def parse_answer(name, http):
+    """(exit status, output) from the control endpoint's HTTP answer: the body ends in exit=N."""
+    parts = re.split(r"\r?\n\r?\n", http, maxsplit=1)    # headers, then a blank line
+    lines = parts[-1].rstrip("\n").split("\n")
+    assert len(parts) == 2 and lines[-1].startswith("exit="), f"guest {name}: no exit status in {http!r}"
+    return int(lines[-1][5:]), "\n".join(lines[:-1])
+
+
 def finish(proc, timeout):
     """The (exit status, output) of a Guest.start() once it ends."""
     try:
@@ -165,9 +176,7 @@ def finish(proc, timeout):
     except subprocess.TimeoutExpired:
         proc.kill()
         raise
-    lines = out.rstrip("\n").split("\n")
-    assert lines and lines[-1].startswith("exit="), f"no exit status in {out!r} {err}"
-    return int(lines[-1][5:]), "\n".join(lines[:-1])
+    return parse_answer(f"(background) {err}", out)
 
 
 def kubevirt_available(kubectl):
