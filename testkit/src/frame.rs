@@ -222,6 +222,30 @@ impl PacketSocket {
         Ok(Self { fd, ifindex })
     }
 
+    /// Receive every frame on the wire, as a sniffer does: a promiscuous membership of this
+    /// socket (dropped with it). Without it a NIC with a receive filter (a VM's virtio NIC, real
+    /// hardware) drops multicast it was not told about, such as LLDP's 01:80:c2:00:00:0e; a veth
+    /// has no filter.
+    pub fn promiscuous(&self) -> io::Result<()> {
+        let mut mreq: libc::packet_mreq = unsafe { std::mem::zeroed() };
+        mreq.mr_ifindex = self.ifindex;
+        mreq.mr_type = libc::PACKET_MR_PROMISC as u16;
+        // SAFETY: mreq is a valid packet_mreq of the given size.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_ADD_MEMBERSHIP,
+                &mreq as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::packet_mreq>() as u32,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// The interface's own MAC address.
     pub fn mac(&self) -> io::Result<Mac> {
         let mut name = [0 as libc::c_char; libc::IFNAMSIZ];

@@ -116,6 +116,7 @@ fn run(args: &[String]) -> Result<bool, String> {
         "recv" | "echo" => {
             let (filt, t) = filter_of(&o)?;
             let s = PacketSocket::open(need(&o, "iface")?).map_err(io)?;
+            s.promiscuous().map_err(io)?;
             let Some(f) = s.recv(&filt, t).map_err(io)? else {
                 return Ok(false);
             };
