@@ -44,7 +44,7 @@ phase() {
   return "$status"
 }
 
-# KubeVirt's build is cached after the first run; cold it costs ~25 CPU-minutes (binaries, the
+# KubeVirt's build is cached after the first run; cold it costs ~35 CPU-minutes (binaries, the
 # guest's kernel). It runs at the lowest priority beside the first phase of scenarios, which
 # leaves a core mostly idle, and only when a KubeVirt test is selected at all.
 kubevirt_wanted() {

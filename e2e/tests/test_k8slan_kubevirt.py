@@ -46,7 +46,7 @@ def vm_with_peer(kubectl, namespace, vm_node=W1, peer_node=W2):
     return lan, subnet, guest, running
 
 
-def first_reply(kubectl, namespace, pod, address, timeout, extra=()):
+def first_reply(kubectl, namespace, pod, address, timeout):
     """Seconds until `pod` gets a reply from `address` (one ping a second)."""
     start = time.monotonic()
     wait_for(lambda: ping(kubectl, namespace, pod, address, count=1, wait=1, timeout=20).received == 1,
@@ -177,6 +177,12 @@ def test_a_restarted_vm_comes_back_on_its_spoke(kubevirt, namespace):
           f"(new VMI Running -> first reply {back:.1f}s)")
 
 
+def assert_launcher_waits(kubectl, namespace, vm, spoke):
+    """The VM's launcher pod exists and stays Pending for the spoke's mac resource for 15 s."""
+    pods = wait_for(lambda: launcher_pods(kubectl, namespace, vm), 60, what=f"{vm}'s launcher pod")
+    assert_stays_pending(kubectl, namespace, pods[0]["metadata"]["name"], resource_name("mac", spoke), seconds=15)
+
+
 def test_a_deleted_vm_frees_its_spoke_for_a_waiting_vm(kubevirt, namespace):
     kubectl = kubevirt
     lan, subnet = Lan(roles=("v",)), lan_subnet()
@@ -185,8 +191,7 @@ def test_a_deleted_vm_frees_its_spoke_for_a_waiting_vm(kubevirt, namespace):
     kubectl.apply(vm_manifest("first", spoke, address=subnet.cidr(1)), namespace)
     wait_vmi_running(kubectl, namespace, "first")
     kubectl.apply(vm_manifest("second", spoke, address=subnet.cidr(2)), namespace)
-    pending = wait_for(lambda: launcher_pods(kubectl, namespace, "second"), 60, what="second's launcher pod")
-    assert_stays_pending(kubectl, namespace, pending[0]["metadata"]["name"], resource_name("mac", spoke), seconds=15)
+    assert_launcher_waits(kubectl, namespace, "second", spoke)
     start = time.monotonic()
     kubectl("-n", namespace, "delete", "vm", "first", "--wait=true")
     wait_vmi_running(kubectl, namespace, "second")
@@ -206,5 +211,4 @@ def test_a_pod_and_a_vm_on_the_twins_of_one_spoke_never_both_run(kubevirt, names
     kubectl.wait_pod_running(namespace, "twin", timeout=120)
     vm = vm_manifest("vm2", spoke, address=subnet.cidr(3))
     kubectl.apply(vm, namespace)
-    pending = wait_for(lambda: launcher_pods(kubectl, namespace, "vm2"), 60, what="vm2's launcher pod")
-    assert_stays_pending(kubectl, namespace, pending[0]["metadata"]["name"], resource_name("mac", spoke), seconds=15)
+    assert_launcher_waits(kubectl, namespace, "vm2", spoke)
