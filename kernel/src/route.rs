@@ -16,8 +16,10 @@ use netlink_packet_core::{
     NLM_F_ACK, NLM_F_DUMP, NLM_F_MULTIPART, NLM_F_REQUEST, NetlinkBuffer, NetlinkHeader,
     NetlinkMessage, NetlinkPayload,
 };
-use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::address::AddressMessage;
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use netlink_packet_route::neighbour::NeighbourMessage;
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
 /// How long a request may wait for the kernel before it is reported as hung.
@@ -199,6 +201,36 @@ impl RouteSocket {
             .into_iter()
             .filter_map(|r| match r {
                 RouteNetlinkMessage::NewLink(m) => Some(m),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Every address of every link of the namespace, both families (`RTM_GETADDR` dump).
+    pub fn addresses(&mut self) -> Result<Vec<AddressMessage>, RequestError> {
+        let replies = self.request(
+            RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+            NLM_F_DUMP,
+        )?;
+        Ok(replies
+            .into_iter()
+            .filter_map(|r| match r {
+                RouteNetlinkMessage::NewAddress(m) => Some(m),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Every forwarding database entry of the namespace (`RTM_GETNEIGH` dump of `AF_BRIDGE`):
+    /// the entries of bridges and their ports and those of VXLANs (`NTF_SELF`) alike.
+    pub fn fdb(&mut self) -> Result<Vec<NeighbourMessage>, RequestError> {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Bridge;
+        let replies = self.request(RouteNetlinkMessage::GetNeighbour(msg), NLM_F_DUMP)?;
+        Ok(replies
+            .into_iter()
+            .filter_map(|r| match r {
+                RouteNetlinkMessage::NewNeighbour(m) => Some(m),
                 _ => None,
             })
             .collect())
