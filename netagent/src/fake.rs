@@ -3,11 +3,13 @@
 //! and records every call, so unit tests can assert what was changed and what was not.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::kernel::{
-    DevNum, Kernel, KernelError, Link, LinkChange, LinkKind, NewLink, Ns, TapNode,
+    DevNum, IfAddress, Kernel, KernelError, Link, LinkChange, LinkKind, NewLink, Ns, TapNode,
+    VxlanParams,
 };
 
 /// One recorded call.
@@ -28,6 +30,10 @@ pub enum Call {
     MakeTapNode(PathBuf, DevNum),
     RemoveTapNode(PathBuf),
     TapNodes(PathBuf),
+    Addresses(Ns, u32),
+    FloodEntries(Ns, String),
+    AddFloodEntry(Ns, String, IpAddr),
+    RemoveFloodEntry(Ns, String, IpAddr),
 }
 
 impl Call {
@@ -43,6 +49,8 @@ impl Call {
                 | Call::DeleteLanLinks(_)
                 | Call::MakeTapNode(..)
                 | Call::RemoveTapNode(_)
+                | Call::AddFloodEntry(..)
+                | Call::RemoveFloodEntry(..)
         )
     }
 }
@@ -53,6 +61,10 @@ struct State {
     lans: BTreeMap<String, Vec<Link>>,
     taps: BTreeMap<PathBuf, TapNode>,
     next_ifindex: u32,
+    /// Addresses by ifindex (ifindexes are unique across the fake's namespaces).
+    addresses: BTreeMap<u32, Vec<IfAddress>>,
+    /// All-zero-MAC forwarding entries of VXLANs by ifindex, in the order they were added.
+    flood: BTreeMap<u32, Vec<IpAddr>>,
     calls: Vec<Call>,
     fail: Option<(String, String)>,
     /// Our links that were up with IPv6 on at some point (they would have spoken onto the LAN).
@@ -88,6 +100,36 @@ impl RecordingKernel {
         st.next_ifindex += 1;
         st.host.push(plain(name, idx, mtu));
         idx
+    }
+
+    /// Give a host link an address, without recording a call.
+    pub fn add_host_address(&self, name: &str, addr: IpAddr, prefix_len: u8) {
+        let mut st = self.st();
+        let ifindex = st
+            .host
+            .iter()
+            .find(|l| l.name == name)
+            .unwrap_or_else(|| panic!("fake: no host link {name}"))
+            .ifindex;
+        let a = IfAddress { addr, prefix_len };
+        st.addresses.entry(ifindex).or_default().push(a);
+    }
+
+    /// The flood entries of a VXLAN, without recording a call (empty when there is no such
+    /// VXLAN).
+    pub fn peek_flood(&self, ns: &Ns, vxlan: &str) -> Vec<IpAddr> {
+        let st = self.st();
+        vxlan_of(&st, ns, vxlan)
+            .and_then(|(ifindex, _)| st.flood.get(&ifindex).cloned())
+            .unwrap_or_default()
+    }
+
+    /// Drift: a flood entry added behind the datapath's back (not recorded).
+    pub fn add_flood_behind(&self, ns: &Ns, vxlan: &str, dst: IpAddr) {
+        let mut st = self.st();
+        let (ifindex, _) =
+            vxlan_of(&st, ns, vxlan).unwrap_or_else(|| panic!("fake: no vxlan {vxlan} in {ns}"));
+        st.flood.entry(ifindex).or_default().push(dst);
     }
 
     /// Every call so far.
@@ -274,6 +316,11 @@ fn remove_link(st: &mut State, ns: &Ns, name: &str) {
         return;
     };
     let gone = links.remove(pos);
+    st.addresses.remove(&gone.ifindex);
+    st.flood.remove(&gone.ifindex);
+    let Some(links) = links_of_mut(st, ns) else {
+        return;
+    };
     for l in links.iter_mut() {
         if l.master == Some(gone.ifindex) {
             l.master = None;
@@ -308,13 +355,8 @@ fn remove_link(st: &mut State, ns: &Ns, name: &str) {
     }
 }
 
-/// As the kernel: one VXLAN per VNI and UDP port on an underlay (link-local group).
 /// What the kernel refuses of a new vxlan: a missing underlay, a VNI already in use.
-fn vxlan_allowed(
-    st: &State,
-    name: &str,
-    params: &crate::kernel::VxlanParams,
-) -> Result<(), KernelError> {
+fn vxlan_allowed(st: &State, name: &str, params: &VxlanParams) -> Result<(), KernelError> {
     if !st.host.iter().any(|l| l.ifindex == params.underlay_ifindex) {
         return Err(
             KernelError::new("create vxlan", name, &Ns::Host, "no underlay")
@@ -333,12 +375,54 @@ fn vxlan_allowed(
     Ok(())
 }
 
-fn vni_in_use(st: &State, want: &crate::kernel::VxlanParams) -> bool {
+/// As the kernel: one VXLAN per VNI, UDP port and family on a node, and per underlay when its
+/// group or local address is link-local.
+fn vni_in_use(st: &State, want: &VxlanParams) -> bool {
     st.lans.values().flatten().any(|l| {
         matches!(&l.kind, LinkKind::Vxlan(p) if p.vni == want.vni
             && p.port == want.port
-            && p.underlay_ifindex == want.underlay_ifindex)
+            && p.is_ipv6() == want.is_ipv6()
+            && (!link_local(want) || p.underlay_ifindex == want.underlay_ifindex))
     })
+}
+
+/// Whether the VXLAN's group or local address is IPv6 link-local (ff02::/16 or fe80::/10).
+fn link_local(p: &VxlanParams) -> bool {
+    [p.group, p.local].into_iter().flatten().any(|a| match a {
+        IpAddr::V6(a) => a.is_unicast_link_local() || a.segments()[0] & 0xff0f == 0xff02,
+        IpAddr::V4(_) => false,
+    })
+}
+
+/// Ifindex and parameters of the VXLAN `name` of `ns`.
+fn vxlan_of(st: &State, ns: &Ns, name: &str) -> Option<(u32, VxlanParams)> {
+    links_of(st, ns)?
+        .iter()
+        .find(|l| l.name == name)
+        .and_then(|l| match &l.kind {
+            LinkKind::Vxlan(p) => Some((l.ifindex, *p)),
+            _ => None,
+        })
+}
+
+/// The VXLAN a flood entry call is about, as the kernel checks it: the link exists and is a
+/// VXLAN, and `dst` is of its family.
+fn flood_target(
+    st: &State,
+    op: &'static str,
+    ns: &Ns,
+    vxlan: &str,
+    dst: IpAddr,
+) -> Result<u32, KernelError> {
+    let (ifindex, params) = vxlan_of(st, ns, vxlan)
+        .ok_or_else(|| KernelError::new(op, vxlan, ns, "no such vxlan").with_errno(libc::ENODEV))?;
+    if dst.is_ipv6() != params.is_ipv6() {
+        return Err(
+            KernelError::new(op, vxlan, ns, "Address family not supported by protocol")
+                .with_errno(libc::EAFNOSUPPORT),
+        );
+    }
+    Ok(ifindex)
 }
 
 fn add(
@@ -443,7 +527,11 @@ impl Kernel for RecordingKernel {
             } => {
                 vxlan_allowed(&st, name, params)?;
                 let kind = LinkKind::Vxlan(*params);
-                add(&mut st, &Ns::Lan(lan.clone()), name, *mtu, alias, kind)?;
+                let idx = add(&mut st, &Ns::Lan(lan.clone()), name, *mtu, alias, kind)?;
+                // As the kernel: a group becomes the default (all-zero) forwarding entry.
+                if let Some(group) = params.group {
+                    st.flood.insert(idx, vec![group]);
+                }
             }
             NewLink::VethPair {
                 lan,
@@ -606,6 +694,47 @@ impl Kernel for RecordingKernel {
     fn delete_lan_links(&self, lan: &str) -> Result<(), KernelError> {
         let (mut st, ns) = self.begin_lan(Call::DeleteLanLinks, "delete_lan_links", lan)?;
         remove_links(&mut st, &ns, |l| l.name != "lo");
+        Ok(())
+    }
+
+    fn addresses(&self, ns: &Ns, ifindex: u32) -> Result<Vec<IfAddress>, KernelError> {
+        let call = Call::Addresses(ns.clone(), ifindex);
+        let st = self.begin(call, "addresses", &ifindex.to_string(), ns)?;
+        let exists = links_of(&st, ns).is_some_and(|v| v.iter().any(|l| l.ifindex == ifindex));
+        Ok(match exists {
+            true => st.addresses.get(&ifindex).cloned().unwrap_or_default(),
+            false => Vec::new(),
+        })
+    }
+
+    fn flood_entries(&self, ns: &Ns, vxlan: &str) -> Result<Vec<IpAddr>, KernelError> {
+        let call = Call::FloodEntries(ns.clone(), vxlan.into());
+        let st = self.begin(call, "flood_entries", vxlan, ns)?;
+        let (ifindex, _) = vxlan_of(&st, ns, vxlan).ok_or_else(|| {
+            KernelError::new("list the flood entries of", vxlan, ns, "no such vxlan")
+                .with_errno(libc::ENODEV)
+        })?;
+        Ok(st.flood.get(&ifindex).cloned().unwrap_or_default())
+    }
+
+    fn add_flood_entry(&self, ns: &Ns, vxlan: &str, dst: IpAddr) -> Result<(), KernelError> {
+        let call = Call::AddFloodEntry(ns.clone(), vxlan.into(), dst);
+        let mut st = self.begin(call, "add_flood_entry", vxlan, ns)?;
+        let ifindex = flood_target(&st, "add a flood entry to", ns, vxlan, dst)?;
+        let entries = st.flood.entry(ifindex).or_default();
+        if !entries.contains(&dst) {
+            entries.push(dst);
+        }
+        Ok(())
+    }
+
+    fn remove_flood_entry(&self, ns: &Ns, vxlan: &str, dst: IpAddr) -> Result<(), KernelError> {
+        let call = Call::RemoveFloodEntry(ns.clone(), vxlan.into(), dst);
+        let mut st = self.begin(call, "remove_flood_entry", vxlan, ns)?;
+        let ifindex = flood_target(&st, "remove a flood entry from", ns, vxlan, dst)?;
+        if let Some(entries) = st.flood.get_mut(&ifindex) {
+            entries.retain(|d| *d != dst);
+        }
         Ok(())
     }
 

@@ -4,7 +4,7 @@
 //! (feature `testing`) implements it in memory and records every call for the unit tier. The logic in [`crate::lan`]
 //! and [`crate::spoke`] only ever sees this trait, so both tiers exercise the same code.
 
-use std::net::Ipv6Addr;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use k8slan_api::MacvtapMode;
@@ -32,14 +32,37 @@ impl std::fmt::Display for Ns {
 }
 
 /// Parameters of a VXLAN that decide whether it carries the right LAN.
+///
+/// Multicast mode: `group` set, `local` unset (flooded frames go to the group). Unicast mode:
+/// `group` unset, `local` the node's underlay address (flooded frames go to each peer's
+/// all-zero forwarding entry); an IPv6 unicast VXLAN needs `local` to be IPv6 at all, and a
+/// link-local one needs the underlay device, which is always set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct VxlanParams {
     pub vni: u32,
-    pub group: Ipv6Addr,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<IpAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub local: Option<IpAddr>,
     pub port: u16,
     /// Ifindex of the underlay device in the host namespace.
     pub underlay_ifindex: u32,
     pub learning: bool,
+}
+
+impl VxlanParams {
+    /// Whether the VXLAN is an IPv6 one: the kernel makes it IPv6 when its group or local
+    /// address is, IPv4 otherwise.
+    pub fn is_ipv6(&self) -> bool {
+        self.group.or(self.local).is_some_and(|a| a.is_ipv6())
+    }
+}
+
+/// One address of a link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct IfAddress {
+    pub addr: IpAddr,
+    pub prefix_len: u8,
 }
 
 /// Bridge options k8slan sets.
@@ -238,6 +261,16 @@ pub trait Kernel: Send + Sync {
     /// Delete every link k8slan created in a LAN namespace in one batch (ports, VXLAN, bridge;
     /// veth peers die with their ports). Much faster than one deletion per link.
     fn delete_lan_links(&self, lan: &str) -> Result<(), KernelError>;
+
+    /// The addresses of the link with that ifindex, both families, in the kernel's order.
+    fn addresses(&self, ns: &Ns, ifindex: u32) -> Result<Vec<IfAddress>, KernelError>;
+    /// Destinations of the VXLAN's all-zero-MAC forwarding entries, the ones flooded frames go
+    /// to (the multicast group's default entry is one of them).
+    fn flood_entries(&self, ns: &Ns, vxlan: &str) -> Result<Vec<IpAddr>, KernelError>;
+    /// Append an all-zero-MAC forwarding entry to `dst` on the VXLAN (present already is fine).
+    fn add_flood_entry(&self, ns: &Ns, vxlan: &str, dst: IpAddr) -> Result<(), KernelError>;
+    /// Remove the VXLAN's all-zero-MAC forwarding entry to `dst` (absent is fine).
+    fn remove_flood_entry(&self, ns: &Ns, vxlan: &str, dst: IpAddr) -> Result<(), KernelError>;
 
     /// Device number of a host-namespace macvtap's character device.
     fn macvtap_devnum(&self, macvtap: &str) -> Result<DevNum, KernelError>;

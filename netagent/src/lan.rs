@@ -104,7 +104,8 @@ impl<K: Kernel> Datapath<K> {
         let created_ns = self.ensure_namespace(lan, &mut state.changes)?;
         let vxlan = VxlanParams {
             vni: spec.vni,
-            group,
+            group: Some(group.into()),
+            local: None,
             port: spec.vxlan_port,
             underlay_ifindex: under.ifindex,
             learning: true,

@@ -2,7 +2,7 @@
 
 mod fake_env;
 
-use std::net::Ipv6Addr;
+use std::net::IpAddr;
 
 use fake_env::*;
 use k8slan_api::naming::link_alias;
@@ -37,7 +37,8 @@ fn lan_up_creates_namespace_bridge_and_vxlan_with_the_lan_mtu() {
         panic!("{vx:?}")
     };
     assert_eq!(p.vni, 222);
-    assert_eq!(p.group, "ff02::14".parse::<Ipv6Addr>().unwrap());
+    assert_eq!(p.group, Some("ff02::14".parse::<IpAddr>().unwrap()));
+    assert_eq!(p.local, None);
     assert_eq!(p.port, 4789);
     assert_eq!(p.underlay_ifindex, eth1);
     assert!(p.learning);
@@ -201,7 +202,7 @@ fn drifted_vxlan_port_is_replaced_and_nothing_else_touched() {
     // Same for a wrong VNI, group and underlay.
     for edit in [
         (|p: &mut k8slan_netagent::kernel::VxlanParams| p.vni = 7) as fn(&mut _),
-        |p| p.group = "ff05::1".parse().unwrap(),
+        |p| p.group = Some("ff05::1".parse().unwrap()),
         |p| p.underlay_ifindex = 999,
     ] {
         k.edit(&lan("knlvrf"), "vx2", |l| {

@@ -16,6 +16,7 @@ mod parse;
 
 use std::collections::{BTreeSet, HashMap};
 use std::io;
+use std::net::IpAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -23,19 +24,23 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use k8slan_kernel::{
     DevNum, NetNs, NsId, NsThread, RequestError, RouteSocket, TapDir, TapNode, tap,
 };
-use rtnetlink::packet_core::{NLM_F_CREATE, NLM_F_EXCL};
-use rtnetlink::packet_route::RouteNetlinkMessage;
+use rtnetlink::packet_core::{NLM_F_APPEND, NLM_F_CREATE, NLM_F_EXCL};
 use rtnetlink::packet_route::link::{
     InfoBridge, InfoData, InfoKind, InfoVeth, LinkAttribute, LinkMessage,
 };
+use rtnetlink::packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::{
     LinkBridge, LinkBridgePort, LinkMacVtap, LinkMessageBuilder, LinkUnspec, LinkVxlan,
 };
 use tracing::warn;
 
-use self::parse::{mode_to_nl, parse_link};
+use self::parse::{flood_dst, mode_to_nl, parse_address, parse_link};
 use crate::kernel::{
-    BridgeParams, Kernel, KernelError, LAN_LINK_GROUP, Link, LinkChange, NewLink, Ns, VxlanParams,
+    BridgeParams, IfAddress, Kernel, KernelError, LAN_LINK_GROUP, Link, LinkChange, NewLink, Ns,
+    VxlanParams,
 };
 use crate::netns::{self, ForeignEntry, LanDir, NetnsError};
 
@@ -427,6 +432,15 @@ impl Conversation<'_> {
         }
     }
 
+    /// The destinations of the all-zero-MAC entries of the link with ifindex `index`.
+    fn flood_entries(&mut self, name: &str, index: u32) -> Result<Vec<IpAddr>, KernelError> {
+        let fdb = self
+            .socket
+            .fdb()
+            .map_err(|e| self.err("list the forwarding entries of", name, e))?;
+        Ok(fdb.iter().filter_map(|m| flood_dst(m, index)).collect())
+    }
+
     fn set_alias(&mut self, name: &str, alias: &str) -> Result<(), KernelError> {
         let index = self.index_of("set alias of", name)?;
         self.set(
@@ -502,6 +516,50 @@ impl Kernel for RtnlKernel {
 
     fn links(&self, ns: &Ns) -> Result<Vec<Link>, KernelError> {
         self.rtnl(ns, |c| Ok(c.dump()?.iter().map(parse_link).collect()))
+    }
+
+    fn addresses(&self, ns: &Ns, ifindex: u32) -> Result<Vec<IfAddress>, KernelError> {
+        self.rtnl(ns, |c| {
+            let all = c
+                .socket
+                .addresses()
+                .map_err(|e| c.err("list the addresses of", &format!("ifindex {ifindex}"), e))?;
+            Ok(all
+                .iter()
+                .filter(|m| m.header.index == ifindex)
+                .filter_map(parse_address)
+                .collect())
+        })
+    }
+
+    fn flood_entries(&self, ns: &Ns, vxlan: &str) -> Result<Vec<IpAddr>, KernelError> {
+        self.rtnl(ns, |c| {
+            let index = c.index_of("list the forwarding entries of", vxlan)?;
+            c.flood_entries(vxlan, index)
+        })
+    }
+
+    fn add_flood_entry(&self, ns: &Ns, vxlan: &str, dst: IpAddr) -> Result<(), KernelError> {
+        const OP: &str = "add a flood entry to";
+        self.rtnl(ns, |c| {
+            let msg = flood_message(c.index_of(OP, vxlan)?, dst);
+            // NLM_F_APPEND: one more all-zero entry beside the others (without it the kernel
+            // would replace the first); an entry that is there already is acknowledged as is.
+            let flags = NLM_F_CREATE | NLM_F_APPEND;
+            c.acked(OP, vxlan, RouteNetlinkMessage::NewNeighbour(msg), flags)
+        })
+    }
+
+    fn remove_flood_entry(&self, ns: &Ns, vxlan: &str, dst: IpAddr) -> Result<(), KernelError> {
+        const OP: &str = "remove a flood entry from";
+        self.rtnl(ns, |c| {
+            let msg = flood_message(c.index_of(OP, vxlan)?, dst);
+            match c.socket.ack(RouteNetlinkMessage::DelNeighbour(msg), 0) {
+                Ok(()) => Ok(()),
+                Err(e) if e.errno() == Some(libc::ENOENT) => Ok(()),
+                Err(e) => Err(c.err(OP, vxlan, e)),
+            }
+        })
     }
 
     // Kept whole (62 lines): one flat match, one arm per link kind, each arm the namespace it is
@@ -703,16 +761,41 @@ fn bridge_message(name: &str, mtu: u32, params: &BridgeParams) -> LinkMessage {
 /// A LAN VXLAN, sent from the host namespace (its UDP socket and underlay stay there) and placed
 /// directly into the LAN namespace open at `lan_fd`.
 fn vxlan_message(name: &str, mtu: u32, params: &VxlanParams, lan_fd: RawFd) -> LinkMessage {
-    LinkMessageBuilder::<LinkVxlan>::new(name)
+    let mut b = LinkMessageBuilder::<LinkVxlan>::new(name)
         .id(params.vni)
-        .dev(params.underlay_ifindex)
-        .group6(params.group)
-        .port(params.port)
+        .dev(params.underlay_ifindex);
+    b = match params.group {
+        Some(IpAddr::V6(g)) => b.group6(g),
+        Some(IpAddr::V4(g)) => b.group(g),
+        None => b,
+    };
+    b = match params.local {
+        Some(IpAddr::V6(a)) => b.local6(a),
+        Some(IpAddr::V4(a)) => b.local(a),
+        None => b,
+    };
+    b.port(params.port)
         .learning(params.learning)
         .mtu(mtu)
         .link_group(LAN_LINK_GROUP)
         .append_extra_attribute(LinkAttribute::NetNsFd(lan_fd))
         .build()
+}
+
+/// The VXLAN forwarding entry (`NTF_SELF`, permanent) for MAC 00:00:00:00:00:00 to `dst` on
+/// the link with ifindex `index`: flooded frames (broadcast, multicast, unknown unicast) go to
+/// every such entry.
+fn flood_message(index: u32, dst: IpAddr) -> NeighbourMessage {
+    let mut msg = NeighbourMessage::default();
+    msg.header.family = AddressFamily::Bridge;
+    msg.header.ifindex = index;
+    msg.header.state = NeighbourState::Permanent;
+    msg.header.flags = NeighbourFlags::Own;
+    msg.attributes = vec![
+        NeighbourAttribute::LinkLayerAddress(vec![0; 6]),
+        NeighbourAttribute::Destination(NeighbourAddress::from(dst)),
+    ];
+    msg
 }
 
 /// A spoke's veth pair: `host_name` in the namespace the message is sent in, its peer

@@ -1,13 +1,20 @@
 //! Kernel link messages in the datapath's terms.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
 use k8slan_api::MacvtapMode;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::packet_route::link::{
     AfSpecInet6, AfSpecUnspec, InfoBridge, InfoBridgePort, InfoData, InfoKind, InfoMacVtap,
     InfoPortData, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
     MacVtapMode as NlMode,
 };
 
-use crate::kernel::{BridgeParams, Link, LinkKind, VxlanParams};
+use rtnetlink::packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage,
+};
+
+use crate::kernel::{BridgeParams, IfAddress, Link, LinkKind, VxlanParams};
 
 pub(super) fn mode_to_nl(m: MacvtapMode) -> NlMode {
     match m {
@@ -153,7 +160,8 @@ fn bridge_params(data: Option<&InfoData>) -> BridgeParams {
 fn vxlan_params(data: Option<&InfoData>) -> VxlanParams {
     let mut p = VxlanParams {
         vni: 0,
-        group: std::net::Ipv6Addr::UNSPECIFIED,
+        group: None,
+        local: None,
         port: 0,
         underlay_ifindex: 0,
         learning: false,
@@ -162,7 +170,10 @@ fn vxlan_params(data: Option<&InfoData>) -> VxlanParams {
         for i in infos {
             match i {
                 InfoVxlan::Id(v) => p.vni = *v,
-                InfoVxlan::Group6(g) => p.group = *g,
+                InfoVxlan::Group(g) => p.group = Some((*g).into()),
+                InfoVxlan::Group6(g) => p.group = Some((*g).into()),
+                InfoVxlan::Local(a) => p.local = Some((*a).into()),
+                InfoVxlan::Local6(a) => p.local = Some((*a).into()),
                 InfoVxlan::Port(v) => p.port = *v,
                 InfoVxlan::Link(v) => p.underlay_ifindex = *v,
                 InfoVxlan::Learning(v) => p.learning = *v,
@@ -180,6 +191,59 @@ fn macvtap_mode(data: Option<&InfoData>) -> Option<MacvtapMode> {
             InfoMacVtap::Mode(m) => mode_from_nl(m),
             _ => None,
         }),
+        _ => None,
+    }
+}
+
+/// An address of a link: `IFA_LOCAL` (the link's own address, which IPv4 point-to-point links
+/// tell apart from their peer's `IFA_ADDRESS`), else `IFA_ADDRESS`.
+pub(super) fn parse_address(msg: &AddressMessage) -> Option<IfAddress> {
+    let find = |local: bool| {
+        msg.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Local(ip) if local => Some(*ip),
+            AddressAttribute::Address(ip) if !local => Some(*ip),
+            _ => None,
+        })
+    };
+    Some(IfAddress {
+        addr: find(true).or_else(|| find(false))?,
+        prefix_len: msg.header.prefix_len,
+    })
+}
+
+/// The destination of a VXLAN flood entry: an `NTF_SELF` entry of link `index` for MAC
+/// 00:00:00:00:00:00. `None` for any other forwarding entry.
+pub(super) fn flood_dst(msg: &NeighbourMessage, index: u32) -> Option<IpAddr> {
+    if msg.header.ifindex != index || !msg.header.flags.contains(NeighbourFlags::Own) {
+        return None;
+    }
+    let mut zero_mac = false;
+    let mut dst = None;
+    for attr in &msg.attributes {
+        match attr {
+            NeighbourAttribute::LinkLayerAddress(mac) => zero_mac = mac.iter().all(|b| *b == 0),
+            NeighbourAttribute::Destination(d) => dst = ip_of(d),
+            _ => {}
+        }
+    }
+    dst.filter(|_| zero_mac)
+}
+
+/// An `NDA_DST`: in an `AF_BRIDGE` message the library cannot tell the family, so raw bytes
+/// are read by their length.
+fn ip_of(d: &NeighbourAddress) -> Option<IpAddr> {
+    match d {
+        NeighbourAddress::Inet(a) => Some((*a).into()),
+        NeighbourAddress::Inet6(a) => Some((*a).into()),
+        NeighbourAddress::Other(b) => match b.len() {
+            4 => <[u8; 4]>::try_from(b.as_slice())
+                .ok()
+                .map(|o| Ipv4Addr::from(o).into()),
+            16 => <[u8; 16]>::try_from(b.as_slice())
+                .ok()
+                .map(|o| Ipv6Addr::from(o).into()),
+            _ => None,
+        },
         _ => None,
     }
 }
