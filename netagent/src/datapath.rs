@@ -5,9 +5,11 @@
 //! that is not k8slan's (a link without our alias) alone. [`crate::lan`] brings LANs up and
 //! down, [`crate::spoke`] prepares and removes spokes, [`crate::inventory`] reports what exists.
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
+use k8slan_api::VxlanFamily;
 use k8slan_api::mtu::MtuTooSmall;
 use k8slan_api::validate::{FieldError, InvalidLan};
 
@@ -29,7 +31,7 @@ pub enum DatapathError {
     #[error("invalid name: {0}")]
     InvalidName(#[from] FieldError),
     #[error(
-        "LAN {lan}: no underlay for node {node}: it has no vxlanDevMap entry and defaultVxlanDev is not set"
+        "LAN {lan}: no underlay for node {node}: it has no vxlanDevMap entry, defaultVxlanDev is not set and the agent found no uplink (the interface carrying the node's InternalIP); set spec.defaultVxlanDev"
     )]
     NoUnderlay { lan: String, node: String },
     #[error(
@@ -50,6 +52,25 @@ pub enum DatapathError {
         field: String,
         dev: String,
         why: String,
+    },
+    #[error(
+        "LAN {lan}: underlay device {dev} of node {node} has no {fam} address for the unicast VXLAN to send from; give {dev} an {fam} address or set spec.vxlanFamily to the other family",
+        fam = family_name(*family)
+    )]
+    NoUnderlayAddress {
+        lan: String,
+        node: String,
+        dev: String,
+        family: VxlanFamily,
+    },
+    #[error(
+        "LAN {lan}: peer {peer} is not an {fam} address, and the LAN's VXLAN is {fam} (spec.vxlanFamily): the peer node's underlay needs an {fam} address, or spec.vxlanFamily the other family",
+        fam = family_name(*family)
+    )]
+    PeerFamily {
+        lan: String,
+        peer: IpAddr,
+        family: VxlanFamily,
     },
     #[error("LAN {lan}: underlay device {dev}: {source}")]
     Mtu {
@@ -88,6 +109,9 @@ pub struct Datapath<K> {
     pub(crate) dev_dir: PathBuf,
     /// Owner of the tap device nodes it makes (KubeVirt's qemu by default in the agent).
     pub(crate) tap_owner: NodeOwner,
+    /// The node's uplink (the host interface carrying its InternalIP): the underlay of a LAN
+    /// that names none for the node.
+    pub(crate) uplink: Option<String>,
     lock: Mutex<()>,
 }
 
@@ -98,8 +122,16 @@ impl<K: Kernel> Datapath<K> {
             kernel,
             dev_dir: dev_dir.into(),
             tap_owner: NodeOwner::ROOT,
+            uplink: None,
             lock: Mutex::new(()),
         }
+    }
+
+    /// The same datapath, using `uplink` as the underlay of a LAN whose spec names none for
+    /// the node (neither `vxlanDevMap` nor `defaultVxlanDev`).
+    pub fn with_uplink(mut self, uplink: Option<impl Into<String>>) -> Self {
+        self.uplink = uplink.map(Into::into);
+        self
     }
 
     /// The same datapath, making its tap device nodes owned by `owner` (root:root otherwise).
@@ -177,6 +209,14 @@ pub(crate) struct Want<'a> {
     pub alias: &'a str,
     /// Bridge (name, ifindex) the link must be a port of, with the port mask.
     pub master: Option<(&'a str, u32)>,
+}
+
+/// A family in words.
+pub(crate) fn family_name(family: VxlanFamily) -> &'static str {
+    match family {
+        VxlanFamily::Ipv6 => "IPv6",
+        VxlanFamily::Ipv4 => "IPv4",
+    }
 }
 
 pub(crate) fn kerr(lan: &str, source: KernelError) -> DatapathError {

@@ -2,6 +2,7 @@
 //! agent's LAN reconciler, which plans refreshes and orphan removals from it.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use k8slan_api::naming::tap_device_file;
@@ -20,6 +21,8 @@ pub struct NodeLan {
     pub bridges: Vec<Link>,
     pub vxlans: Vec<Link>,
     pub spokes: Vec<SpokeView>,
+    /// Where the VXLANs flood to besides their multicast group: the peers of a unicast LAN.
+    pub peers: Vec<IpAddr>,
     /// Links in the LAN namespace that are neither bridge, vxlan, spoke port nor `lo`.
     pub other: Vec<Link>,
 }
@@ -54,13 +57,17 @@ impl<K: Kernel> Datapath<K> {
                 bridges: Vec::new(),
                 vxlans: Vec::new(),
                 spokes: Vec::new(),
+                peers: Vec::new(),
                 other: Vec::new(),
             };
             let mut spokes: BTreeMap<String, SpokeView> = BTreeMap::new();
             for l in links {
                 match (&l.kind, spoke_of(&l)) {
                     (LinkKind::Bridge(_), _) => view.bridges.push(l),
-                    (LinkKind::Vxlan(_), _) => view.vxlans.push(l),
+                    (LinkKind::Vxlan(p), _) => {
+                        view.peers.extend(self.peers_of(&ns, &l.name, p.group)?);
+                        view.vxlans.push(l);
+                    }
                     (LinkKind::Veth { .. }, Some(s)) => {
                         let s = s.to_string();
                         spokes.entry(s.clone()).or_default().port = Some(l);
@@ -96,5 +103,19 @@ impl<K: Kernel> Datapath<K> {
             views.push(view);
         }
         Ok(views)
+    }
+
+    /// The flood entries of a VXLAN of LAN namespace `ns`, without its multicast group.
+    fn peers_of(
+        &self,
+        ns: &str,
+        vxlan: &str,
+        group: Option<IpAddr>,
+    ) -> Result<Vec<IpAddr>, DatapathError> {
+        let entries = self
+            .kernel
+            .flood_entries(&Ns::Lan(ns.into()), vxlan)
+            .map_err(|e| kerr(ns, e))?;
+        Ok(entries.into_iter().filter(|a| Some(*a) != group).collect())
     }
 }

@@ -1,14 +1,16 @@
 //! LAN up and down: the LAN namespace, its bridge and its VXLAN.
 
+use std::net::IpAddr;
+
 use k8slan_api::naming::link_alias;
-use k8slan_api::{LanSpec, mtu, validate};
+use k8slan_api::{LanSpec, VxlanFamily, VxlanMode, mtu, validate};
 use serde::Serialize;
 use tracing::{debug, instrument};
 
 use crate::datapath::{
     BRIDGE_GROUP_FWD_MASK, Datapath, DatapathError, Owner, Want, is_ours, kerr, parse_alias, role,
 };
-use crate::kernel::{BridgeParams, Kernel, Link, LinkKind, NewLink, Ns, VxlanParams};
+use crate::kernel::{BridgeParams, IfAddress, Kernel, Link, LinkKind, NewLink, Ns, VxlanParams};
 
 /// The LAN as the node has it after `lan_up`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -16,6 +18,9 @@ pub struct LanState {
     pub ns: String,
     pub underlay: String,
     pub underlay_ifindex: u32,
+    /// The node's address on the underlay the VXLAN sends from (unicast mode; `None` in
+    /// multicast mode, where the kernel picks it per packet).
+    pub underlay_address: Option<IpAddr>,
     /// MTU of every link of the LAN.
     pub mtu: u32,
     pub bridge_ifindex: u32,
@@ -27,14 +32,23 @@ pub struct LanState {
 /// Ifindex of `lo` in every network namespace.
 const LOOPBACK_IFINDEX: u32 = 1;
 
-/// The field that names `node`'s underlay, and the device it names.
-fn underlay_field<'a>(spec: &'a LanSpec, node: &str) -> Option<(String, &'a str)> {
+/// What names the uplink as the underlay, in messages.
+const UPLINK_FIELD: &str = "the node's uplink (spec.defaultVxlanDev unset)";
+
+/// The field that names `node`'s underlay, and the device it names; the node's uplink when the
+/// spec names none.
+fn underlay_field<'a>(
+    spec: &'a LanSpec,
+    node: &str,
+    uplink: Option<&'a str>,
+) -> Option<(String, &'a str)> {
     match spec.vxlan_dev_map.get(node) {
         Some(dev) => Some((format!("spec.vxlanDevMap[{node}]"), dev)),
         None => spec
             .default_vxlan_dev
             .as_deref()
-            .map(|dev| ("spec.defaultVxlanDev".to_string(), dev)),
+            .map(|dev| ("spec.defaultVxlanDev".to_string(), dev))
+            .or_else(|| uplink.map(|dev| (UPLINK_FIELD.to_string(), dev))),
     }
 }
 
@@ -83,19 +97,18 @@ impl<K: Kernel> Datapath<K> {
         validate::node_name("node", node)?;
         let lan = spec.ns.as_str();
         let under = self.underlay(spec, node)?;
-        let mtu = mtu::lan_mtu(under.mtu).map_err(|source| DatapathError::Mtu {
-            lan: lan.into(),
-            dev: under.name.clone(),
-            source,
-        })?;
-        let group = spec.group().ok_or_else(|| DatapathError::Inconsistent {
-            lan: lan.into(),
-            what: format!("vxlanGrp {:?} does not parse", spec.vxlan_grp),
-        })?;
+        let mtu =
+            mtu::lan_mtu(under.mtu, spec.vxlan_family).map_err(|source| DatapathError::Mtu {
+                lan: lan.into(),
+                dev: under.name.clone(),
+                source,
+            })?;
+        let (group, local) = self.vxlan_addresses(spec, node, &under)?;
         let mut state = LanState {
             ns: lan.into(),
             underlay: under.name.clone(),
             underlay_ifindex: under.ifindex,
+            underlay_address: local,
             mtu,
             bridge_ifindex: 0,
             vxlan_ifindex: 0,
@@ -104,8 +117,8 @@ impl<K: Kernel> Datapath<K> {
         let created_ns = self.ensure_namespace(lan, &mut state.changes)?;
         let vxlan = VxlanParams {
             vni: spec.vni,
-            group: Some(group.into()),
-            local: None,
+            group,
+            local,
             port: spec.vxlan_port,
             underlay_ifindex: under.ifindex,
             learning: true,
@@ -122,13 +135,73 @@ impl<K: Kernel> Datapath<K> {
         }
     }
 
+    /// The address `node` uses on the LAN's underlay for the LAN's family (`spec.vxlanFamily`):
+    /// for IPv6 the first global or unique-local one, else the link-local one; for IPv4 the
+    /// first. `None` when the underlay has no address of the family.
+    #[instrument(skip_all, fields(lan = %spec.ns, node = %node))]
+    pub fn underlay_address(
+        &self,
+        spec: &LanSpec,
+        node: &str,
+    ) -> Result<Option<IpAddr>, DatapathError> {
+        validate::validate_spec(spec)?;
+        validate::node_name("node", node)?;
+        let _guard = self.serialise();
+        let under = self.underlay(spec, node)?;
+        self.address_on(&spec.ns, &under, spec.vxlan_family)
+    }
+
+    fn address_on(
+        &self,
+        lan: &str,
+        under: &Link,
+        family: VxlanFamily,
+    ) -> Result<Option<IpAddr>, DatapathError> {
+        let addrs = self
+            .kernel
+            .addresses(&Ns::Host, under.ifindex)
+            .map_err(|e| kerr(lan, e))?;
+        Ok(pick_address(&addrs, family))
+    }
+
+    /// Group and local address of the LAN's VXLAN: the group in multicast mode, the node's
+    /// underlay address in unicast mode.
+    fn vxlan_addresses(
+        &self,
+        spec: &LanSpec,
+        node: &str,
+        under: &Link,
+    ) -> Result<(Option<IpAddr>, Option<IpAddr>), DatapathError> {
+        let lan = spec.ns.as_str();
+        match spec.vxlan_mode {
+            VxlanMode::Multicast => match spec.group() {
+                Some(group) => Ok((Some(group), None)),
+                None => Err(DatapathError::Inconsistent {
+                    lan: lan.into(),
+                    what: format!("vxlanGrp {:?} does not parse", spec.vxlan_grp),
+                }),
+            },
+            VxlanMode::Unicast => match self.address_on(lan, under, spec.vxlan_family)? {
+                Some(local) => Ok((None, Some(local))),
+                None => Err(DatapathError::NoUnderlayAddress {
+                    lan: lan.into(),
+                    node: node.into(),
+                    dev: under.name.clone(),
+                    family: spec.vxlan_family,
+                }),
+            },
+        }
+    }
+
     /// The underlay of `node`, checked: it exists in the host namespace and may carry a VXLAN.
     fn underlay(&self, spec: &LanSpec, node: &str) -> Result<Link, DatapathError> {
         let lan = spec.ns.as_str();
-        let (field, dev) = underlay_field(spec, node).ok_or_else(|| DatapathError::NoUnderlay {
-            lan: lan.into(),
-            node: node.into(),
-        })?;
+        let uplink = self.uplink.as_deref();
+        let (field, dev) =
+            underlay_field(spec, node, uplink).ok_or_else(|| DatapathError::NoUnderlay {
+                lan: lan.into(),
+                node: node.into(),
+            })?;
         let link = self
             .kernel
             .link(&Ns::Host, dev)
@@ -262,13 +335,15 @@ impl<K: Kernel> Datapath<K> {
             .kernel
             .link(&ns, &spec.vxlan)
             .map_err(|e| kerr(lan, e))?;
+        let mut peers = Vec::new();
         if !existing.as_ref().is_some_and(|l| right(&l.kind)) {
             // The kernel allows one VXLAN per VNI and port on an underlay: an old one of this
             // LAN (renamed in the spec) goes first.
             let links = self.kernel.links(&ns).map_err(|e| kerr(lan, e))?;
+            peers = self.old_peers(lan, existing.as_ref(), &vxlan)?;
             self.retire(lan, &links, role::VXLAN, &spec.vxlan, &mut state.changes)?;
         }
-        let (vx, _) = self.ensure_link(
+        let (vx, fresh) = self.ensure_link(
             lan,
             &ns,
             existing,
@@ -290,7 +365,45 @@ impl<K: Kernel> Datapath<K> {
         if self.converge(lan, &ns, &vx, &want)? {
             state.changes.push(format!("converge vxlan {}", spec.vxlan));
         }
+        if fresh && !peers.is_empty() {
+            for dst in &peers {
+                self.kernel
+                    .add_flood_entry(&ns, &spec.vxlan, *dst)
+                    .map_err(|e| kerr(lan, e))?;
+            }
+            state.changes.push(format!(
+                "carry {} peers over to the new vxlan {}",
+                peers.len(),
+                spec.vxlan
+            ));
+        }
         Ok(vx)
+    }
+
+    /// The peers of the VXLAN `old` that is about to be replaced by one with `new` parameters
+    /// and that stay valid on it: unicast destinations of the new one's family, not its own
+    /// address. Carried over, members do not lose each other until the next `set_peers` when
+    /// the VXLAN is replaced (the node's underlay address changed, for one).
+    fn old_peers(
+        &self,
+        lan: &str,
+        old: Option<&Link>,
+        new: &VxlanParams,
+    ) -> Result<Vec<IpAddr>, DatapathError> {
+        let Some((old, LinkKind::Vxlan(params))) = old.map(|l| (l, &l.kind)) else {
+            return Ok(Vec::new());
+        };
+        if new.group.is_some() || params.is_ipv6() != new.is_ipv6() {
+            return Ok(Vec::new());
+        }
+        let entries = self
+            .kernel
+            .flood_entries(&Ns::Lan(lan.into()), &old.name)
+            .map_err(|e| kerr(lan, e))?;
+        Ok(entries
+            .into_iter()
+            .filter(|a| Some(*a) != params.group && Some(*a) != new.local)
+            .collect())
     }
 
     /// Every spoke port of the LAN among `links` (and its VXLAN) is a port of the bridge, with
@@ -525,6 +638,20 @@ impl<K: Kernel> Datapath<K> {
         }
         Ok(())
     }
+}
+
+/// The underlay address of `family` among `addrs` (see [`Datapath::underlay_address`]).
+fn pick_address(addrs: &[IfAddress], family: VxlanFamily) -> Option<IpAddr> {
+    let of_family = || {
+        addrs
+            .iter()
+            .map(|a| a.addr)
+            .filter(move |a| VxlanFamily::of(a) == family)
+    };
+    let link_local = |a: &IpAddr| matches!(a, IpAddr::V6(v) if v.is_unicast_link_local());
+    of_family()
+        .find(|a| !link_local(a))
+        .or_else(|| of_family().next())
 }
 
 /// Whether a host link is a host end or macvtap of LAN `lan` (by its alias, exactly).

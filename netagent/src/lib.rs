@@ -13,13 +13,15 @@ pub mod kernel;
 pub mod lan;
 pub mod netlink;
 pub mod netns;
+pub mod peers;
 pub mod spoke;
 
 pub use datapath::{BRIDGE_GROUP_FWD_MASK, Datapath, DatapathError, Owner, PORT_GROUP_FWD_MASK};
 pub use inventory::{NodeLan, SpokeView};
-pub use kernel::{Kernel, KernelError, Link, LinkKind, Ns};
+pub use kernel::{IfAddress, Kernel, KernelError, Link, LinkKind, Ns};
 pub use lan::LanState;
 pub use netlink::{HostNs, RtnlKernel};
+pub use peers::PeerChanges;
 pub use spoke::{MacAttachment, SpokeAttachment};
 
 // The device plugin shares one datapath between its gRPC handlers.
