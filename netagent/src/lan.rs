@@ -83,15 +83,25 @@ impl<K: Kernel> Datapath<K> {
         validate::node_name("node", node)?;
         let lan = spec.ns.as_str();
         let under = self.underlay(spec, node)?;
-        let mtu = mtu::lan_mtu(under.mtu).map_err(|source| DatapathError::Mtu {
-            lan: lan.into(),
-            dev: under.name.clone(),
-            source,
-        })?;
-        let group = spec.group().ok_or_else(|| DatapathError::Inconsistent {
-            lan: lan.into(),
-            what: format!("vxlanGrp {:?} does not parse", spec.vxlan_grp),
-        })?;
+        let mtu =
+            mtu::lan_mtu(under.mtu, spec.vxlan_family).map_err(|source| DatapathError::Mtu {
+                lan: lan.into(),
+                dev: under.name.clone(),
+                source,
+            })?;
+        let group = match spec.group() {
+            Some(std::net::IpAddr::V6(g)) => g,
+            _ => {
+                return Err(DatapathError::Inconsistent {
+                    lan: lan.into(),
+                    what: format!(
+                        "vxlanMode {} over {} is not supported by this datapath yet",
+                        spec.vxlan_mode.as_str(),
+                        spec.vxlan_family
+                    ),
+                });
+            }
+        };
         let mut state = LanState {
             ns: lan.into(),
             underlay: under.name.clone(),
