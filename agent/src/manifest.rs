@@ -62,7 +62,7 @@ spec:
     #[test]
     fn defaults_are_applied() {
         let lan = parse(GOOD).unwrap();
-        assert_eq!(lan.spec.vxlan_grp, "ff02::14");
+        assert_eq!(lan.spec.group(), Some("ff02::14".parse().unwrap()));
         assert_eq!(lan.spec.vxlan_port, 4789);
         assert_eq!(lan.spec.macvtap_mode, k8slan_api::MacvtapMode::Passthru);
         assert_eq!(lan.spec.spokes, vec!["srl", "vm"]);
@@ -91,8 +91,11 @@ spec:
         assert!(e.contains("spec.vni"), "{e}");
         let e = err(&GOOD.replace("[srl, vm]", "[srl, br2]"));
         assert!(e.contains("spec.spokes[1]"), "{e}");
-        let e = err(&GOOD.replace("  defaultVxlanDev: eth1\n", ""));
-        assert!(e.contains("spec.defaultVxlanDev"), "{e}");
+        let e = err(&GOOD.replace(
+            "  defaultVxlanDev: eth1\n",
+            "  vxlanMode: unicast\n  vxlanGrp: ff02::14\n",
+        ));
+        assert!(e.contains("spec.vxlanGrp"), "{e}");
         let e = err("spec: [");
         assert!(e.contains("YAML"), "{e}");
     }

@@ -140,7 +140,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let preparer = Arc::new(DatapathPreparer::new(dp, &args.node_name, metrics));
     info!(node = %args.node_name, kubelet_dir = %args.kubelet_dir.display(), "k8slan agent starting");
     let result =
-        k8slan_deviceplugin::run(config, preparer, client, lans_rx, shutdown_signal()).await;
+        k8slan_deviceplugin::run(config, preparer, None, client, lans_rx, shutdown_signal()).await;
     reconciler.abort();
     lan_watch.abort();
     result.context("device plugin stopped")?;

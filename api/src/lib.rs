@@ -4,11 +4,14 @@
 pub mod lan;
 pub mod mtu;
 pub mod naming;
+pub mod peer;
 pub mod prepared;
 pub mod report;
 pub mod validate;
 
-pub use lan::{LAN, LanSpec, LanStatus, MacvtapMode, NodeLanState, SpokeHolder};
+pub use lan::{
+    LAN, LanSpec, LanStatus, MacvtapMode, NodeLanState, SpokeHolder, VxlanFamily, VxlanMode,
+};
 pub use naming::SpokeKind;
 pub use validate::{FieldError, InvalidLan, validate_spec};
 

@@ -14,11 +14,13 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use serde::{Deserialize, Serialize};
 
+use crate::lan::{LanSpec, VxlanFamily};
 use crate::naming::{LEASE_ROLE_LABEL, MANAGED_BY, MANAGED_BY_LABEL, SpokeKind, claim_lease_name};
 
 /// Value of [`crate::naming::LEASE_ROLE_LABEL`] on node-report Leases.
@@ -115,11 +117,63 @@ pub struct LanNodeReport {
     pub generation: i64,
 }
 
-/// Everything one node reports, keyed by `<lan-namespace>/<lan-name>`.
+/// Everything one node reports: its state per LAN (keyed by `<lan-namespace>/<lan-name>`), and
+/// what other nodes need to flood a unicast LAN to it: the addresses of the underlay devices its
+/// LANs use, and its uplink (the interface carrying its InternalIP, the underlay of LANs that
+/// name none).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeReport {
     #[serde(default)]
     pub lans: BTreeMap<String, LanNodeReport>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub underlays: BTreeMap<String, UnderlayAddresses>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uplink: Option<String>,
+}
+
+/// The addresses a node floods from and is reached at on one underlay device, per family:
+/// IPv6 the first global or ULA address, else the link-local one; IPv4 the first.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnderlayAddresses {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv4: Option<Ipv4Addr>,
+}
+
+impl UnderlayAddresses {
+    /// Picks the addresses of one device from all of its addresses.
+    pub fn pick(addresses: impl IntoIterator<Item = IpAddr>) -> Self {
+        let mut picked = Self::default();
+        for addr in addresses {
+            match addr {
+                IpAddr::V4(a) => {
+                    picked.ipv4.get_or_insert(a);
+                }
+                IpAddr::V6(a) if is_link_local(&a) => {
+                    picked.ipv6.get_or_insert(a);
+                }
+                IpAddr::V6(a) => {
+                    if picked.ipv6.is_none_or(|p| is_link_local(&p)) {
+                        picked.ipv6 = Some(a);
+                    }
+                }
+            }
+        }
+        picked
+    }
+
+    /// The address of `family`.
+    pub fn get(&self, family: VxlanFamily) -> Option<IpAddr> {
+        match family {
+            VxlanFamily::Ipv6 => self.ipv6.map(IpAddr::V6),
+            VxlanFamily::Ipv4 => self.ipv4.map(IpAddr::V4),
+        }
+    }
+}
+
+fn is_link_local(a: &Ipv6Addr) -> bool {
+    a.segments()[0] & 0xffc0 == 0xfe80
 }
 
 impl NodeReport {
@@ -137,6 +191,21 @@ impl NodeReport {
     /// This node's entry for one LAN.
     pub fn lan(&self, lan: &LanRef) -> Option<&LanNodeReport> {
         self.lans.get(&lan.to_string())
+    }
+
+    /// The underlay device `node` (whose report this is) uses for a LAN, and its address of
+    /// the LAN's family, when the node reported one.
+    pub fn underlay_of<'a>(
+        &'a self,
+        spec: &'a LanSpec,
+        node: &str,
+    ) -> Option<(&'a str, Option<IpAddr>)> {
+        let dev = spec.underlay_for(node, self.uplink.as_deref())?;
+        let addr = self
+            .underlays
+            .get(dev)
+            .and_then(|a| a.get(spec.vxlan_family));
+        Some((dev, addr))
     }
 }
 
@@ -295,6 +364,30 @@ mod tests {
         );
         assert_eq!(r.to_annotation(), json);
         assert_eq!(NodeReport::parse(&r.to_annotation()).unwrap(), r);
+    }
+
+    #[test]
+    fn underlay_addresses_prefer_global_ipv6_and_the_first_ipv4() {
+        let addrs = [
+            "fe80::1",
+            "198.18.1.11",
+            "fd00::11",
+            "2001:db8::1",
+            "198.18.1.99",
+        ];
+        let picked = UnderlayAddresses::pick(addrs.iter().map(|a| a.parse().unwrap()));
+        assert_eq!(picked.ipv6, Some("fd00::11".parse().unwrap()));
+        assert_eq!(picked.ipv4, Some("198.18.1.11".parse().unwrap()));
+        let only_ll = UnderlayAddresses::pick(["fe80::2".parse().unwrap()]);
+        assert_eq!(
+            only_ll.get(VxlanFamily::Ipv6),
+            Some("fe80::2".parse().unwrap())
+        );
+        assert_eq!(only_ll.get(VxlanFamily::Ipv4), None);
+        let json = r#"{"lans":{},"underlays":{"eth1":{"ipv6":"fe80::2"}},"uplink":"eth0"}"#;
+        let r = NodeReport::parse(json).unwrap();
+        assert_eq!(r.uplink.as_deref(), Some("eth0"));
+        assert_eq!(r.to_annotation(), json);
     }
 
     #[test]

@@ -4,9 +4,9 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::net::Ipv6Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::lan::LanSpec;
+use crate::lan::{LanSpec, VxlanFamily, VxlanMode};
 
 /// Highest VXLAN network identifier (24 bits).
 pub const MAX_VNI: u32 = 16_777_215;
@@ -153,9 +153,16 @@ pub fn vni(field: &str, vni: u32) -> Result<(), FieldError> {
 /// written with its four hex digits `ffXS`, then hex digits and colons only: no embedded IPv4, no
 /// zone), with a scope that can leave the node: not interface-local (`ffX1`) or reserved (`ffX0`,
 /// `ffXF`). Upper- and lower-case hex are the same address.
-pub fn multicast_group(field: &str, group: &str) -> Result<Ipv6Addr, FieldError> {
-    let example =
-        "use an IPv6 multicast group such as ff02::14 (link-local) or ff05::100 (site-local)";
+pub fn multicast_group(field: &str, group: &str) -> Result<IpAddr, FieldError> {
+    if group.contains('.') && !group.contains(':') {
+        return ipv4_multicast_group(field, group).map(IpAddr::V4);
+    }
+    ipv6_multicast_group(field, group).map(IpAddr::V6)
+}
+
+/// An IPv6 multicast group whose scope reaches other nodes, spelled as the CRD pattern accepts.
+fn ipv6_multicast_group(field: &str, group: &str) -> Result<Ipv6Addr, FieldError> {
+    let example = "use a multicast group such as ff02::14 (IPv6, link-local scope), ff05::100 (IPv6, site-local) or 239.1.20.20 (IPv4)";
     let bad = |why: &str| {
         Err(FieldError::new(
             field,
@@ -164,7 +171,7 @@ pub fn multicast_group(field: &str, group: &str) -> Result<Ipv6Addr, FieldError>
     };
     let addr = match group.parse::<Ipv6Addr>() {
         Ok(a) => a,
-        Err(_) => return bad("is not an IPv6 address"),
+        Err(_) => return bad("is not an IPv6 or IPv4 address"),
     };
     if !addr.is_multicast() {
         return bad("is not a multicast address");
@@ -178,6 +185,49 @@ pub fn multicast_group(field: &str, group: &str) -> Result<Ipv6Addr, FieldError>
         0x1 => bad("has interface-local scope (ffX1), which never leaves the node"),
         0x0 | 0xf => bad("has a reserved scope (ffX0 or ffXF)"),
         _ => Ok(addr),
+    }
+}
+
+/// An IPv4 multicast group (224.0.0.0/4) in dotted decimal.
+fn ipv4_multicast_group(field: &str, group: &str) -> Result<Ipv4Addr, FieldError> {
+    let bad = |why: &str| {
+        Err(FieldError::new(
+            field,
+            format!("{group:?} {why}; use an IPv4 multicast group such as 239.1.20.20"),
+        ))
+    };
+    match group.parse::<Ipv4Addr>() {
+        Err(_) => bad("is not an IPv4 address in dotted decimal"),
+        Ok(a) if !a.is_multicast() => bad("is not a multicast address (224.0.0.0-239.255.255.255)"),
+        Ok(a) => Ok(a),
+    }
+}
+
+/// `vxlanMode`, `vxlanFamily` and `vxlanGrp` together: a group only in multicast mode, and of
+/// the family.
+fn check_flooding(errors: &mut Errors, spec: &LanSpec) {
+    let Some(group) = &spec.vxlan_grp else { return };
+    if spec.vxlan_mode == VxlanMode::Unicast {
+        errors.add(
+            "spec.vxlanGrp",
+            format!(
+                "{group:?} is set but vxlanMode is unicast, which sends floods to each peer node instead of a group; remove spec.vxlanGrp"
+            ),
+        );
+        return;
+    }
+    match multicast_group("spec.vxlanGrp", group) {
+        Err(e) => errors.check(Err(e)),
+        Ok(addr) if VxlanFamily::of(&addr) != spec.vxlan_family => errors.add(
+            "spec.vxlanGrp",
+            format!(
+                "{group:?} is an {} group but vxlanFamily is {}; use a group of that family or set vxlanFamily: {}",
+                VxlanFamily::of(&addr),
+                spec.vxlan_family,
+                VxlanFamily::of(&addr)
+            ),
+        ),
+        Ok(_) => {}
     }
 }
 
@@ -423,7 +473,7 @@ fn check_links(errors: &mut Errors, spec: &LanSpec) {
         );
     }
     errors.check(vni("spec.vni", spec.vni));
-    errors.check(multicast_group("spec.vxlanGrp", &spec.vxlan_grp).map(|_| ()));
+    check_flooding(errors, spec);
     errors.check(port("spec.vxlanPort", spec.vxlan_port));
 }
 
@@ -434,12 +484,6 @@ fn check_underlays(errors: &mut Errors, spec: &LanSpec) {
     for (node, dev) in &spec.vxlan_dev_map {
         errors.check(node_name("spec.vxlanDevMap", node));
         errors.check(underlay_name(&format!("spec.vxlanDevMap[{node}]"), dev));
-    }
-    if spec.default_vxlan_dev.is_none() && spec.vxlan_dev_map.is_empty() {
-        errors.add(
-            "spec.defaultVxlanDev",
-            "no underlay device: set defaultVxlanDev, or vxlanDevMap for every node that should join the LAN",
-        );
     }
 }
 
@@ -634,8 +678,10 @@ mod tests {
             bridge: "br2".into(),
             vxlan: "vx2".into(),
             vni: 222,
-            vxlan_grp: "ff02::14".into(),
+            vxlan_grp: Some("ff02::14".into()),
             vxlan_port: 4789,
+            vxlan_mode: VxlanMode::Multicast,
+            vxlan_family: VxlanFamily::Ipv6,
             default_vxlan_dev: Some("eth0".into()),
             vxlan_dev_map: BTreeMap::from([("worker1".into(), "eth1".into())]),
             spokes: vec!["srl".into(), "vm".into()],
@@ -739,12 +785,46 @@ mod tests {
                 .message
                 .contains("not a multicast")
         );
+        assert_eq!(
+            multicast_group("g", "239.1.1.1"),
+            Ok("239.1.1.1".parse().unwrap())
+        );
         assert!(
-            multicast_group("g", "239.1.1.1")
+            multicast_group("g", "198.18.0.1")
                 .unwrap_err()
                 .message
-                .contains("not an IPv6")
+                .contains("not a multicast")
         );
+        assert!(
+            multicast_group("g", "300.1.1.1")
+                .unwrap_err()
+                .message
+                .contains("dotted decimal")
+        );
+    }
+
+    #[test]
+    fn a_group_only_in_multicast_mode_and_of_the_family() {
+        let mut s = spec();
+        s.vxlan_mode = VxlanMode::Unicast;
+        let msg = validate_spec(&s).unwrap_err().to_string();
+        assert!(msg.contains("spec.vxlanGrp"), "{msg}");
+        assert!(msg.contains("remove spec.vxlanGrp"), "{msg}");
+        s.vxlan_grp = None;
+        assert_eq!(fields(&s), Vec::<String>::new());
+        s.vxlan_family = VxlanFamily::Ipv4;
+        assert_eq!(fields(&s), Vec::<String>::new());
+        s.vxlan_mode = VxlanMode::Multicast;
+        s.vxlan_grp = Some("ff02::14".into());
+        let msg = validate_spec(&s).unwrap_err().to_string();
+        assert!(
+            msg.contains("an ipv6 group but vxlanFamily is ipv4"),
+            "{msg}"
+        );
+        s.vxlan_grp = Some("239.1.20.20".into());
+        assert_eq!(fields(&s), Vec::<String>::new());
+        s.vxlan_grp = None;
+        assert_eq!(s.group(), Some("239.1.20.20".parse().unwrap()));
     }
 
     #[test]
@@ -783,11 +863,14 @@ mod tests {
     }
 
     #[test]
-    fn underlay_is_required_and_checked() {
+    fn underlay_may_be_the_uplink_and_is_checked() {
         let mut s = spec();
         s.default_vxlan_dev = None;
         s.vxlan_dev_map.clear();
-        assert_eq!(fields(&s), vec!["spec.defaultVxlanDev"]);
+        assert_eq!(fields(&s), Vec::<String>::new());
+        assert_eq!(s.underlay_for("worker1", Some("eth0")), Some("eth0"));
+        s.vxlan_dev_map.insert("worker1".into(), "eth1".into());
+        assert_eq!(s.underlay_for("worker2", Some("eth0")), None);
         s.vxlan_dev_map.insert("Worker_1".into(), "eth1/x".into());
         assert_eq!(
             fields(&s),

@@ -220,7 +220,7 @@ pub fn busiest_node(specs: &[&LanSpec]) -> (String, usize) {
         specs
             .iter()
             .filter(|s| match node {
-                Some(n) => s.underlay_for(n).is_some(),
+                Some(n) => s.underlay_for(n, Some("uplink")).is_some(),
                 None => s.default_vxlan_dev.is_some(),
             })
             .map(|s| s.spokes.len())

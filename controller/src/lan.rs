@@ -256,6 +256,7 @@ async fn sync_status(
     let previous = lan.status.clone().unwrap_or_default();
     let next = status::aggregate(Inputs {
         lan: me,
+        spec: &lan.spec,
         generation: lan.metadata.generation.unwrap_or(0),
         spoke_count: lan.spec.spokes.len(),
         rejection: rejected,

@@ -14,8 +14,9 @@
 //!   `Progressing` (a node is still at an older generation) or `NoNodeReports`.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8slan_api::peer;
 use k8slan_api::report::{Claim, LanRef, NodeReport, NodeState};
-use k8slan_api::{LanStatus, NodeLanState, SpokeHolder};
+use k8slan_api::{LanSpec, LanStatus, NodeLanState, SpokeHolder, VxlanMode};
 
 /// Condition type: no conflict with other LANs and a valid spec.
 pub use k8slan_api::lan::CONDITION_ACCEPTED as ACCEPTED;
@@ -35,6 +36,7 @@ pub enum Rejection {
 #[derive(Debug)]
 pub struct Inputs<'a> {
     pub lan: &'a LanRef,
+    pub spec: &'a LanSpec,
     pub generation: i64,
     pub spoke_count: usize,
     pub rejection: Option<Rejection>,
@@ -49,9 +51,29 @@ pub struct Inputs<'a> {
     pub now: Time,
 }
 
+/// `eth1 fe80::1`: the node's underlay device for the LAN and its address of the LAN's family,
+/// as its report gives them.
+fn underlay_text(spec: &LanSpec, node: &str, report: &NodeReport) -> Option<String> {
+    let (dev, addr) = report.underlay_of(spec, node)?;
+    Some(match addr {
+        Some(a) => format!("{dev} {a}"),
+        None => format!("{dev} (no {} address)", spec.vxlan_family),
+    })
+}
+
+fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
 /// Computes the LAN's status.
 pub fn aggregate(input: Inputs<'_>) -> LanStatus {
     let generation = input.generation;
+    let members = peer::members(
+        input.lan,
+        input.spec,
+        input.reports.iter().copied(),
+        input.claims,
+    );
     let mut nodes: Vec<NodeLanState> = input
         .reports
         .iter()
@@ -61,6 +83,9 @@ pub fn aggregate(input: Inputs<'_>) -> LanStatus {
                 state: r.state.as_str().to_string(),
                 message: (!r.message.is_empty()).then(|| r.message.clone()),
                 generation: Some(r.generation),
+                underlay: underlay_text(input.spec, node, report),
+                peers: (input.spec.vxlan_mode == VxlanMode::Unicast)
+                    .then(|| count(peer::peers_of(node, &members).len())),
             })
         })
         .collect();
@@ -264,8 +289,14 @@ mod tests {
                 )
             })
             .collect();
-        NodeReport { lans }
+        NodeReport {
+            lans,
+            ..NodeReport::default()
+        }
     }
+
+    static SPEC: std::sync::LazyLock<LanSpec> =
+        std::sync::LazyLock::new(|| crate::testutil::spec("lan-a", 10, &["srl", "vm"]));
 
     fn inputs<'a>(
         lan: &'a LanRef,
@@ -275,6 +306,7 @@ mod tests {
     ) -> Inputs<'a> {
         Inputs {
             lan,
+            spec: &SPEC,
             generation: 3,
             spoke_count: 2,
             rejection: None,

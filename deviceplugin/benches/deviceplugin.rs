@@ -81,6 +81,7 @@ async fn plugin_role() {
     let (lans_tx, lans_rx) = watch::channel(None);
     let config = PluginConfig {
         node_name: "bench-node".into(),
+        uplink: None,
         device_plugin_dir: root.join("device-plugins"),
         pod_resources_socket: root.join("pod-resources/kubelet.sock"),
         prepared_dir: root.join("prepared"),

@@ -12,7 +12,7 @@ use crate::lan::WatchedLan;
 use crate::member::Members;
 use crate::proto::v1beta1::Device;
 use crate::proto::{HEALTHY, UNHEALTHY};
-use crate::report::{LanNodeReport, NodeReport, NodeState};
+use crate::report::{LanNodeReport, NodeReport, NodeState, UnderlayAddresses};
 
 /// A failed preparation of one of a LAN's spokes, reported until a later one succeeds or the
 /// LAN's generation changes.
@@ -27,8 +27,13 @@ pub struct Failure {
 pub struct Inputs<'a> {
     pub node: &'a str,
     pub lans: &'a BTreeMap<String, WatchedLan>,
+    /// This node's uplink (the interface carrying its InternalIP): the underlay of LANs that
+    /// name no device.
+    pub uplink: Option<&'a str>,
     /// Presence of each underlay device the LANs name for this node (absent = not present).
     pub underlays: &'a BTreeMap<String, bool>,
+    /// Addresses of each present underlay device (reported for unicast peers).
+    pub addresses: &'a BTreeMap<String, UnderlayAddresses>,
     pub members: &'a Members,
     pub claims: &'a BTreeMap<String, LeaseClaim>,
     /// By LAN key.
@@ -102,11 +107,12 @@ pub fn device_id(kind: SpokeKind, spoke: &str) -> String {
 /// The underlay devices whose presence [`compute`] needs.
 pub fn underlays_needed<'a>(
     node: &str,
+    uplink: Option<&str>,
     lans: impl IntoIterator<Item = &'a WatchedLan>,
 ) -> BTreeSet<String> {
     lans.into_iter()
         .filter(|l| l.served())
-        .filter_map(|l| l.spec.underlay_for(node).map(str::to_string))
+        .filter_map(|l| l.spec.underlay_for(node, uplink).map(str::to_string))
         .collect()
 }
 
@@ -140,19 +146,26 @@ pub fn compute(i: Inputs<'_>) -> Inventory {
         };
         inv.report.lans.insert(lan.key.clone(), entry);
     }
+    inv.report.uplink = i.uplink.map(str::to_string);
+    inv.report.underlays = underlays_needed(i.node, i.uplink, i.lans.values())
+        .into_iter()
+        .filter_map(|d| i.addresses.get(&d).map(|a| (d, *a)))
+        .collect();
     inv
 }
 
 /// The underlay this node serves the LAN on, or the state and message of why it cannot.
-fn servable<'a>(i: &Inputs<'_>, lan: &'a WatchedLan) -> Result<&'a str, (NodeState, String)> {
+fn servable<'a>(i: &Inputs<'a>, lan: &'a WatchedLan) -> Result<&'a str, (NodeState, String)> {
     validate_spec(&lan.spec).map_err(|e| (NodeState::Failed, e.to_string()))?;
-    let Some(underlay) = lan.spec.underlay_for(i.node) else {
+    let Some(underlay) = lan.spec.underlay_for(i.node, i.uplink) else {
+        let why = if lan.spec.uses_uplink() {
+            "the LAN names no underlay device and the agent found no uplink (no host interface carries the node's InternalIP, --node-ip); set defaultVxlanDev"
+        } else {
+            "the LAN has neither a vxlanDevMap entry for it nor a defaultVxlanDev"
+        };
         return Err((
             NodeState::NoUnderlay,
-            format!(
-                "no underlay device for node {}: the LAN has neither a vxlanDevMap entry for it nor a defaultVxlanDev",
-                i.node
-            ),
+            format!("no underlay device for node {}: {why}", i.node),
         ));
     };
     if !i.underlays.get(underlay).copied().unwrap_or(false) {
@@ -249,6 +262,7 @@ mod tests {
     struct World {
         lans: BTreeMap<String, WatchedLan>,
         underlays: BTreeMap<String, bool>,
+        addresses: BTreeMap<String, UnderlayAddresses>,
         members: Members,
         claims: BTreeMap<String, LeaseClaim>,
         failures: BTreeMap<String, Failure>,
@@ -260,6 +274,7 @@ mod tests {
             World {
                 lans: lans.into_iter().map(|l| (l.key.clone(), l)).collect(),
                 underlays: BTreeMap::from([("eth1".into(), true), ("eth2".into(), false)]),
+                addresses: BTreeMap::new(),
                 members: Members::default(),
                 claims: BTreeMap::new(),
                 failures: BTreeMap::new(),
@@ -270,7 +285,9 @@ mod tests {
             compute(Inputs {
                 node,
                 lans: &self.lans,
+                uplink: None,
                 underlays: &self.underlays,
+                addresses: &self.addresses,
                 members: &self.members,
                 claims: &self.claims,
                 failures: &self.failures,
@@ -466,11 +483,11 @@ mod tests {
             view("default/b", &["s2"], Some(false)),
         ];
         assert_eq!(
-            underlays_needed("node-b", &lans),
+            underlays_needed("node-b", None, &lans),
             BTreeSet::from(["eth2".to_string()])
         );
         assert_eq!(
-            underlays_needed("node-x", &lans),
+            underlays_needed("node-x", None, &lans),
             BTreeSet::from(["eth1".to_string()])
         );
     }

@@ -63,6 +63,8 @@ pub const DEFAULT_NAMESPACE: &str = "k8slan-system";
 pub struct AgentConfig {
     /// Kubernetes node name (not the OS hostname).
     pub node_name: String,
+    /// The host interface carrying the node's InternalIP: the underlay of LANs that name none.
+    pub uplink: Option<String>,
     /// Directory of the kubelet's device-plugin sockets, `<kubelet-dir>/device-plugins`.
     pub device_plugin_dir: PathBuf,
     /// The kubelet's pod-resources socket, `<kubelet-dir>/pod-resources/kubelet.sock`.
@@ -90,6 +92,7 @@ impl AgentConfig {
     ) -> Self {
         AgentConfig {
             node_name: node_name.into(),
+            uplink: None,
             device_plugin_dir: kubelet_dir.join("device-plugins"),
             pod_resources_socket: kubelet_dir.join("pod-resources").join("kubelet.sock"),
             namespace: namespace.into(),
@@ -109,6 +112,7 @@ impl AgentConfig {
 pub async fn run(
     config: AgentConfig,
     preparer: Arc<dyn SpokePreparer>,
+    links: Option<Arc<dyn underlay::HostLinks>>,
     client: kube::Client,
     lans: watch::Receiver<Option<lan::LanSnapshot>>,
     shutdown: impl Future<Output = ()>,
@@ -122,11 +126,12 @@ pub async fn run(
         preparer,
         claims: Arc::new(claim::LeaseClaims::new(client.clone(), &config.namespace)),
         reports: Arc::new(report::LeaseReports::new(client.clone(), &config.namespace)),
-        links: Arc::new(underlay::SysfsLinks::new(&config.sys_class_net)),
+        links: links.unwrap_or_else(|| Arc::new(underlay::SysfsLinks::new(&config.sys_class_net))),
         pods: Arc::new(pods::KubePods::new(client, &config.node_name)),
     };
     let plugin_config = PluginConfig {
         node_name: config.node_name,
+        uplink: config.uplink,
         device_plugin_dir: config.device_plugin_dir,
         pod_resources_socket: config.pod_resources_socket,
         prepared_dir: config.prepared_dir,

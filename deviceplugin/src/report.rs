@@ -17,7 +17,7 @@ use kube::Api;
 use kube::api::{Patch, PatchParams};
 
 pub use k8slan_api::report::{
-    LanNodeReport, NodeReport, NodeState, REPORT_ANNOTATION, ROLE_NODE_REPORT,
+    LanNodeReport, NodeReport, NodeState, REPORT_ANNOTATION, ROLE_NODE_REPORT, UnderlayAddresses,
 };
 
 /// Publishing the report failed.
@@ -106,6 +106,7 @@ mod tests {
                     generation: 4,
                 },
             )]),
+            ..NodeReport::default()
         };
         let lease = report_lease("node-a", "k8slan-system", &report);
         let ann = &lease.metadata.annotations.unwrap()[REPORT_ANNOTATION];

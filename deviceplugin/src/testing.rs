@@ -838,6 +838,7 @@ impl TestNode {
     fn start_plugin(&mut self, pr_socket: &Path, opts: &TestNodeOptions) {
         let config = PluginConfig {
             node_name: self.name.clone(),
+            uplink: None,
             device_plugin_dir: self.dir.clone(),
             pod_resources_socket: pr_socket.to_owned(),
             prepared_dir: self.prepared.clone(),

@@ -10,6 +10,12 @@ pub trait HostLinks: Send + Sync + 'static {
     /// `Ok(false)` only when the interface is known to be absent; an error (the lookup itself
     /// failed) keeps the previous answer, so that a hiccup never withdraws a LAN's resources.
     fn exists(&self, ifname: &str) -> std::io::Result<bool>;
+
+    /// Every IP address of the interface (what the node floods a unicast LAN from and is
+    /// reached at). The default knows none: unicast LANs then get no peers through this node.
+    fn addresses(&self, _ifname: &str) -> std::io::Result<Vec<std::net::IpAddr>> {
+        Ok(Vec::new())
+    }
 }
 
 /// Looks interfaces up in sysfs (`<dir>/<ifname>`, default `/sys/class/net`).

@@ -291,6 +291,7 @@ async fn node_report_is_applied_to_the_node_lease() {
                 generation: 7,
             },
         )]),
+        ..NodeReport::default()
     };
     r.publish("node-a", &report).await.unwrap();
     let l = lease(&store, "node-node-a").unwrap();

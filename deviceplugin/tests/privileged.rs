@@ -43,6 +43,7 @@ async fn allocate_prepares_real_spokes_and_hands_out_the_tap_device() {
     let server = tokio::spawn(plugin::serve(
         PluginConfig {
             node_name: "node-a".into(),
+            uplink: None,
             device_plugin_dir: plugins.clone(),
             pod_resources_socket: pr_socket,
             prepared_dir: dir.path().join("prepared"),

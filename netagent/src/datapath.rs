@@ -31,9 +31,13 @@ pub enum DatapathError {
     #[error("invalid name: {0}")]
     InvalidName(#[from] FieldError),
     #[error(
-        "LAN {lan}: no underlay for node {node}: it has no vxlanDevMap entry, defaultVxlanDev is not set and the agent found no uplink (the interface carrying the node's InternalIP); set spec.defaultVxlanDev"
+        "LAN {lan}: no underlay for node {node}: it has no vxlanDevMap entry and defaultVxlanDev is not set"
     )]
     NoUnderlay { lan: String, node: String },
+    #[error(
+        "LAN {lan}: no underlay for node {node}: the LAN names no underlay device, so the node's uplink (the interface carrying its InternalIP) would be used, and the agent found none; set spec.defaultVxlanDev or spec.vxlanDevMap[{node}]"
+    )]
+    NoUplink { lan: String, node: String },
     #[error(
         "LAN {lan}: underlay device {dev} ({field}) does not exist in the host namespace of node {node}"
     )]

@@ -33,22 +33,24 @@ pub struct LanState {
 const LOOPBACK_IFINDEX: u32 = 1;
 
 /// What names the uplink as the underlay, in messages.
-const UPLINK_FIELD: &str = "the node's uplink (spec.defaultVxlanDev unset)";
+const UPLINK_FIELD: &str = "the node's uplink (the LAN names no underlay device)";
 
 /// The field that names `node`'s underlay, and the device it names; the node's uplink when the
-/// spec names none.
+/// LAN names no device at all (neither `vxlanDevMap` nor `defaultVxlanDev`).
 fn underlay_field<'a>(
     spec: &'a LanSpec,
     node: &str,
     uplink: Option<&'a str>,
 ) -> Option<(String, &'a str)> {
+    if spec.uses_uplink() {
+        return uplink.map(|dev| (UPLINK_FIELD.to_string(), dev));
+    }
     match spec.vxlan_dev_map.get(node) {
         Some(dev) => Some((format!("spec.vxlanDevMap[{node}]"), dev)),
         None => spec
             .default_vxlan_dev
             .as_deref()
-            .map(|dev| ("spec.defaultVxlanDev".to_string(), dev))
-            .or_else(|| uplink.map(|dev| (UPLINK_FIELD.to_string(), dev))),
+            .map(|dev| ("spec.defaultVxlanDev".to_string(), dev)),
     }
 }
 
@@ -197,11 +199,13 @@ impl<K: Kernel> Datapath<K> {
     fn underlay(&self, spec: &LanSpec, node: &str) -> Result<Link, DatapathError> {
         let lan = spec.ns.as_str();
         let uplink = self.uplink.as_deref();
-        let (field, dev) =
-            underlay_field(spec, node, uplink).ok_or_else(|| DatapathError::NoUnderlay {
-                lan: lan.into(),
-                node: node.into(),
-            })?;
+        let (field, dev) = underlay_field(spec, node, uplink).ok_or_else(|| {
+            let (lan, node) = (lan.into(), node.into());
+            match spec.uses_uplink() {
+                true => DatapathError::NoUplink { lan, node },
+                false => DatapathError::NoUnderlay { lan, node },
+            }
+        })?;
         let link = self
             .kernel
             .link(&Ns::Host, dev)

@@ -379,7 +379,10 @@ fn multicast_lan_over_ipv4_underlays_uses_the_ipv4_group() {
     let vx = ns[0].lan_sh(&spec.ns, "ip -d link show vx0");
     assert!(vx.contains("group 239.1.20.20 "), "{vx}");
     assert!(vx.contains("mtu 1450 "), "{vx}");
-    assert!(ping(&p[0], "-M do -s 1422 198.18.66.2"), "full-MTU ping failed");
+    assert!(
+        ping(&p[0], "-M do -s 1422 198.18.66.2"),
+        "full-MTU ping failed"
+    );
     assert!(ns[0].dp.show().unwrap()[0].peers.is_empty());
     drop(p);
     lan_down(&spec, &ns);

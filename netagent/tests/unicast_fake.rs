@@ -346,21 +346,21 @@ fn show_lists_the_peers_without_the_group() {
 }
 
 #[test]
-fn the_uplink_is_the_underlay_when_the_spec_names_none() {
+fn the_uplink_is_the_underlay_when_the_lan_names_no_device() {
     let mut s = spec("knlvrf", 222, &["srl"]);
     s.default_vxlan_dev = None;
+    s.vxlan_dev_map.clear();
     let (dp, _) = datapath();
-    let e = dp.lan_up(&s, "worker1").unwrap_err();
-    assert!(matches!(e, DatapathError::NoUnderlay { .. }), "{e}");
+    let e = dp.lan_up(&s, NODE).unwrap_err();
+    assert!(matches!(e, DatapathError::NoUplink { .. }), "{e}");
     assert!(e.to_string().contains("set spec.defaultVxlanDev"), "{e}");
+    assert!(dp.kernel().mutations().is_empty());
     let (dp, _) = datapath();
     let dp = dp.with_uplink(Some("eth0"));
-    let st = dp.lan_up(&s, "worker1").unwrap();
+    let st = dp.lan_up(&s, NODE).unwrap();
     assert_eq!((st.underlay.as_str(), st.mtu), ("eth0", 8930));
-    // vxlanDevMap still wins for the nodes it names.
-    let e = dp.lan_up(&s, "worker2").unwrap_err();
-    assert!(
-        matches!(&e, DatapathError::UnderlayMissing { dev, .. } if dev == "eth9"),
-        "{e}"
-    );
+    // A LAN that names devices uses only those: no entry for this node, no underlay.
+    s.vxlan_dev_map.insert("worker2".into(), "eth9".into());
+    let e = dp.lan_up(&s, NODE).unwrap_err();
+    assert!(matches!(e, DatapathError::NoUnderlay { .. }), "{e}");
 }

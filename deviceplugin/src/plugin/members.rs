@@ -401,7 +401,7 @@ async fn tear_down(core: &Core, spoke: &str, kind: SpokeKind, lan: &WatchedLan) 
 }
 
 async fn release_host_side(core: &Core, spoke: &str, kind: SpokeKind, lan: &WatchedLan) {
-    let Some(underlay) = lan.spec.underlay_for(&core.node) else {
+    let Some(underlay) = lan.spec.underlay_for(&core.node, core.uplink()) else {
         return;
     };
     let req = SpokeRequest {

@@ -46,6 +46,8 @@ use underlays::Prober;
 pub struct PluginConfig {
     /// Kubernetes node name of this node.
     pub node_name: String,
+    /// The host interface carrying the node's InternalIP: the underlay of LANs that name none.
+    pub uplink: Option<String>,
     /// The kubelet's device-plugin directory (holds `kubelet.sock` and our sockets).
     pub device_plugin_dir: PathBuf,
     /// The kubelet's pod-resources socket.
@@ -156,7 +158,7 @@ pub async fn serve(
 struct Events {
     sources: Sources,
     listing: watch::Receiver<Option<Listing>>,
-    probes: mpsc::UnboundedReceiver<std::collections::BTreeMap<String, bool>>,
+    probes: mpsc::UnboundedReceiver<(underlays::Probed, underlays::Addressed)>,
     dir: DirEvents,
 }
 
@@ -231,7 +233,10 @@ impl Runner {
             let Some(lans) = st.lans.clone() else {
                 return; // the LANs are not listed yet: advertise nothing, withdraw nothing
             };
-            if self.prober.missing(&self.core.node, &lans, &st.underlays) {
+            if self
+                .prober
+                .missing(&self.core.node, self.core.uplink(), &lans, &st.underlays)
+            {
                 // A LAN names an underlay not probed yet: wait for the probe rather than
                 // report it missing for a moment.
                 drop(st);
@@ -246,7 +251,9 @@ impl Runner {
         let inv = Arc::new(inventory::compute(Inputs {
             node: &self.core.node,
             lans: &inputs.lans,
+            uplink: self.core.uplink(),
             underlays: &inputs.underlays,
+            addresses: &inputs.addresses,
             members: &inputs.members,
             claims: inputs.claims.as_deref().unwrap_or(&no_claims),
             failures: &inputs.failures,

@@ -72,6 +72,7 @@ mod tests {
                 },
             )]
             .into(),
+            ..NodeReport::default()
         }
     }
 

@@ -8,6 +8,8 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use super::{Backends, PluginConfig};
+use k8slan_api::report::UnderlayAddresses;
+
 use crate::claim::{ClaimSnapshot, LeaseClaim};
 use crate::inventory::{Failure, Inventory};
 use crate::lan::{LanSnapshot, WatchedLan};
@@ -32,6 +34,7 @@ pub(crate) struct State {
     pub holdings: Option<Holdings>,
     pub members: Members,
     pub underlays: BTreeMap<String, bool>,
+    pub addresses: BTreeMap<String, UnderlayAddresses>,
     pub failures: BTreeMap<String, Failure>,
     /// Spokes whose member is a pod of a namespace the LAN does not admit, by spoke.
     pub denied: BTreeMap<String, Denial>,
@@ -63,6 +66,7 @@ pub(crate) struct Snapshot {
     pub lans: LanSnapshot,
     pub claims: Option<ClaimSnapshot>,
     pub underlays: BTreeMap<String, bool>,
+    pub addresses: BTreeMap<String, UnderlayAddresses>,
     pub members: Members,
     pub failures: BTreeMap<String, Failure>,
     pub denied: BTreeMap<String, String>,
@@ -74,6 +78,7 @@ impl Snapshot {
             lans,
             claims: st.claims.clone(),
             underlays: st.underlays.clone(),
+            addresses: st.addresses.clone(),
             members: st.members.clone(),
             failures: st.failures.clone(),
             denied: st
@@ -87,6 +92,7 @@ impl Snapshot {
 
 pub(crate) struct Core {
     pub node: String,
+    uplink: Option<String>,
     pub backends: Backends,
     pub records: PreparedDir,
     pub claim_timeout: Duration,
@@ -103,6 +109,7 @@ impl Core {
     pub fn new(config: &PluginConfig, backends: Backends, records: PreparedDir) -> Self {
         Self {
             node: config.node_name.clone(),
+            uplink: config.uplink.clone(),
             backends,
             records,
             claim_timeout: config.claim_timeout,
@@ -111,6 +118,11 @@ impl Core {
             wake: Notify::new(),
             churn: Churn::default(),
         }
+    }
+
+    /// This node's uplink, the underlay of LANs that name none.
+    pub fn uplink(&self) -> Option<&str> {
+        self.uplink.as_deref()
     }
 
     pub fn lock(&self) -> MutexGuard<'_, State> {

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use k8slan_api::report::UnderlayAddresses;
 use tokio::sync::mpsc;
 use tracing::warn;
 
@@ -15,6 +16,8 @@ use crate::underlay::HostLinks;
 
 /// Presence of each underlay device, by name.
 pub(super) type Probed = BTreeMap<String, bool>;
+/// The addresses of each present underlay device, by name.
+pub(super) type Addressed = BTreeMap<String, UnderlayAddresses>;
 
 /// Asks `links` about every device of `needed`; a device whose lookup fails keeps its last
 /// answer in `known` (or stays unknown), so a failing lookup never withdraws anything.
@@ -35,19 +38,41 @@ fn probe_all(
         .collect()
 }
 
+/// The addresses of every present device of `probed`; a device whose lookup fails keeps its
+/// last addresses in `known`.
+fn address_all(links: &dyn HostLinks, probed: &Probed, known: &Addressed) -> Addressed {
+    probed
+        .iter()
+        .filter(|(_, present)| **present)
+        .filter_map(|(d, _)| match links.addresses(d) {
+            Ok(all) => Some((d.clone(), UnderlayAddresses::pick(all))),
+            Err(e) => {
+                warn!(underlay = %d, error = %e, "cannot list the underlay's addresses; keeping the last ones");
+                known.get(d).map(|a| (d.clone(), *a))
+            }
+        })
+        .collect()
+}
+
 pub(super) struct Prober {
-    tx: mpsc::UnboundedSender<Probed>,
+    tx: mpsc::UnboundedSender<(Probed, Addressed)>,
     probing: bool,
 }
 
 impl Prober {
-    pub fn new(tx: mpsc::UnboundedSender<Probed>) -> Self {
+    pub fn new(tx: mpsc::UnboundedSender<(Probed, Addressed)>) -> Self {
         Self { tx, probing: false }
     }
 
     /// Whether a served LAN names an underlay that was never probed.
-    pub fn missing(&self, node: &str, lans: &LanSnapshot, underlays: &Probed) -> bool {
-        inventory::underlays_needed(node, lans.values())
+    pub fn missing(
+        &self,
+        node: &str,
+        uplink: Option<&str>,
+        lans: &LanSnapshot,
+        underlays: &Probed,
+    ) -> bool {
+        inventory::underlays_needed(node, uplink, lans.values())
             .iter()
             .any(|d| !underlays.contains_key(d))
     }
@@ -57,23 +82,27 @@ impl Prober {
         if self.probing {
             return;
         }
-        let (lans, known) = {
+        let (lans, known, known_addresses) = {
             let st = core.lock();
-            (st.lans.clone(), st.underlays.clone())
+            (st.lans.clone(), st.underlays.clone(), st.addresses.clone())
         };
         let Some(lans) = lans else { return };
-        let needed = inventory::underlays_needed(&core.node, lans.values());
+        let needed = inventory::underlays_needed(&core.node, core.uplink(), lans.values());
         let links: Arc<dyn HostLinks> = core.backends.links.clone();
         let tx = self.tx.clone();
         self.probing = true;
         tokio::task::spawn_blocking(move || {
-            let _ = tx.send(probe_all(links.as_ref(), needed, &known));
+            let probed = probe_all(links.as_ref(), needed, &known);
+            let addressed = address_all(links.as_ref(), &probed, &known_addresses);
+            let _ = tx.send((probed, addressed));
         });
     }
 
-    pub fn probed(&mut self, core: &Core, underlays: Probed) {
+    pub fn probed(&mut self, core: &Core, (underlays, addresses): (Probed, Addressed)) {
         self.probing = false;
-        core.lock().underlays = underlays;
+        let mut st = core.lock();
+        st.underlays = underlays;
+        st.addresses = addresses;
     }
 }
 

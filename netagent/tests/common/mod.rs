@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use k8slan_api::{LanSpec, MacvtapMode, SpokeKind, VxlanFamily, VxlanMode};
+use k8slan_api::{LanSpec, MacvtapMode, SpokeKind};
 use k8slan_netagent::{Datapath, HostNs, RtnlKernel, SpokeAttachment};
 use k8slan_testkit::{TestDir, TestNs, unique_name};
 
@@ -120,9 +120,9 @@ pub fn lan_spec(vni: u32, spokes: &[&str]) -> LanSpec {
         bridge: "br0".into(),
         vxlan: "vx0".into(),
         vni,
-        vxlan_mode: VxlanMode::Multicast,
-        vxlan_family: VxlanFamily::Ipv6,
         vxlan_grp: Some("ff02::14".into()),
+        vxlan_mode: Default::default(),
+        vxlan_family: Default::default(),
         vxlan_port: 4789,
         default_vxlan_dev: Some(UNDERLAY.into()),
         vxlan_dev_map: BTreeMap::new(),

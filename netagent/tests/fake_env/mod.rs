@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use k8slan_api::{LanSpec, MacvtapMode, VxlanFamily, VxlanMode};
+use k8slan_api::{LanSpec, MacvtapMode};
 use k8slan_netagent::fake::{Call, RecordingKernel};
 use k8slan_netagent::{Datapath, Ns};
 
@@ -16,9 +16,9 @@ pub fn spec(ns: &str, vni: u32, spokes: &[&str]) -> LanSpec {
         bridge: "br2".into(),
         vxlan: "vx2".into(),
         vni,
-        vxlan_mode: VxlanMode::Multicast,
-        vxlan_family: VxlanFamily::Ipv6,
         vxlan_grp: Some("ff02::14".into()),
+        vxlan_mode: Default::default(),
+        vxlan_family: Default::default(),
         vxlan_port: 4789,
         default_vxlan_dev: Some("eth1".into()),
         vxlan_dev_map: BTreeMap::from([("worker2".into(), "eth9".into())]),
