@@ -3,6 +3,7 @@
 use std::net::IpAddr;
 
 use k8slan_api::naming::link_alias;
+use k8slan_api::report::UnderlayAddresses;
 use k8slan_api::{LanSpec, VxlanFamily, VxlanMode, mtu, validate};
 use serde::Serialize;
 use tracing::{debug, instrument};
@@ -10,7 +11,7 @@ use tracing::{debug, instrument};
 use crate::datapath::{
     BRIDGE_GROUP_FWD_MASK, Datapath, DatapathError, Owner, Want, is_ours, kerr, parse_alias, role,
 };
-use crate::kernel::{BridgeParams, IfAddress, Kernel, Link, LinkKind, NewLink, Ns, VxlanParams};
+use crate::kernel::{BridgeParams, Kernel, Link, LinkKind, NewLink, Ns, VxlanParams};
 
 /// The LAN as the node has it after `lan_up`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -163,7 +164,8 @@ impl<K: Kernel> Datapath<K> {
             .kernel
             .addresses(&Ns::Host, under.ifindex)
             .map_err(|e| kerr(lan, e))?;
-        Ok(pick_address(&addrs, family))
+        // The same rule as the address the node reports for its peers.
+        Ok(UnderlayAddresses::pick(addrs.iter().map(|a| a.addr)).get(family))
     }
 
     /// Group and local address of the LAN's VXLAN: the group in multicast mode, the node's
@@ -642,20 +644,6 @@ impl<K: Kernel> Datapath<K> {
         }
         Ok(())
     }
-}
-
-/// The underlay address of `family` among `addrs` (see [`Datapath::underlay_address`]).
-fn pick_address(addrs: &[IfAddress], family: VxlanFamily) -> Option<IpAddr> {
-    let of_family = || {
-        addrs
-            .iter()
-            .map(|a| a.addr)
-            .filter(move |a| VxlanFamily::of(a) == family)
-    };
-    let link_local = |a: &IpAddr| matches!(a, IpAddr::V6(v) if v.is_unicast_link_local());
-    of_family()
-        .find(|a| !link_local(a))
-        .or_else(|| of_family().next())
 }
 
 /// Whether a host link is a host end or macvtap of LAN `lan` (by its alias, exactly).
