@@ -119,10 +119,15 @@ const DROP_MULTICAST: &str = "table bridge k8slan_test {
 /// 133-137, excepted): a LAN over it works by unicast or not at all.
 fn unicast_only_underlay() -> Underlay {
     let ul = Underlay::new();
+    drop_multicast(&ul);
+    ul
+}
+
+/// From now on the underlay bridge drops IP multicast.
+fn drop_multicast(ul: &Underlay) {
     ul.ns
         .sh(&format!("nft -f - <<'EOF'\n{DROP_MULTICAST}\nEOF"))
         .unwrap();
-    ul
 }
 
 /// `count` nodes `node1`.. on `ul`; `address` gives node i (from 1) its underlay address
@@ -384,6 +389,46 @@ fn multicast_lan_over_ipv4_underlays_uses_the_ipv4_group() {
         "full-MTU ping failed"
     );
     assert!(ns[0].dp.show().unwrap()[0].peers.is_empty());
+    drop(p);
+    lan_down(&spec, &ns);
+}
+
+#[test]
+#[ignore = "privileged"]
+fn a_live_lan_switches_from_multicast_to_unicast_keeping_its_members() {
+    let ul = Underlay::new();
+    let ns = nodes(&ul, 2, |i| Some(format!("fd00:67::{i}/64")));
+    let (a, b) = (spoke("a"), spoke("b"));
+    let mut spec = lan_spec(4325, &[&a, &b]);
+    let p = pods(&spec, &ns, 67);
+    assert!(ping(&p[0], "198.18.67.2"), "multicast LAN");
+    let ifindex = |link: &str| {
+        let line = ns[0].lan_sh(&spec.ns, &format!("ip -o link show {link}"));
+        line.split(':').next().unwrap().to_string()
+    };
+    let (port_before, bridge_before) = (ifindex(&a), ifindex("br0"));
+
+    spec.vxlan_mode = VxlanMode::Unicast;
+    spec.vxlan_grp = None;
+    for n in &ns {
+        let st = n.dp.lan_up(&spec, &n.name).unwrap();
+        assert!(
+            st.changes.iter().any(|c| c.contains("replace vx0")),
+            "{:?}",
+            st.changes
+        );
+    }
+    full_mesh(&spec, &ns);
+    let vx = ns[0].lan_sh(&spec.ns, "ip -d link show vx0");
+    assert!(
+        vx.contains("local fd00:67::1 ") && !vx.contains("group ff02"),
+        "{vx}"
+    );
+    // Unicast alone carries it now: the underlay stops carrying multicast.
+    drop_multicast(&ul);
+    assert!(ping(&p[0], "198.18.67.2"), "unicast LAN after the switch");
+    // The members kept their links: same bridge, same port.
+    assert_eq!((ifindex(&a), ifindex("br0")), (port_before, bridge_before));
     drop(p);
     lan_down(&spec, &ns);
 }
