@@ -364,3 +364,26 @@ fn the_uplink_is_the_underlay_when_the_lan_names_no_device() {
     let e = dp.lan_up(&s, NODE).unwrap_err();
     assert!(matches!(e, DatapathError::NoUnderlay { .. }), "{e}");
 }
+
+#[test]
+fn a_new_underlay_address_moves_the_vxlan_onto_it_with_its_peers() {
+    let (dp, _) = datapath();
+    dp.kernel().add_host_address("eth1", ip("fe80::1"), 64);
+    let s = unicast("knlvrf", 222, VxlanFamily::Ipv6);
+    dp.lan_up(&s, NODE).unwrap();
+    dp.set_peers(&s, &peers(&["fe80::2", "fe80::3"])).unwrap();
+    // A unique-local address arrives (SLAAC, DHCPv6): the node now floods from it.
+    dp.kernel().add_host_address("eth1", ip("fd00:1::1"), 64);
+    let st = dp.lan_up(&s, NODE).unwrap();
+    assert_eq!(st.underlay_address, Some(ip("fd00:1::1")));
+    assert_eq!(vxlan_params(&dp, "knlvrf").local, Some(ip("fd00:1::1")));
+    assert_eq!(
+        dp.kernel().peek_flood(&lan("knlvrf"), "vx2"),
+        vec![ip("fe80::2"), ip("fe80::3")]
+    );
+    assert!(
+        st.changes.iter().any(|c| c.contains("carry 2 peers")),
+        "{:?}",
+        st.changes
+    );
+}
