@@ -3,7 +3,7 @@
 set -euo pipefail
 
 packages=(
-  iproute2 iputils-ping iptables conntrack socat openssl jq ethtool tcpdump iperf3
+  iproute2 iputils-ping iptables nftables conntrack socat openssl jq ethtool tcpdump iperf3
   protobuf-compiler busybox-static
   etcd-server containerd runc containernetworking-plugins
 )

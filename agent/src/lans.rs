@@ -13,7 +13,7 @@ use k8slan_api::LanSpec;
 use k8slan_deviceplugin::lan::LanSnapshot;
 use k8slan_deviceplugin::prepared::{Listed, PreparedDir};
 use k8slan_netagent::{Datapath, Kernel, NodeLan};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tracing::{debug, info, instrument, warn};
 
 use crate::metrics::Metrics;
@@ -91,6 +91,9 @@ pub struct Node<K> {
     pub name: String,
     pub records: PreparedDir,
     pub metrics: Arc<Metrics>,
+    /// Woken whenever the datapath may have made or replaced a LAN's VXLAN (a refresh that
+    /// changed something, a prepared spoke), which then needs its peers again.
+    pub replumbed: Arc<Notify>,
 }
 
 /// Runs [`plan`] on every LAN change and every `resync` period until `lans` closes.
@@ -176,6 +179,7 @@ fn apply<K: Kernel>(node: &Node<K>, action: Action) -> (&'static str, &'static s
             }
             Ok(state) => {
                 info!(%lan, changes = ?state.changes, "LAN brought in line with its spec");
+                node.replumbed.notify_one();
                 ("refresh", "changed")
             }
             Err(e) => {
@@ -260,6 +264,7 @@ mod tests {
                 })
                 .collect(),
             other: vec![],
+            peers: vec![],
         }
     }
 

@@ -7,8 +7,10 @@ mod install_cni;
 mod lans;
 mod manifest;
 mod metrics;
+mod peers;
 mod preparer;
 mod run;
+mod underlay;
 
 use std::process::ExitCode;
 

@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use k8slan_api::SpokeKind;
 use k8slan_deviceplugin::{HostSide, PrepareError, SpokePreparer, SpokeRequest, TapDevice};
 use k8slan_netagent::{Datapath, Kernel};
+use tokio::sync::Notify;
 
 use crate::metrics::{Metrics, PrepareLabels};
 
@@ -16,14 +17,23 @@ pub struct DatapathPreparer<K> {
     dp: Arc<Datapath<K>>,
     node: String,
     metrics: Arc<Metrics>,
+    /// Woken after every prepared spoke: the first one may have made the LAN's VXLAN, which
+    /// the peer loop then gives its peers at once.
+    prepared: Arc<Notify>,
 }
 
 impl<K> DatapathPreparer<K> {
-    pub fn new(dp: Arc<Datapath<K>>, node: impl Into<String>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        dp: Arc<Datapath<K>>,
+        node: impl Into<String>,
+        metrics: Arc<Metrics>,
+        prepared: Arc<Notify>,
+    ) -> Self {
         Self {
             dp,
             node: node.into(),
             metrics,
+            prepared,
         }
     }
 }
@@ -64,6 +74,7 @@ impl<K: Kernel + 'static> SpokePreparer for DatapathPreparer<K> {
             .get_or_create(&labels(kind, &result))
             .inc();
         let attached = result?;
+        self.prepared.notify_one();
         Ok(match attached.mac {
             Some(mac) => HostSide {
                 link: mac.macvtap,

@@ -1,7 +1,7 @@
 //! `k8slan-agent run`: the node agent of the DaemonSet. Wires the device plugin to the datapath,
 //! runs the node-local LAN reconciler beside it, and serves probes and metrics.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,19 +13,24 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use clap::Args;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8slan_api::LAN;
 use k8slan_api::prepared::DEFAULT_PREPARED_DIR;
 use k8slan_deviceplugin::prepared::PreparedDir;
-use k8slan_deviceplugin::{AgentConfig, DEFAULT_KUBELET_DIR, DEFAULT_NAMESPACE};
+use k8slan_deviceplugin::{
+    AgentConfig, DEFAULT_KUBELET_DIR, DEFAULT_NAMESPACE, Sources, claim, report,
+};
 use k8slan_netagent::{Datapath, HostNs, RtnlKernel};
 use kube::Api;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tracing::{info, warn};
 
 use crate::datapath_cli::Dirs;
 use crate::lans;
 use crate::metrics::{self, Metrics};
+use crate::peers;
 use crate::preparer::DatapathPreparer;
+use crate::underlay::{self, DatapathLinks};
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -51,6 +56,10 @@ pub struct RunArgs {
     /// fails at once with a message rather than stall pod admission on the node.
     #[arg(long, env = "K8SLAN_CLAIM_TIMEOUT", default_value = "5s", value_parser = humantime_secs)]
     pub claim_timeout: Duration,
+    /// The node's InternalIP (from the downward API: status.hostIP). The host interface carrying
+    /// it is the node's uplink: the underlay of LANs that name no device. Empty: no uplink.
+    #[arg(long, env = "NODE_IP", default_value = "")]
+    pub node_ip: String,
     /// Address of the probe and metrics server (`/healthz`, `/readyz`, `/metrics`).
     #[arg(long, env = "K8SLAN_PROBE_ADDR", default_value = "0.0.0.0:9810")]
     pub probe_addr: SocketAddr,
@@ -100,8 +109,12 @@ pub async fn run(args: RunArgs) -> Result<()> {
     };
     let kernel = RtnlKernel::new(host, &args.dirs.netns_dir)
         .context("cannot open the host network namespace")?;
-    let dp =
-        Arc::new(Datapath::new(kernel, &args.dirs.dev_dir).with_tap_owner(args.dirs.tap_owner));
+    let uplink = find_uplink(&kernel, &args.node_ip)?;
+    let dp = Arc::new(
+        Datapath::new(kernel, &args.dirs.dev_dir)
+            .with_tap_owner(args.dirs.tap_owner)
+            .with_uplink(uplink.clone()),
+    );
     let client = kube::Client::try_default()
         .await
         .context("cannot build a Kubernetes client (in-cluster config or KUBECONFIG)")?;
@@ -124,28 +137,81 @@ pub async fn run(args: RunArgs) -> Result<()> {
     serve_probes(args.probe_addr, probe).await?;
 
     let records = PreparedDir::open(&args.prepared_dir).context("--prepared-dir")?;
+    let replumbed = Arc::new(Notify::new());
     let node = Arc::new(lans::Node {
         dp: dp.clone(),
         name: args.node_name.clone(),
         records,
         metrics: metrics.clone(),
+        replumbed: replumbed.clone(),
     });
-    let reconciler = tokio::spawn(lans::reconcile_loop(node, lans_rx.clone(), args.resync));
+    let reconciler = tokio::spawn(lans::reconcile_loop(
+        node.clone(),
+        lans_rx.clone(),
+        args.resync,
+    ));
+    let leases = || Api::<Lease>::namespaced(client.clone(), &args.namespace);
+    let (claims_tx, claims_rx) = watch::channel(None);
+    let claim_watch = tokio::spawn(claim::watch_claims(leases(), claims_tx));
+    let (reports_tx, reports_rx) = watch::channel(None);
+    let report_watch = tokio::spawn(report::watch_reports(leases(), reports_tx));
+    let peer_sources = peers::Sources {
+        lans: lans_rx.clone(),
+        claims: claims_rx.clone(),
+        reports: reports_rx,
+    };
+    let peering = tokio::spawn(peers::peer_loop(node, peer_sources, args.resync));
 
     let config = AgentConfig {
         prepared_dir: args.prepared_dir.clone(),
         claim_timeout: args.claim_timeout,
+        uplink: uplink.clone(),
         ..AgentConfig::new(&args.node_name, &args.kubelet_dir, &args.namespace)
     };
-    let preparer = Arc::new(DatapathPreparer::new(dp, &args.node_name, metrics));
-    info!(node = %args.node_name, kubelet_dir = %args.kubelet_dir.display(), "k8slan agent starting");
-    let result =
-        k8slan_deviceplugin::run(config, preparer, None, client, lans_rx, shutdown_signal()).await;
-    reconciler.abort();
-    lan_watch.abort();
+    let links = Arc::new(DatapathLinks(dp.clone()));
+    let preparer = Arc::new(DatapathPreparer::new(
+        dp,
+        &args.node_name,
+        metrics,
+        replumbed,
+    ));
+    info!(node = %args.node_name, kubelet_dir = %args.kubelet_dir.display(), uplink = ?uplink, "k8slan agent starting");
+    let sources = Sources {
+        lans: lans_rx,
+        claims: claims_rx,
+    };
+    let result = k8slan_deviceplugin::run(
+        config,
+        preparer,
+        Some(links),
+        client,
+        sources,
+        shutdown_signal(),
+    )
+    .await;
+    for task in [reconciler, peering, claim_watch, report_watch, lan_watch] {
+        task.abort();
+    }
     result.context("device plugin stopped")?;
     info!("k8slan agent stopped");
     Ok(())
+}
+
+/// The uplink: the host interface carrying `--node-ip` (none when it is empty).
+fn find_uplink(kernel: &RtnlKernel, node_ip: &str) -> Result<Option<String>> {
+    if node_ip.is_empty() {
+        return Ok(None);
+    }
+    let ip: IpAddr = node_ip
+        .parse()
+        .with_context(|| format!("--node-ip {node_ip:?} is not an IP address"))?;
+    let found = underlay::uplink(kernel, ip).with_context(|| {
+        format!("cannot list the host interfaces to find the one carrying {ip}")
+    })?;
+    if found.is_none() {
+        warn!(%ip, "no host interface carries the node IP: LANs that name no underlay device are not served here");
+    }
+    Ok(found)
 }
 
 /// Serves `/healthz`, `/readyz` and `/metrics` on `addr` in the background.

@@ -407,6 +407,58 @@ mod tests {
     }
 
     #[test]
+    fn each_node_shows_its_underlay_address_and_a_unicast_lan_its_peers() {
+        use k8slan_api::report::UnderlayAddresses;
+        let lan = LanRef::new("default", "a");
+        let with_address = |entries, v6: Option<&str>| NodeReport {
+            underlays: v6
+                .map(|a| {
+                    let addrs = UnderlayAddresses {
+                        ipv6: Some(a.parse().unwrap()),
+                        ipv4: None,
+                    };
+                    std::collections::BTreeMap::from([("eth1".to_string(), addrs)])
+                })
+                .unwrap_or_default(),
+            ..report(entries)
+        };
+        let w1 = with_address(&[("default/a", "Ready", 3, "")], Some("fe80::1"));
+        let w2 = with_address(&[("default/a", "Ready", 3, "")], Some("fe80::2"));
+        let w3 = with_address(&[("default/a", "Ready", 3, "")], None);
+        let claims = [
+            Claim::new("srl", "w1", lan.clone(), SpokeKind::Veth),
+            Claim::new("vm", "w2", lan.clone(), SpokeKind::Mac),
+        ];
+        let mut unicast = SPEC.clone();
+        unicast.vxlan_mode = VxlanMode::Unicast;
+        unicast.vxlan_grp = None;
+        let reports = vec![("w1", &w1), ("w2", &w2), ("w3", &w3)];
+        let s = aggregate(Inputs {
+            spec: &unicast,
+            ..inputs(&lan, reports.clone(), &claims, &[])
+        });
+        let shown: Vec<_> = s
+            .nodes
+            .iter()
+            .map(|n| (n.node.as_str(), n.underlay.as_deref(), n.peers))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                ("w1", Some("eth1 fe80::1"), Some(1)),
+                ("w2", Some("eth1 fe80::2"), Some(1)),
+                // Holds no spoke: nobody's peer, but it would flood to both members.
+                ("w3", Some("eth1 (no ipv6 address)"), Some(2)),
+            ]
+        );
+        let s = aggregate(inputs(&lan, reports, &claims, &[]));
+        assert!(
+            s.nodes.iter().all(|n| n.peers.is_none()),
+            "multicast: no peers"
+        );
+    }
+
+    #[test]
     fn a_stale_node_means_progressing_and_a_failed_node_wins() {
         let lan = LanRef::new("default", "a");
         let w1 = report(&[("default/a", "Ready", 3, "")]);

@@ -260,6 +260,7 @@ mod tests {
     }
 
     struct World {
+        uplink: Option<&'static str>,
         lans: BTreeMap<String, WatchedLan>,
         underlays: BTreeMap<String, bool>,
         addresses: BTreeMap<String, UnderlayAddresses>,
@@ -272,6 +273,7 @@ mod tests {
     impl World {
         fn new(lans: Vec<WatchedLan>) -> Self {
             World {
+                uplink: None,
                 lans: lans.into_iter().map(|l| (l.key.clone(), l)).collect(),
                 underlays: BTreeMap::from([("eth1".into(), true), ("eth2".into(), false)]),
                 addresses: BTreeMap::new(),
@@ -285,7 +287,7 @@ mod tests {
             compute(Inputs {
                 node,
                 lans: &self.lans,
-                uplink: None,
+                uplink: self.uplink,
                 underlays: &self.underlays,
                 addresses: &self.addresses,
                 members: &self.members,
@@ -352,6 +354,29 @@ mod tests {
         let inv = w.compute("node-a");
         assert!(inv.resources.is_empty());
         assert_eq!(inv.report.lans["default/a"].state, NodeState::NoUnderlay);
+    }
+
+    #[test]
+    fn a_lan_naming_no_device_is_served_on_the_uplink_and_its_addresses_reported() {
+        let mut w = World::new(vec![view("default/a", &["s1"], None)]);
+        let spec = &mut w.lans.get_mut("default/a").unwrap().spec;
+        spec.default_vxlan_dev = None;
+        spec.vxlan_dev_map.clear();
+        let addrs = UnderlayAddresses::pick(["fe80::1".parse().unwrap()]);
+        w.addresses.insert("eth1".into(), addrs);
+        w.uplink = Some("eth1");
+        let inv = w.compute("node-a");
+        assert_eq!(inv.report.lans["default/a"].state, NodeState::Ready);
+        assert_eq!(inv.resources.len(), 2);
+        assert_eq!(inv.report.uplink.as_deref(), Some("eth1"));
+        assert_eq!(inv.report.underlays["eth1"], addrs);
+        // No uplink found: the LAN is not served here, and the message says why.
+        w.uplink = None;
+        let inv = w.compute("node-a");
+        let r = &inv.report.lans["default/a"];
+        assert_eq!(r.state, NodeState::NoUnderlay);
+        assert!(r.message.contains("no uplink"), "{}", r.message);
+        assert!(inv.report.underlays.is_empty());
     }
 
     #[test]

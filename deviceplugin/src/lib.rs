@@ -36,10 +36,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::coordination::v1::Lease;
-use kube::Api;
-use tokio::sync::watch;
-
 pub use endpoint::{plugin_options, preferred, socket_file};
 pub use plugin::{AllocateError, Backends, PluginConfig, PluginError, Sources};
 pub use spoke::{HostSide, PrepareError, SpokePreparer, SpokeRequest, TapDevice};
@@ -105,23 +101,19 @@ impl AgentConfig {
     }
 }
 
-/// Runs the device plugin against the cluster until `shutdown` resolves: serves the LANs that
-/// `lans` delivers (the caller runs [`lan::watch_lans`], so that the agent's other loops see the
-/// very same snapshots), watches claim Leases (in `config.namespace`), keeps claims and the node
-/// report in Leases there, and prepares spokes with `preparer`.
+/// Runs the device plugin against the cluster until `shutdown` resolves: serves the LANs and
+/// claims that `sources` deliver (the caller runs [`lan::watch_lans`] and
+/// [`claim::watch_claims`], so that the agent's other loops see the very same snapshots), keeps
+/// claims and the node report in Leases in `config.namespace`, prepares spokes with `preparer`
+/// and looks underlay devices up with `links` (sysfs, without addresses, when `None`).
 pub async fn run(
     config: AgentConfig,
     preparer: Arc<dyn SpokePreparer>,
     links: Option<Arc<dyn underlay::HostLinks>>,
     client: kube::Client,
-    lans: watch::Receiver<Option<lan::LanSnapshot>>,
+    sources: Sources,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), PluginError> {
-    let (claims_tx, claims_rx) = watch::channel(None);
-    let claim_watch = tokio::spawn(claim::watch_claims(
-        Api::<Lease>::namespaced(client.clone(), &config.namespace),
-        claims_tx,
-    ));
     let backends = Backends {
         preparer,
         claims: Arc::new(claim::LeaseClaims::new(client.clone(), &config.namespace)),
@@ -139,16 +131,5 @@ pub async fn run(
         release_grace: config.release_grace,
         claim_timeout: config.claim_timeout,
     };
-    let result = plugin::serve(
-        plugin_config,
-        backends,
-        Sources {
-            lans,
-            claims: claims_rx,
-        },
-        shutdown,
-    )
-    .await;
-    claim_watch.abort();
-    result
+    plugin::serve(plugin_config, backends, sources, shutdown).await
 }

@@ -8,6 +8,7 @@
 //! are `k8slan_api::report`'s, shared with the controller.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -15,6 +16,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8slan_api::naming::{LEASE_ROLE_LABEL, MANAGED_BY, MANAGED_BY_LABEL, node_report_lease_name};
 use kube::Api;
 use kube::api::{Patch, PatchParams};
+use kube::runtime::watcher;
+use tokio::sync::watch;
+use tracing::debug;
+
+use crate::reflect::publish_each_change;
 
 pub use k8slan_api::report::{
     LanNodeReport, NodeReport, NodeState, REPORT_ANNOTATION, ROLE_NODE_REPORT, UnderlayAddresses,
@@ -69,6 +75,39 @@ pub fn report_lease(node: &str, namespace: &str, report: &NodeReport) -> Lease {
             ..Default::default()
         }),
     }
+}
+
+/// Every node's report, by node name (the Lease's `holderIdentity`).
+pub type ReportSnapshot = Arc<BTreeMap<String, NodeReport>>;
+
+/// The node and report a node-report Lease holds; `None` for a Lease without a holder or with a
+/// report this version cannot read (that node then counts as having reported nothing).
+pub fn report_of(lease: &Lease) -> Option<(String, NodeReport)> {
+    let node = lease.spec.as_ref()?.holder_identity.clone()?;
+    let json = lease
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(REPORT_ANNOTATION)?;
+    match NodeReport::parse(json) {
+        Ok(report) => Some((node, report)),
+        Err(e) => {
+            debug!(%node, error = %e, "skipping an unreadable node report");
+            None
+        }
+    }
+}
+
+/// Watches the node-report Leases of `api`'s namespace and publishes every node's report after
+/// each change (`None` until the first list), until the receivers are gone.
+pub async fn watch_reports(api: Api<Lease>, tx: watch::Sender<Option<ReportSnapshot>>) {
+    let cfg = watcher::Config::default().labels(&format!("{LEASE_ROLE_LABEL}={ROLE_NODE_REPORT}"));
+    publish_each_change(api, cfg, "node-report Leases", &tx, |leases| {
+        let snap: BTreeMap<String, NodeReport> =
+            leases.state().iter().filter_map(|l| report_of(l)).collect();
+        tx.send_replace(Some(Arc::new(snap)));
+    })
+    .await
 }
 
 #[async_trait]

@@ -45,6 +45,8 @@ APISERVER_PORT=6443
 MGMT_MTU=1500
 UNDERLAY_MTU=1500
 UNDERLAY_IF=eth1                      # each worker's underlay port (the LANs' defaultVxlanDev)
+UNDERLAY_V4_CIDR=198.18.1.0/24        # IPv4 on the underlay: a worker's eth1 gets .<its NODE_IP's last octet>
+UNDERLAY_NFT_TABLE=k8se2e_underlay    # bridge-family table that drops IP multicast on the underlay (underlay_multicast)
 # Test LANs of the cluster tier: e2e/tests/helpers.py lan_subnet() hands each one a /24 of it.
 # Inside TEST_SUPERNET, apart from the mgmt, pod and service ranges (e2e/README.md, "Address plan").
 TEST_LAN_RANGE=198.18.128.0/18
@@ -127,6 +129,7 @@ e2e_test_settings() {
     "TEST_SUPERNET=$TEST_SUPERNET" "MGMT_NODE_CIDR=$MGMT_NODE_CIDR" "CLUSTER_CIDR=$CLUSTER_CIDR" \
     "SERVICE_CIDR=$SERVICE_CIDR" "KUBERNETES_SERVICE_IP=$KUBERNETES_SERVICE_IP" \
     "TEST_LAN_RANGE=$TEST_LAN_RANGE" "UNDERLAY_IF=$UNDERLAY_IF" "UNDERLAY_MTU=$UNDERLAY_MTU" \
+    "UNDERLAY_V4_CIDR=$UNDERLAY_V4_CIDR" "UNDERLAY_NFT_TABLE=$UNDERLAY_NFT_TABLE" \
     "K8SLAN_RELEASE=$K8SLAN_RELEASE" "K8SLAN_NAMESPACE=$K8SLAN_NAMESPACE" \
     "KUBEVIRT_VERSION=$KUBEVIRT_VERSION" "KUBEVIRT_NAMESPACE=$KUBEVIRT_NAMESPACE" \
     "KUBEVIRT_GUEST_IMAGE=$KUBEVIRT_GUEST_IMAGE" "KUBEVIRT_BIN=$KUBEVIRT_BIN"

@@ -27,6 +27,7 @@ setup_host_network() {
 
 teardown_host_network() {
   ip route del unreachable "$TEST_SUPERNET" 2>/dev/null || true
+  command -v nft >/dev/null && underlay_multicast pass
   local br
   for br in "$MGMT_BRIDGE" "$UNDERLAY_BRIDGE"; do
     ip link del "$br" 2>/dev/null || true
@@ -85,8 +86,35 @@ setup_node_network() {
     log "net: $node: underlay port $UNDERLAY_IF"
     ip link add "$NS_PREFIX-$id-u" mtu "$UNDERLAY_MTU" type veth peer name "$UNDERLAY_IF" netns "$ns"
     ip link set "$NS_PREFIX-$id-u" master "$UNDERLAY_BRIDGE" up
+    ip -n "$ns" addr add "$(underlay_v4 "$node")/24" dev "$UNDERLAY_IF"
     ip -n "$ns" link set "$UNDERLAY_IF" up
   fi
+}
+
+# A worker's IPv4 address on the underlay: UNDERLAY_V4_CIDR's .<last octet of its NODE_IP>.
+underlay_v4() {
+  echo "${UNDERLAY_V4_CIDR%.*}.${NODE_IP[$1]##*.}"
+}
+
+# underlay_multicast drop|pass: make the underlay bridge drop IP multicast between nodes as
+# cloud and routed networks do: every IPv4 multicast packet and every IPv6 multicast packet but
+# neighbour discovery (ICMPv6 133-137), which IPv6 needs to resolve a unicast peer. ARP
+# (broadcast, not IP multicast) passes. `pass` removes the rule. Idempotent.
+underlay_multicast() {
+  nft delete table bridge "$UNDERLAY_NFT_TABLE" 2>/dev/null || true
+  [[ $1 == pass ]] && return 0
+  [[ $1 == drop ]] || die "underlay_multicast: drop or pass, not '$1'"
+  nft -f - <<NFT
+table bridge $UNDERLAY_NFT_TABLE {
+  chain forward {
+    type filter hook forward priority 0; policy accept;
+    meta ibrname != "$UNDERLAY_BRIDGE" accept
+    ip daddr 224.0.0.0/4 counter drop
+    ip6 daddr ff00::/8 icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert, nd-redirect } accept
+    ip6 daddr ff00::/8 counter drop
+  }
+}
+NFT
 }
 
 # --- node cgroups ---------------------------------------------------------------

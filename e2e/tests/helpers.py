@@ -118,6 +118,11 @@ class Kubectl:
     def exec(self, namespace, pod, *cmd, check=True, timeout=60):
         return self("-n", namespace, "exec", pod, "--", *cmd, check=check, timeout=timeout)
 
+    def exec_rc(self, namespace, pod, *cmd, timeout=60):
+        """The exit status of a command in a pod (for commands that must fail)."""
+        return subprocess.run([str(KUBECTL), "-n", namespace, "exec", pod, "--", *map(str, cmd)],
+                              capture_output=True, timeout=timeout).returncode
+
 
 def exec_background(namespace, pod, *cmd, stderr=subprocess.PIPE):
     """`kubectl exec` of a command in a pod, started and not waited for (a subprocess.Popen)."""
@@ -163,6 +168,7 @@ KUBELET_DIR = "/var/lib/kubelet"
 DEVICE_PLUGIN_DIR = f"{KUBELET_DIR}/device-plugins"      # the kubelet's; the agent serves its sockets there
 AGENT_DAEMONSET = "k8slan-ds"
 VXLAN6_OVERHEAD = 70      # bytes an IPv6 VXLAN header adds: a LAN's MTU is the underlay's less this
+VXLAN4_OVERHEAD = 50      # an IPv4 VXLAN's
 LAN_MTU = UNDERLAY_MTU - VXLAN6_OVERHEAD
 LAN_IF = "e1-1"           # the name the tests give a member's LAN interface
 
@@ -195,15 +201,21 @@ def plugin_socket(kind, spoke):
 
 
 def lan_manifest(name, ns, vni, spokes, bridge="br0", vxlan="vx0", dev=UNDERLAY, **extra):
-    """A LAN in the seed's form (lan.k8slan.io/v1beta1)."""
+    """A LAN in the seed's form (lan.k8slan.io/v1beta1); dev=None names no underlay device (each
+    node's uplink)."""
     spec = {"ns": ns, "bridge": bridge, "vxlan": vxlan, "vni": vni,
-            "defaultVxlanDev": dev, "spokes": list(spokes), **extra}
+            **({"defaultVxlanDev": dev} if dev else {}), "spokes": list(spokes), **extra}
     return {"apiVersion": "lan.k8slan.io/v1beta1", "kind": "LAN",
             "metadata": {"name": name}, "spec": spec}
 
 
 class Lan:
-    """A test LAN with unique ns, vni and spokes; spokes are named <role><tag>."""
+    """A test LAN with unique ns, vni and spokes; spokes are named <role><tag>.
+
+    `Lan.flooding` (spec fields such as vxlanMode and vxlanFamily) goes into every manifest: a
+    module re-runs scenarios over another underlay by setting it (test_k8slan_unicast.py)."""
+
+    flooding = {}
 
     def __init__(self, roles=("a", "b"), name=None):
         tag = unique_tag()
@@ -215,7 +227,13 @@ class Lan:
 
     def manifest(self, spokes=None, **extra):
         names = list(self.spokes.values()) if spokes is None else spokes
-        return lan_manifest(self.name, self.ns, self.vni, names, **extra)
+        return lan_manifest(self.name, self.ns, self.vni, names, **{**Lan.flooding, **extra})
+
+    @property
+    def mtu(self):
+        """The MTU of the LAN's links: the underlay's less the VXLAN overhead of its family."""
+        ipv4 = Lan.flooding.get("vxlanFamily") == "ipv4"
+        return UNDERLAY_MTU - (VXLAN4_OVERHEAD if ipv4 else VXLAN6_OVERHEAD)
 
 
 def lan_status(kubectl, namespace, lan_name):
@@ -308,7 +326,8 @@ class SubnetPlan:
 @lru_cache(maxsize=1)
 def _test_lan_plan():
     return SubnetPlan(setting("TEST_LAN_RANGE"), setting("TEST_SUPERNET"),
-                      {name: setting(name) for name in ("MGMT_NODE_CIDR", "CLUSTER_CIDR", "SERVICE_CIDR")})
+                      {name: setting(name) for name in ("MGMT_NODE_CIDR", "UNDERLAY_V4_CIDR", "CLUSTER_CIDR",
+                                                        "SERVICE_CIDR")})
 
 
 def lan_subnet():

@@ -10,7 +10,7 @@ import helpers
 from helpers import E2E_DIR, SubnetPlan, lan_subnet, setting
 
 REPO = E2E_DIR.parent
-CLUSTER_RANGES = ("MGMT_NODE_CIDR", "CLUSTER_CIDR", "SERVICE_CIDR")
+CLUSTER_RANGES = ("MGMT_NODE_CIDR", "UNDERLAY_V4_CIDR", "CLUSTER_CIDR", "SERVICE_CIDR")
 
 
 def test_settings_are_those_of_common_sh():

@@ -3,13 +3,14 @@ its tap device (4), one member per spoke (5), spokes added and removed live (6),
 cleans every node (8)."""
 import time
 
-from helpers import (LAN_IF, LAN_MTU, LINK_ALIAS_PREFIX, WORKERS, Lan, Pinger, assert_stays_pending,
+from helpers import (LAN_IF, LINK_ALIAS_PREFIX, WORKERS, Lan, Pinger, assert_stays_pending,
                      capacity, exchange, exec_background, holders, k8slan_host_links, lan_netns_links,
                      lan_status, lan_subnet, member_pod, nad_exists, nad_name, ping, pod_mac,
                      resource_name, two_members, wait_for, wait_pods_running)
 
 W1, W2 = WORKERS
 LLDP_MULTICAST = "01:80:c2:00:00:0e"
+IPV4_ICMP_OVERHEAD = 28   # IPv4 header + ICMP header: a DF ping's payload is the MTU less this
 
 
 def test_pods_on_two_workers_share_a_layer2_lan(k8slan, namespace):
@@ -20,12 +21,17 @@ def test_pods_on_two_workers_share_a_layer2_lan(k8slan, namespace):
 
     for pod in ("m1", "m2"):
         link = kubectl.exec(namespace, pod, "ip", "-o", "link", "show", LAN_IF)
-        assert f"mtu {LAN_MTU}" in link, link
+        assert f"mtu {lan.mtu}" in link, link
     stats = ping(kubectl, namespace, "m1", subnet.host(2))
     print(f"\n{stats.output}")
     assert stats.received == stats.sent, stats.output
     stats = ping(kubectl, namespace, "m2", subnet.host(1))
     assert stats.received == stats.sent, stats.output
+    # A full-size frame crosses the underlay unfragmented; one byte more is refused at the pod.
+    biggest = lan.mtu - IPV4_ICMP_OVERHEAD
+    kubectl.exec(namespace, "m1", "dfping", subnet.host(2), str(biggest))
+    too_big = kubectl.exec_rc(namespace, "m1", "dfping", subnet.host(2), str(biggest + 1))
+    assert too_big != 0, f"a {biggest + 1}-byte DF ping passed a {lan.mtu}-byte MTU"
 
     # LLDP (link-local multicast, which a plain bridge never forwards) crosses the LAN.
     src = "02:11:22:33:44:55"
