@@ -79,7 +79,11 @@ bench-datapath: ## datapath benchmark: spoke-up latency over 1,000 spokes, pod-t
 	$(CARGO) bench -p k8slan-netagent --bench datapath
 
 .PHONY: test
-test: deps lint check-generated test-unit test-privileged fuzz-cni test-cluster ## every test tier (the command CI runs)
+test: deps kubevirt-early lint check-generated test-unit test-privileged fuzz-cni test-cluster ## every test tier (the command CI runs)
+
+.PHONY: kubevirt-early
+kubevirt-early: ## start building KubeVirt and the test guest's kernel in the background, at the lowest priority (cached: a no-op)
+	./hack/kubevirt-early.sh
 
 .PHONY: demo
 demo: ## main job: local multi-node cluster, k8slan installed, a demo LAN working

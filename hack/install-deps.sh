@@ -6,6 +6,9 @@ packages=(
   iproute2 iputils-ping iptables nftables conntrack socat openssl jq ethtool tcpdump iperf3
   protobuf-compiler busybox-static
   etcd-server containerd runc containernetworking-plugins
+  # KubeVirt's binaries (cgo) and the test guest's kernel, which `make test` starts building
+  # in the background right after this (hack/kubevirt-early.sh).
+  gcc libc6-dev jq make flex bison libelf-dev xz-utils bc
 )
 
 missing=()

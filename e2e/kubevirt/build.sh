@@ -5,7 +5,9 @@
 #   manifests  the operator manifest rendered by upstream's manifest-templator, for our images
 #   images     OCI archives of the five component images from those binaries and Debian packages
 #              (kubevirt/images.sh) and the guest containerDisk (kubevirt/guest/build.sh)
-# Usage: e2e/kubevirt/build.sh [all|binaries|manifests|images|guest]...
+#   guest-kernel  only the guest's kernel (the guest's longest step; needs no k8slan image)
+# Usage: e2e/kubevirt/build.sh [all|binaries|manifests|images|guest|guest-kernel]...
+# Runs one at a time (a lock in $K8SLAN_CACHE): a second call waits, then finds the cache.
 # Like Kubernetes (e2e/build.sh), everything is built through a wrapper module and cached
 # under $K8SLAN_CACHE; a ".complete" marker means reuse. Moving the pin: see e2e/README.md.
 set -euo pipefail
@@ -87,8 +89,11 @@ build_manifests() {
 }
 
 main() {
-  local targets=() t
+  local targets=() t lock
   (($#)) || set -- all
+  mkdir -p "$K8SLAN_CACHE"
+  exec {lock}>"$K8SLAN_CACHE/.kubevirt-build.lock"
+  flock "$lock"
   # "all" is everything but the guest, which needs k8slan-frame (hack/build-image.sh) first.
   for t in "$@"; do
     if [[ $t == all ]]; then targets+=(binaries manifests images); else targets+=("$t"); fi
@@ -98,6 +103,7 @@ main() {
       binaries|manifests) "build_$t" ;;
       images) "$E2E_DIR/kubevirt/images.sh" ;;
       guest) "$E2E_DIR/kubevirt/guest/build.sh" ;;
+      guest-kernel) "$E2E_DIR/kubevirt/guest/build.sh" --kernel ;;
       *) die "unknown kubevirt build target: $t" ;;
     esac
   done

@@ -104,11 +104,14 @@ underlay_multicast() {
   nft delete table bridge "$UNDERLAY_NFT_TABLE" 2>/dev/null || true
   [[ $1 == pass ]] && return 0
   [[ $1 == drop ]] || die "underlay_multicast: drop or pass, not '$1'"
+  local node ports=()
+  for node in "${WORKERS[@]}"; do ports+=("\"$NS_PREFIX-${NODE_ID[$node]}-u\""); done
+  local IFS=,
   nft -f - <<NFT
 table bridge $UNDERLAY_NFT_TABLE {
   chain forward {
     type filter hook forward priority 0; policy accept;
-    meta ibrname != "$UNDERLAY_BRIDGE" accept
+    iifname != { ${ports[*]} } accept
     ip daddr 224.0.0.0/4 counter drop
     ip6 daddr ff00::/8 icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert, nd-redirect } accept
     ip6 daddr ff00::/8 counter drop

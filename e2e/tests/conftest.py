@@ -3,6 +3,7 @@
 The cluster must be up (make cluster-up); run with the venv built by e2e/build.sh:
   $K8SLAN_CACHE/venv/bin/pytest e2e/tests/test_smoke.py   (the k8slan tests need k8slan installed)
 """
+import re
 import uuid
 
 import pytest
@@ -21,7 +22,9 @@ def kubectl():
 @pytest.fixture
 def namespace(kubectl, request):
     """A fresh namespace for one test, deleted (and waited for) afterwards."""
-    name = f"e2e-{request.node.name.lower().replace('_', '-')[:40]}-{uuid.uuid4().hex[:5]}"
+    # A DNS label: parametrised tests' ids ("[ipv6]") become dashes too.
+    label = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower().replace("_", "-"))[:40].strip("-")
+    name = f"e2e-{label}-{uuid.uuid4().hex[:5]}"
     kubectl("create", "namespace", name)
     wait_for(lambda: kubectl("-n", name, "get", "serviceaccount", "default", check=False),
              30, what=f"default service account in {name}")

@@ -19,8 +19,9 @@ FAMILIES = ("ipv6", "ipv4")
 
 
 def underlay_multicast(what):
-    subprocess.run(["bash", "-c", f'source "{COMMON_SH}" && underlay_multicast {what}'], check=True,
-                   timeout=30)
+    node_sh = COMMON_SH.parent / "node.sh"
+    subprocess.run(["bash", "-c", f'source "{COMMON_SH}" && source "{node_sh}" && underlay_multicast {what}'],
+                   check=True, timeout=30)
 
 
 @pytest.fixture

@@ -207,7 +207,10 @@ main() {
   case ${1:-} in
     "") build_guest 0 ;;
     --force) build_guest 1 ;;
-    *) die "usage: $0 [--force]" ;;
+    # Only the kernel (cached): what a cold build spends most of its time on, and needs no
+    # k8slan-frame, so it can start before the k8slan image is built.
+    --kernel) build_kernel "$(cached_deb "$GUEST_KERNEL_SOURCE")" >/dev/null ;;
+    *) die "usage: $0 [--force|--kernel]" ;;
   esac
 }
 

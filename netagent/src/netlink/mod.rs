@@ -21,6 +21,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
+use k8slan_api::naming::link_alias;
 use k8slan_kernel::{
     DevNum, NetNs, NsId, NsThread, RequestError, RouteSocket, TapDir, TapNode, tap,
 };
@@ -37,10 +38,14 @@ use rtnetlink::{
 };
 use tracing::warn;
 
+/// Alias role of the placeholder link that lets a VXLAN's flood entries name the host's
+/// underlay (see `Conversation::flood_via`).
+pub const UNDERLAY_REF_ROLE: &str = "underlay-ref";
+
 use self::parse::{flood_dst, mode_to_nl, parse_address, parse_link};
 use crate::kernel::{
-    BridgeParams, IfAddress, Kernel, KernelError, LAN_LINK_GROUP, Link, LinkChange, NewLink, Ns,
-    VxlanParams,
+    BridgeParams, IfAddress, Kernel, KernelError, LAN_LINK_GROUP, Link, LinkChange, LinkKind,
+    NewLink, Ns, VxlanParams,
 };
 use crate::netns::{self, ForeignEntry, LanDir, NetnsError};
 
@@ -364,6 +369,71 @@ impl Conversation<'_> {
             .map_err(|e| self.err(op, name, e))
     }
 
+    /// The ifindex of the VXLAN `name` and of its underlay device (in the namespace the VXLAN
+    /// was created in), which every flood entry names: a link-local destination is reachable
+    /// only through it, and the kernel matches an entry's removal on it too.
+    fn vxlan_and_underlay(
+        &mut self,
+        op: &'static str,
+        name: &str,
+    ) -> Result<(u32, Option<u32>), KernelError> {
+        let Some(msg) = self.get(op, name)? else {
+            return Err(
+                KernelError::new(op, name, self.ns, "no such link").with_errno(libc::ENODEV)
+            );
+        };
+        let underlay = match parse_link(&msg).kind {
+            LinkKind::Vxlan(p) if p.underlay_ifindex != 0 => Some(p.underlay_ifindex),
+            _ => None,
+        };
+        Ok((msg.header.index, underlay))
+    }
+
+    /// The VXLAN's ifindex and, for a link-local `dst`, the underlay the entry must name (a
+    /// link-local address is reachable only through one interface; the kernel would otherwise
+    /// route it out of whichever interface has fe80::/64 first).
+    ///
+    /// The kernel resolves that ifindex in the VXLAN's *current* namespace when it checks the
+    /// entry, but sends through it in the namespace the VXLAN was created in (the host's). For
+    /// the check to pass, a link with the underlay's ifindex must exist in the LAN namespace: when
+    /// none does, an empty, down bridge `ul.<ifindex>` is made there at that index (alias
+    /// `k8slan:<lan>/underlay-ref`); it goes with the namespace.
+    fn flood_via(
+        &mut self,
+        op: &'static str,
+        ns: &Ns,
+        vxlan: &str,
+        dst: IpAddr,
+    ) -> Result<(u32, Option<u32>), KernelError> {
+        let (index, underlay) = self.vxlan_and_underlay(op, vxlan)?;
+        let link_local = matches!(dst, IpAddr::V6(a) if a.segments()[0] & 0xffc0 == 0xfe80);
+        let (Some(via), true) = (underlay, link_local) else {
+            return Ok((index, None));
+        };
+        if !self.dump()?.iter().any(|m| m.header.index == via) {
+            self.make_underlay_ref(op, ns, via)?;
+        }
+        Ok((index, Some(via)))
+    }
+
+    fn make_underlay_ref(
+        &mut self,
+        op: &'static str,
+        ns: &Ns,
+        via: u32,
+    ) -> Result<(), KernelError> {
+        let name = format!("ul.{via}");
+        let alias = match ns {
+            Ns::Lan(lan) => link_alias(lan, UNDERLAY_REF_ROLE),
+            Ns::Host => String::new(),
+        };
+        let mut msg = LinkMessageBuilder::<LinkBridge>::new(&name)
+            .alias(alias)
+            .build();
+        msg.header.index = via;
+        self.create(op, &name, msg)
+    }
+
     fn index_of(&mut self, op: &'static str, name: &str) -> Result<u32, KernelError> {
         match self.get(op, name)? {
             Some(m) => Ok(m.header.index),
@@ -542,7 +612,8 @@ impl Kernel for RtnlKernel {
     fn add_flood_entry(&self, ns: &Ns, vxlan: &str, dst: IpAddr) -> Result<(), KernelError> {
         const OP: &str = "add a flood entry to";
         self.rtnl(ns, |c| {
-            let msg = flood_message(c.index_of(OP, vxlan)?, dst);
+            let (index, via) = c.flood_via(OP, ns, vxlan, dst)?;
+            let msg = flood_message(index, dst, via);
             // NLM_F_APPEND: one more all-zero entry beside the others (without it the kernel
             // would replace the first); an entry that is there already is acknowledged as is.
             let flags = NLM_F_CREATE | NLM_F_APPEND;
@@ -553,7 +624,8 @@ impl Kernel for RtnlKernel {
     fn remove_flood_entry(&self, ns: &Ns, vxlan: &str, dst: IpAddr) -> Result<(), KernelError> {
         const OP: &str = "remove a flood entry from";
         self.rtnl(ns, |c| {
-            let msg = flood_message(c.index_of(OP, vxlan)?, dst);
+            let (index, via) = c.flood_via(OP, ns, vxlan, dst)?;
+            let msg = flood_message(index, dst, via);
             match c.socket.ack(RouteNetlinkMessage::DelNeighbour(msg), 0) {
                 Ok(()) => Ok(()),
                 Err(e) if e.errno() == Some(libc::ENOENT) => Ok(()),
@@ -783,9 +855,10 @@ fn vxlan_message(name: &str, mtu: u32, params: &VxlanParams, lan_fd: RawFd) -> L
 }
 
 /// The VXLAN forwarding entry (`NTF_SELF`, permanent) for MAC 00:00:00:00:00:00 to `dst` on
-/// the link with ifindex `index`: flooded frames (broadcast, multicast, unknown unicast) go to
-/// every such entry.
-fn flood_message(index: u32, dst: IpAddr) -> NeighbourMessage {
+/// the link with ifindex `index`, sent out of the underlay `via` (`bridge fdb ... via <dev>`):
+/// flooded frames (broadcast, multicast, unknown unicast) go to every such entry. Without `via`
+/// the kernel routes a link-local `dst` out of whichever interface has fe80::/64 first.
+fn flood_message(index: u32, dst: IpAddr, via: Option<u32>) -> NeighbourMessage {
     let mut msg = NeighbourMessage::default();
     msg.header.family = AddressFamily::Bridge;
     msg.header.ifindex = index;
@@ -795,6 +868,7 @@ fn flood_message(index: u32, dst: IpAddr) -> NeighbourMessage {
         NeighbourAttribute::LinkLayerAddress(vec![0; 6]),
         NeighbourAttribute::Destination(NeighbourAddress::from(dst)),
     ];
+    msg.attributes.extend(via.map(NeighbourAttribute::IfIndex));
     msg
 }
 

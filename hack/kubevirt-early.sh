@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Starts the cold, long KubeVirt builds (its binaries and the test guest's kernel: ~30
+# CPU-minutes together) in the background at the lowest priority, so that on a fresh machine
+# they use the CPU the other tiers leave idle instead of holding up the cluster tier, which
+# needs them only for its VM phase. The cluster tier's own `kubevirt/build.sh` call waits on the
+# same lock and then finds them cached. Returns at once; when both are cached the background
+# job only finds that out (a second).
+set -euo pipefail
+source "$(dirname "$0")/../e2e/lib/common.sh"
+log_file=$K8SLAN_CACHE/kubevirt-early.log
+mkdir -p "$K8SLAN_CACHE"
+setsid nohup nice -n 19 "$E2E_DIR/kubevirt/build.sh" binaries guest-kernel >"$log_file" 2>&1 </dev/null &
+log "KubeVirt binaries and the guest kernel: building in the background (log $log_file)"
