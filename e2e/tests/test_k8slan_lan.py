@@ -65,14 +65,16 @@ def test_lan_gets_nads_and_capacity_on_every_worker(k8slan, namespace):
             owners = nad["metadata"].get("ownerReferences", [])
             assert [o["name"] for o in owners if o["kind"] == "LAN"] == [lan.name]
 
-    # Printer columns: NAME VNI SPOKES READY-NODES ACCEPTED AGE.
+    # Printer columns: NAME VNI MODE SPOKES READY-NODES ACCEPTED AGE (-o wide adds FAMILY).
     wait_for(lambda: (lan_condition(kubectl, namespace, lan.name, "Accepted") or {}).get("status") == "True",
              30, what="LAN Accepted=True")
     out = kubectl("-n", namespace, "get", "lan", lan.name)
     header, row = out.splitlines()[:2]
-    assert header.split() == ["NAME", "VNI", "SPOKES", "READY-NODES", "ACCEPTED", "AGE"], header
+    assert header.split() == ["NAME", "VNI", "MODE", "SPOKES", "READY-NODES", "ACCEPTED", "AGE"], header
     cols = row.split()
-    assert cols[0] == lan.name and cols[1] == str(lan.vni) and cols[2] == "2" and cols[4] == "True", row
+    assert cols[:3] == [lan.name, str(lan.vni), "multicast"] and cols[3] == "2" and cols[5] == "True", row
+    wide = kubectl("-n", namespace, "get", "lan", lan.name, "-o", "wide").splitlines()
+    assert wide[0].split()[:4] == ["NAME", "VNI", "MODE", "FAMILY"] and wide[1].split()[3] == "ipv6", wide
     # The short name works too.
     assert lan.name in kubectl("-n", namespace, "get", "vlan")
 

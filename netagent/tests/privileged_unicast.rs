@@ -287,6 +287,47 @@ fn unicast_lan_over_link_local_underlays_floods_each_frame_once_to_every_peer() 
     lan_down(&spec, &ns);
 }
 
+/// The node also has another interface with a link-local route, ahead of the underlay's (as a
+/// real node's eth0 is): a link-local flood entry must still leave through the underlay.
+fn with_another_link_local_interface(n: &Node) {
+    n.sh(&format!(
+        "ip link add mgmt0 type veth peer name mgmt0p && ip link set mgmt0p up && ip link set mgmt0 up \
+         && sleep 2 && ip link set {UNDERLAY} down && ip link set {UNDERLAY} up && sleep 2"
+    ));
+}
+
+#[test]
+#[ignore = "privileged"]
+fn link_local_peers_leave_through_the_underlay_when_another_interface_is_first() {
+    let ul = unicast_only_underlay();
+    let ns = nodes(&ul, 2, |_| None);
+    for n in &ns {
+        with_another_link_local_interface(n);
+        let routes = n.sh("ip -6 route show fe80::/64");
+        assert!(
+            routes.trim_start().starts_with("fe80::/64 dev mgmt0"),
+            "{routes}"
+        );
+    }
+    let (a, b) = (spoke("a"), spoke("b"));
+    let spec = unicast_spec(4330, &[&a, &b], VxlanFamily::Ipv6);
+    let p = pods(&spec, &ns, 63);
+    full_mesh(&spec, &ns);
+    assert!(
+        ping(&p[0], "198.18.63.2"),
+        "node1 to node2 over link-local peers"
+    );
+    assert!(ping(&p[1], "198.18.63.1"), "node2 to node1");
+    let fdb = ns[0].lan_sh(&spec.ns, "bridge fdb show dev vx0");
+    let via = format!("via ifindex {}", underlay_ifindex(&ns[0]));
+    assert!(
+        fdb.contains(&via),
+        "the flood entry names the underlay: {fdb}"
+    );
+    drop(p);
+    lan_down(&spec, &ns);
+}
+
 #[test]
 #[ignore = "privileged"]
 fn unicast_lan_over_unique_local_underlays() {
