@@ -44,6 +44,7 @@ pub struct TestNs {
 impl TestNs {
     /// Create `/run/netns/<unique name>`.
     pub fn new(tag: &str) -> io::Result<Self> {
+        netns_dir_ready()?;
         let name = unique_name(tag);
         run(Command::new("ip").args(["netns", "add", &name]))?;
         let ns = Self { name };
@@ -154,4 +155,20 @@ impl Drop for TestDir {
         }
         let _ = fs::remove_dir_all(&self.path);
     }
+}
+
+/// `ip netns add` makes `/run/netns` a shared bind mount of itself the first time; two first
+/// calls at once (parallel tests on a fresh boot, or after the e2e cluster removed that mount)
+/// can mount it over a namespace file the other just bound, which then fails `setns` with
+/// EINVAL. One namespace added and deleted alone, once per process, sets the mount up first.
+fn netns_dir_ready() -> io::Result<()> {
+    static READY: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    let mut ready = READY.lock().unwrap_or_else(|p| p.into_inner());
+    if !*ready {
+        let name = unique_name("warmup");
+        run(Command::new("ip").args(["netns", "add", &name]))?;
+        run(Command::new("ip").args(["netns", "delete", &name]))?;
+        *ready = true;
+    }
+    Ok(())
 }
