@@ -150,11 +150,11 @@ impl UnderlayAddresses {
                 IpAddr::V4(a) => {
                     picked.ipv4.get_or_insert(a);
                 }
-                IpAddr::V6(a) if is_link_local(&a) => {
+                IpAddr::V6(a) if a.is_unicast_link_local() => {
                     picked.ipv6.get_or_insert(a);
                 }
                 IpAddr::V6(a) => {
-                    if picked.ipv6.is_none_or(|p| is_link_local(&p)) {
+                    if picked.ipv6.is_none_or(|p| p.is_unicast_link_local()) {
                         picked.ipv6 = Some(a);
                     }
                 }
@@ -170,10 +170,6 @@ impl UnderlayAddresses {
             VxlanFamily::Ipv4 => self.ipv4.map(IpAddr::V4),
         }
     }
-}
-
-fn is_link_local(a: &Ipv6Addr) -> bool {
-    a.segments()[0] & 0xffc0 == 0xfe80
 }
 
 impl NodeReport {

@@ -406,7 +406,7 @@ impl Conversation<'_> {
         dst: IpAddr,
     ) -> Result<(u32, Option<u32>), KernelError> {
         let (index, underlay) = self.vxlan_and_underlay(op, vxlan)?;
-        let link_local = matches!(dst, IpAddr::V6(a) if a.segments()[0] & 0xffc0 == 0xfe80);
+        let link_local = matches!(dst, IpAddr::V6(a) if a.is_unicast_link_local());
         let (Some(via), true) = (underlay, link_local) else {
             return Ok((index, None));
         };
