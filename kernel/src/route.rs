@@ -193,32 +193,22 @@ impl RouteSocket {
 
     /// Every link of the namespace (`RTM_GETLINK` dump).
     pub fn links(&mut self) -> Result<Vec<LinkMessage>, RequestError> {
-        let replies = self.request(
+        self.dump(
             RouteNetlinkMessage::GetLink(LinkMessage::default()),
-            NLM_F_DUMP,
-        )?;
-        Ok(replies
-            .into_iter()
-            .filter_map(|r| match r {
+            |r| match r {
                 RouteNetlinkMessage::NewLink(m) => Some(m),
                 _ => None,
-            })
-            .collect())
+            },
+        )
     }
 
     /// Every address of every link of the namespace, both families (`RTM_GETADDR` dump).
     pub fn addresses(&mut self) -> Result<Vec<AddressMessage>, RequestError> {
-        let replies = self.request(
-            RouteNetlinkMessage::GetAddress(AddressMessage::default()),
-            NLM_F_DUMP,
-        )?;
-        Ok(replies
-            .into_iter()
-            .filter_map(|r| match r {
-                RouteNetlinkMessage::NewAddress(m) => Some(m),
-                _ => None,
-            })
-            .collect())
+        let request = RouteNetlinkMessage::GetAddress(AddressMessage::default());
+        self.dump(request, |r| match r {
+            RouteNetlinkMessage::NewAddress(m) => Some(m),
+            _ => None,
+        })
     }
 
     /// Every forwarding database entry of the namespace (`RTM_GETNEIGH` dump of `AF_BRIDGE`):
@@ -226,14 +216,20 @@ impl RouteSocket {
     pub fn fdb(&mut self) -> Result<Vec<NeighbourMessage>, RequestError> {
         let mut msg = NeighbourMessage::default();
         msg.header.family = AddressFamily::Bridge;
-        let replies = self.request(RouteNetlinkMessage::GetNeighbour(msg), NLM_F_DUMP)?;
-        Ok(replies
-            .into_iter()
-            .filter_map(|r| match r {
-                RouteNetlinkMessage::NewNeighbour(m) => Some(m),
-                _ => None,
-            })
-            .collect())
+        self.dump(RouteNetlinkMessage::GetNeighbour(msg), |r| match r {
+            RouteNetlinkMessage::NewNeighbour(m) => Some(m),
+            _ => None,
+        })
+    }
+
+    /// A `NLM_F_DUMP` request: the replies `pick` keeps (the objects of the kind dumped).
+    fn dump<T>(
+        &mut self,
+        request: RouteNetlinkMessage,
+        pick: impl Fn(RouteNetlinkMessage) -> Option<T>,
+    ) -> Result<Vec<T>, RequestError> {
+        let replies = self.request(request, NLM_F_DUMP)?;
+        Ok(replies.into_iter().filter_map(pick).collect())
     }
 
     /// A request the kernel only acknowledges (`NLM_F_ACK` plus `flags`).
