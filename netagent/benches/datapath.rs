@@ -1,32 +1,26 @@
-//! Datapath benchmark (root): time per `spoke up` over 1,000 spokes on one simulated node, and
-//! pod-to-pod throughput over a LAN built by k8slan against the same topology built with plain
-//! `ip` commands, in the same run. `make bench-datapath` runs it; figures go to docs/benchmarks.md.
+//! Datapath benchmark (root): time per `spoke up` over 1,000 spokes on one simulated node;
+//! pod-to-pod throughput over a multicast and over a unicast LAN built by k8slan, each against
+//! the same topology built with plain `ip` and `bridge` commands in the same run; the cost of
+//! flooding to 1, 10 and 100 unicast peers; `set_peers` latency; and how many multicast LANs a
+//! node holds before the kernel refuses a membership. `make bench-datapath` runs it; figures go
+//! to docs/benchmarks.md. `K8SLAN_BENCH_PARTS` (comma-separated: spokes, throughput, unicast,
+//! flood, peers, multicast) picks parts.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "datapath/measure.rs"]
+mod measure;
+#[path = "datapath/multicast.rs"]
+mod multicast;
+#[path = "datapath/unicast.rs"]
+mod unicast;
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use common::*;
 use k8slan_api::SpokeKind;
 use k8slan_testkit::TestNs;
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
-}
-
-fn report(what: &str, mut samples: Vec<Duration>) {
-    samples.sort();
-    println!(
-        "{what}: n={} median={:.3} ms p99={:.3} ms max={:.3} ms",
-        samples.len(),
-        percentile(&samples, 0.5).as_secs_f64() * 1e3,
-        percentile(&samples, 0.99).as_secs_f64() * 1e3,
-        samples.last().unwrap().as_secs_f64() * 1e3,
-    );
-}
+use measure::{iperf, report};
 
 fn spoke_up_timing(count: usize) {
     let ul = Underlay::new();
@@ -82,35 +76,6 @@ fn spoke_up_timing(count: usize) {
     );
 }
 
-/// iperf3 from `client` to `server_addr` (served in `server`) for `secs`; Gbit/s received.
-fn iperf(server: &TestNs, client: &TestNs, server_addr: &str, secs: u32) -> f64 {
-    let mut srv = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            server.name(),
-            "iperf3",
-            "-s",
-            "-1",
-            "-B",
-            server_addr,
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(400));
-    let out = client
-        .sh(&format!("iperf3 -c {server_addr} -t {secs} -J"))
-        .unwrap();
-    let _ = srv.wait();
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .unwrap()
-        / 1e9
-}
-
 fn throughput(secs: u32, rounds: u32) {
     let ul = Underlay::new();
     let n1 = Node::new(&ul, "node1", 1500);
@@ -158,21 +123,41 @@ fn throughput(secs: u32, rounds: u32) {
     n2.dp.lan_down(&spec).unwrap();
 }
 
+/// A number from the environment, or the default.
+fn setting(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
 fn main() {
     if !nix_is_root() {
         eprintln!("bench datapath: needs root (network namespaces); skipped");
         return;
     }
-    let count = std::env::var("K8SLAN_BENCH_SPOKES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1000);
-    let secs = std::env::var("K8SLAN_BENCH_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5);
-    spoke_up_timing(count);
-    throughput(secs, 3);
+    let parts = std::env::var("K8SLAN_BENCH_PARTS")
+        .unwrap_or_else(|_| "spokes,throughput,unicast,flood,peers,multicast".into());
+    let part = |p: &str| parts.split(',').any(|x| x.trim() == p);
+    let secs = setting("K8SLAN_BENCH_SECS", 5) as u32;
+    if part("spokes") {
+        spoke_up_timing(setting("K8SLAN_BENCH_SPOKES", 1000));
+    }
+    if part("throughput") {
+        throughput(secs, 3);
+    }
+    if part("unicast") {
+        unicast::throughput(secs, 5);
+    }
+    if part("flood") {
+        unicast::flood_cost(&[1, 10, 100], setting("K8SLAN_BENCH_FRAMES", 500));
+    }
+    if part("peers") {
+        unicast::peer_changes(100);
+    }
+    if part("multicast") {
+        multicast::limits(setting("K8SLAN_BENCH_MCAST_CAP", 4000), 500);
+    }
 }
 
 fn nix_is_root() -> bool {

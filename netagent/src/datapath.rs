@@ -76,6 +76,19 @@ pub enum DatapathError {
         peer: IpAddr,
         family: VxlanFamily,
     },
+    #[error(
+        "LAN {lan}: the kernel refused the VXLAN's membership of multicast group {group} on underlay {dev} ({reason}): the node holds as many {fam} multicast memberships for VXLAN port {port} as {limit} allows. Fix: give the LAN the spec.vxlanGrp of another multicast LAN on the node (LANs sharing a group stay apart by VNI), or set spec.vxlanMode to unicast, or raise {limit} on the node",
+        fam = family_name(VxlanFamily::of(group)),
+        limit = membership_limit(group)
+    )]
+    MulticastLimit {
+        lan: String,
+        group: IpAddr,
+        dev: String,
+        port: u16,
+        /// What the kernel said.
+        reason: String,
+    },
     #[error("LAN {lan}: underlay device {dev}: {source}")]
     Mtu {
         lan: String,
@@ -220,6 +233,15 @@ pub(crate) fn family_name(family: VxlanFamily) -> &'static str {
     match family {
         VxlanFamily::Ipv6 => "IPv6",
         VxlanFamily::Ipv4 => "IPv4",
+    }
+}
+
+/// The sysctl that bounds how many groups of `group`'s family the VXLAN sockets of a node (one
+/// per port and family, shared by all its VXLANs) can join.
+fn membership_limit(group: &IpAddr) -> &'static str {
+    match group {
+        IpAddr::V4(_) => "net.ipv4.igmp_max_memberships (default 20)",
+        IpAddr::V6(_) => "net.core.optmem_max (the socket's option memory)",
     }
 }
 

@@ -66,7 +66,8 @@ struct State {
     /// All-zero-MAC forwarding entries of VXLANs by ifindex, in the order they were added.
     flood: BTreeMap<u32, Vec<IpAddr>>,
     calls: Vec<Call>,
-    fail: Option<(String, String)>,
+    /// The next call to fail: operation, object, errno.
+    fail: Option<(String, String, i32)>,
     /// Our links that were up with IPv6 on at some point (they would have spoken onto the LAN).
     spoke_ipv6: Vec<(Ns, String)>,
 }
@@ -206,7 +207,12 @@ impl RecordingKernel {
 
     /// Make the next call whose operation is `op` (e.g. `"create_link"`) on `object` fail.
     pub fn fail_next(&self, op: &str, object: &str) {
-        self.st().fail = Some((op.to_string(), object.to_string()));
+        self.fail_next_with(op, object, libc::EIO);
+    }
+
+    /// [`fail_next`](Self::fail_next) with the errno the kernel would give.
+    pub fn fail_next_with(&self, op: &str, object: &str, errno: i32) {
+        self.st().fail = Some((op.to_string(), object.to_string(), errno));
     }
 
     fn begin(
@@ -218,13 +224,8 @@ impl RecordingKernel {
     ) -> Result<MutexGuard<'_, State>, KernelError> {
         let mut st = self.st();
         st.calls.push(call);
-        if st
-            .fail
-            .as_ref()
-            .is_some_and(|(o, n)| o == op && n == object)
-        {
-            st.fail = None;
-            return Err(KernelError::new(op, object, ns, "injected failure").with_errno(libc::EIO));
+        if let Some((_, _, errno)) = st.fail.take_if(|(o, n, _)| o == op && n == object) {
+            return Err(KernelError::new(op, object, ns, "injected failure").with_errno(errno));
         }
         Ok(st)
     }

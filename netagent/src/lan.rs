@@ -130,7 +130,10 @@ impl<K: Kernel> Datapath<K> {
             Ok(()) => Ok(state),
             Err(e) => {
                 if created_ns {
-                    // Roll back: nothing half-created survives a failed first `up`.
+                    // Roll back: nothing half-created survives a failed first `up`. The links
+                    // go first and at once (a namespace's own devices die asynchronously after
+                    // it), so that a retry does not meet this VXLAN's VNI still taken.
+                    let _ = self.kernel.delete_lan_links(lan);
                     let _ = self.kernel.delete_lan_namespace(lan);
                 }
                 Err(e)
@@ -336,6 +339,7 @@ impl<K: Kernel> Datapath<K> {
         let lan = spec.ns.as_str();
         let ns = Ns::Lan(lan.to_string());
         let vxlan_alias = link_alias(lan, role::VXLAN);
+        let group = vxlan.group;
         let right = |k: &LinkKind| matches!(k, LinkKind::Vxlan(p) if *p == vxlan);
         let existing = self
             .kernel
@@ -368,7 +372,8 @@ impl<K: Kernel> Datapath<K> {
             alias: &vxlan_alias,
             master: Some((&spec.bridge, state.bridge_ifindex)),
         };
-        if self.converge(lan, &ns, &vx, &want)? {
+        let converged = self.converge(lan, &ns, &vx, &want);
+        if converged.map_err(|e| refused_membership(e, spec, group, &vx, &state.underlay))? {
             state.changes.push(format!("converge vxlan {}", spec.vxlan));
         }
         if fresh && !peers.is_empty() {
@@ -647,6 +652,37 @@ impl<K: Kernel> Datapath<K> {
 }
 
 /// Whether a host link is a host end or macvtap of LAN `lan` (by its alias, exactly).
+/// The error of bringing up a multicast VXLAN `vx` explained when the kernel refused its group
+/// membership: the VXLAN joins its group when it comes up, and the node's VXLAN socket for the
+/// port and family (every such VXLAN of the node shares it) is over its limit: ENOBUFS past
+/// `net.ipv4.igmp_max_memberships` groups, ENOMEM past `net.core.optmem_max` bytes of IPv6
+/// memberships. Any other error is returned as it is.
+fn refused_membership(
+    e: DatapathError,
+    spec: &LanSpec,
+    group: Option<IpAddr>,
+    vx: &Link,
+    underlay: &str,
+) -> DatapathError {
+    let (Some(group), false) = (group, vx.up) else {
+        return e;
+    };
+    match e {
+        DatapathError::Kernel { lan, source }
+            if matches!(source.errno, Some(libc::ENOBUFS | libc::ENOMEM)) =>
+        {
+            DatapathError::MulticastLimit {
+                lan,
+                group,
+                dev: underlay.to_string(),
+                port: spec.vxlan_port,
+                reason: source.reason,
+            }
+        }
+        e => e,
+    }
+}
+
 fn is_host_link_of(l: &Link, lan: &str) -> bool {
     let Some((n, r)) = l.alias.as_deref().and_then(parse_alias) else {
         return false;

@@ -454,3 +454,38 @@ fn a_failed_first_up_leaves_nothing_behind() {
         Call::CreateLanNamespace(_)
     ));
 }
+
+#[test]
+fn a_refused_multicast_membership_names_the_limit_and_the_fixes() {
+    let (dp, _) = datapath();
+    let mut s = spec("knlgrp", 223, &["srl"]);
+    s.vxlan_grp = Some("239.1.30.3".into());
+    s.vxlan_family = k8slan_api::VxlanFamily::Ipv4;
+    // The VXLAN joins its group when it comes up; past igmp_max_memberships the kernel says
+    // ENOBUFS.
+    dp.kernel()
+        .fail_next_with("change_link", "vx2", libc::ENOBUFS);
+    let e = dp.lan_up(&s, NODE).unwrap_err();
+    assert!(
+        matches!(&e, DatapathError::MulticastLimit { group, dev, .. }
+            if group.to_string() == "239.1.30.3" && dev == "eth1"),
+        "{e:?}"
+    );
+    let msg = e.to_string();
+    for part in [
+        "knlgrp",
+        "net.ipv4.igmp_max_memberships",
+        "spec.vxlanMode to unicast",
+        "spec.vxlanGrp",
+    ] {
+        assert!(msg.contains(part), "{part:?} missing from: {msg}");
+    }
+    // Nothing of the failed first up is left.
+    assert!(dp.kernel().peek_namespaces().is_empty());
+
+    // Any other failure to bring the VXLAN up stays what it is.
+    dp.kernel().fail_next("change_link", "vx2");
+    let e = dp.lan_up(&s, NODE).unwrap_err();
+    assert!(matches!(e, DatapathError::Kernel { .. }), "{e:?}");
+    dp.lan_up(&s, NODE).unwrap();
+}

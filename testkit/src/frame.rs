@@ -296,7 +296,8 @@ impl PacketSocket {
     /// `None` after `timeout`.
     pub fn recv(&self, filter: &Filter, timeout: Duration) -> io::Result<Option<Frame>> {
         let deadline = Instant::now() + timeout;
-        let mut buf = vec![0u8; 65536];
+        // Not zeroed: the kernel writes what is read (a flood benchmark receives thousands).
+        let mut buf: Vec<u8> = Vec::with_capacity(65536);
         while Instant::now() < deadline {
             if !wait_readable(self.fd.as_raw_fd(), deadline)? {
                 continue;
@@ -308,7 +309,7 @@ impl PacketSocket {
                 libc::recvfrom(
                     self.fd.as_raw_fd(),
                     buf.as_mut_ptr() as *mut libc::c_void,
-                    buf.len(),
+                    buf.capacity(),
                     libc::MSG_DONTWAIT,
                     &mut sll as *mut _ as *mut libc::sockaddr,
                     &mut len,
@@ -324,7 +325,9 @@ impl PacketSocket {
             if sll.sll_pkttype == libc::PACKET_OUTGOING {
                 continue;
             }
-            if let Some(f) = Frame::decode(&buf[..n as usize])
+            // SAFETY: the kernel wrote the first n bytes.
+            unsafe { buf.set_len(n as usize) };
+            if let Some(f) = Frame::decode(&buf)
                 && filter.matches(&f)
             {
                 return Ok(Some(f));
