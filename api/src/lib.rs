@@ -8,6 +8,7 @@ pub mod peer;
 pub mod prepared;
 pub mod report;
 pub mod validate;
+pub mod watch;
 
 pub use lan::{
     LAN, LanSpec, LanStatus, MacvtapMode, NodeLanState, SpokeHolder, VxlanFamily, VxlanMode,

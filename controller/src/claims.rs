@@ -193,7 +193,7 @@ pub async fn run(sweeper: Sweeper) {
         Api::<PartialObjectMeta<Node>>::all(sweeper.client.clone()),
         watcher::Config::default(),
     )
-    .default_backoff()
+    .backoff(crate::reconnect())
     .reflect(writer)
     .for_each(move |ev| {
         if let Ok(watcher::Event::Delete(n)) = &ev {

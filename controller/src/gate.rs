@@ -281,7 +281,7 @@ impl Keeper {
         let cfg =
             watcher::Config::default().labels(&format!("{MEMBER_LABEL}={MEMBER_LABEL_VALUE}"));
         let pod_events = watcher(Api::<Pod>::all(self.client.clone()), cfg)
-            .default_backoff()
+            .backoff(crate::reconnect())
             .reflect(pod_writer)
             .map(|ev| ev.map(|e| Change::of(Source::Pods, &e)));
         let (nodes, node_writer) = reflector::store();
@@ -290,7 +290,7 @@ impl Keeper {
             Api::<PartialObjectMeta<Node>>::all(self.client.clone()),
             node_cfg,
         )
-        .default_backoff()
+        .backoff(crate::reconnect())
         .reflect(node_writer)
         .map(|ev| ev.map(|e| Change::of(Source::Nodes, &e)));
         let mut events = futures::stream::select(pod_events.boxed(), node_events.boxed());

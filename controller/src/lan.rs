@@ -436,7 +436,8 @@ fn count_reconcile<E: std::fmt::Display>(
 pub fn start(client: Client, settings: Settings, metrics: Arc<Metrics>) -> Running {
     let lans_api: Api<LAN> = Api::all(client.clone());
     let controller = Controller::new(lans_api.clone(), watcher::Config::default())
-        .with_config(ControllerConfig::default().debounce(Duration::from_millis(500)));
+        .with_config(ControllerConfig::default().debounce(Duration::from_millis(500)))
+        .trigger_backoff(crate::reconnect());
     let lans = controller.store();
 
     // Leases in the release namespace, cached for reading and mapped to the LANs they mention.
@@ -451,7 +452,7 @@ pub fn start(client: Client, settings: Settings, metrics: Arc<Metrics>) -> Runni
             lease_cfg,
         ),
     )
-    .default_backoff()
+    .backoff(crate::reconnect())
     .touched_objects();
     let lease_mapper = lease_mapper();
     let lan_mapper = lan_mapper(lans.clone());

@@ -402,7 +402,7 @@ async fn keep_ca_bundle<K: cert::WebhookConfig>(args: Args, client: Client, name
     let store = secret_store(&args, &client);
     let names = cert::dns_names(&args.service_name, &args.namespace);
     let mut changes = watcher(api, cfg)
-        .default_backoff()
+        .backoff(k8slan_controller::reconnect())
         .applied_objects()
         .boxed();
     while let Some(ev) = changes.next().await {

@@ -1,6 +1,6 @@
 //! The one reflector loop behind the plugin's watches (claim Leases, LANs): after the initial
 //! list and after each change the caller publishes a snapshot of the store; watch errors are
-//! logged and retried with backoff. The loop ends once the receiver side of `tx` is gone.
+//! logged and retried with backoff ([`reconnect`]). The loop ends once the receiver side of `tx` is gone.
 
 use std::fmt::Debug;
 use std::hash::Hash;
@@ -27,7 +27,7 @@ pub(crate) async fn publish_each_change<K, T>(
 {
     let (reader, writer) = reflector::store::<K>();
     let stream = reflector(writer, watcher(api, cfg))
-        .default_backoff()
+        .backoff(reconnect())
         .boxed();
     futures::pin_mut!(stream);
     while let Some(event) = stream.next().await {
@@ -42,4 +42,16 @@ pub(crate) async fn publish_each_change<K, T>(
             return;
         }
     }
+}
+
+/// A watch's reconnection backoff: the policy of [`k8slan_api::watch`].
+pub(crate) fn reconnect() -> kube::runtime::watcher::ExponentialBackoff {
+    use k8slan_api::watch::{RECONNECT_FACTOR, RECONNECT_FIRST, RECONNECT_MAX};
+    backon::ExponentialBuilder::default()
+        .with_min_delay(RECONNECT_FIRST)
+        .with_max_delay(RECONNECT_MAX)
+        .with_factor(RECONNECT_FACTOR)
+        .with_jitter()
+        .without_max_times()
+        .into()
 }
