@@ -404,11 +404,23 @@ def ping(kubectl, namespace, pod, address, count=5, wait=3, interval=None, timeo
 
 class Pinger:
     """A ping running in a pod in the background while the test changes something; finish()
-    returns its PingStats. As a context manager it kills the ping if the test fails first."""
+    returns its PingStats. As a context manager it kills the ping if the test fails first.
+    `Pinger.from_node` pings without the API server: from the pod's network namespace, on its
+    node."""
 
-    def __init__(self, namespace, pod, address, count, interval, wait=None):
-        self.proc = exec_background(namespace, pod, *ping_command(address, count, wait, interval),
-                                    stderr=subprocess.STDOUT)
+    def __init__(self, namespace, pod, address, count, interval, wait=None, proc=None):
+        self.proc = proc or exec_background(namespace, pod, *ping_command(address, count, wait, interval),
+                                            stderr=subprocess.STDOUT)
+
+    @classmethod
+    def from_node(cls, kubectl, namespace, pod, address, count, interval, wait=5):
+        """busybox ping in the pod's network namespace, started on its node through node-exec
+        (for faults that take the API server, and so `kubectl exec`, away)."""
+        node, netns = pod_netns(kubectl, namespace, pod)
+        proc = subprocess.Popen([str(NODE_EXEC), node, "nsenter", f"--net={netns}", "busybox",
+                                 *ping_command(address, count, wait, interval)],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        return cls(namespace, pod, address, count, interval, wait, proc=proc)
 
     def running(self):
         return self.proc.poll() is None
@@ -455,6 +467,26 @@ def describe_node_count(kubectl, node, resource):
     section = text.split("Capacity:", 1)[1].split("Allocatable:", 1)[0]
     m = re.search(rf"^\s+{re.escape(resource)}:\s+(\d+)\s*$", section, re.M)
     return int(m.group(1)) if m else None
+
+
+E2E_STATE = Path(os.environ.get("K8SLAN_E2E_STATE", "/var/lib/k8slan-e2e"))
+
+
+def containerd_sock(node):
+    """The node's containerd socket, as the host sees it."""
+    return E2E_STATE / "nodes" / node / "root" / "run" / "containerd" / "containerd.sock"
+
+
+def pod_netns(kubectl, namespace, pod):
+    """(node, path of the pod's network namespace as its node sees it), from containerd."""
+    p = kubectl.json("-n", namespace, "get", "pod", pod)
+    node = p["spec"]["nodeName"]
+    container = p["status"]["containerStatuses"][0]["containerID"].split("://", 1)[1]
+    info = json.loads(run(["ctr", "-a", containerd_sock(node), "-n", "k8s.io", "containers", "info",
+                           container]))
+    paths = [n.get("path") for n in info["Spec"]["linux"]["namespaces"] if n["type"] == "network"]
+    assert paths and paths[0], f"no network namespace path for {namespace}/{pod}: {info['Spec']['linux']}"
+    return node, paths[0]
 
 
 def node_run(node, *cmd, check=True, timeout=60):

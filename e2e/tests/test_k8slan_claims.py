@@ -18,14 +18,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from helpers import (E2E_DIR, K8SLAN_NAMESPACE, KUBECTL, WORKERS, Lan, assert_stays_pending, member_pod,
-                     resource_name, run, wait_for, wait_pods_running)
+from helpers import (E2E_DIR, E2E_STATE, K8SLAN_NAMESPACE, KUBECTL, WORKERS, Lan, assert_stays_pending,
+                     containerd_sock, member_pod, resource_name, run, wait_for, wait_pods_running)
 
 W1, W2 = WORKERS
 AGENT = f"system:serviceaccount:{K8SLAN_NAMESPACE}:k8slan-agent"
 NODE_NAME_EXTRA = "authentication.kubernetes.io/node-name"
 POLICY = "ValidatingAdmissionPolicy 'k8slan-agent-leases'"
-E2E_STATE = Path(os.environ.get("K8SLAN_E2E_STATE", "/var/lib/k8slan-e2e"))
 
 
 def impersonating(node):
@@ -120,10 +119,6 @@ def test_only_a_node_may_change_its_own_claims_and_report(k8slan, namespace):
 
 
 # --- node loss --------------------------------------------------------------------------------
-
-def containerd_sock(node):
-    return E2E_STATE / "nodes" / node / "root" / "run" / "containerd" / "containerd.sock"
-
 
 def stop_kubelet(node):
     pidfile = E2E_STATE / "run" / f"{node}.kubelet.pid"
