@@ -75,7 +75,7 @@ bench-deviceplugin: ## device plugin benchmark: Allocate latency, registration t
 	$(CARGO) bench -p k8slan-deviceplugin --features testing --bench deviceplugin
 
 .PHONY: bench-datapath
-bench-datapath: ## datapath benchmark: spoke-up latency over 1,000 spokes, pod-to-pod throughput (root)
+bench-datapath: ## datapath benchmark: spoke-up latency over 1,000 spokes, multicast and unicast throughput vs hand-built, flood cost, peer changes, the multicast limit (root)
 	$(CARGO) bench -p k8slan-netagent --bench datapath
 
 .PHONY: test

@@ -417,8 +417,11 @@ class Pinger:
         """busybox ping in the pod's network namespace, started on its node through node-exec
         (for faults that take the API server, and so `kubectl exec`, away)."""
         node, netns = pod_netns(kubectl, namespace, pod)
+        # -q: only the summary; a line per reply would fill the pipe (read at the end) and
+        # block the ping after ~1,000 replies.
+        ping = ping_command(address, count, wait, interval)
         proc = subprocess.Popen([str(NODE_EXEC), node, "nsenter", f"--net={netns}", "busybox",
-                                 *ping_command(address, count, wait, interval)],
+                                 ping[0], "-q", *ping[1:]],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         return cls(namespace, pod, address, count, interval, wait, proc=proc)
 
