@@ -651,7 +651,6 @@ impl<K: Kernel> Datapath<K> {
     }
 }
 
-/// Whether a host link is a host end or macvtap of LAN `lan` (by its alias, exactly).
 /// The error of bringing up a multicast VXLAN `vx` explained when the kernel refused its group
 /// membership: the VXLAN joins its group when it comes up, and the node's VXLAN socket for the
 /// port and family (every such VXLAN of the node shares it) is over its limit: ENOBUFS past
@@ -683,6 +682,7 @@ fn refused_membership(
     }
 }
 
+/// Whether a host link is a host end or macvtap of LAN `lan` (by its alias, exactly).
 fn is_host_link_of(l: &Link, lan: &str) -> bool {
     let Some((n, r)) = l.alias.as_deref().and_then(parse_alias) else {
         return false;
