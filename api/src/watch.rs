@@ -16,3 +16,15 @@ pub const RECONNECT_FIRST: Duration = Duration::from_millis(250);
 pub const RECONNECT_MAX: Duration = Duration::from_secs(1);
 /// Growth of the wait per failed attempt.
 pub const RECONNECT_FACTOR: f32 = 2.0;
+
+/// The policy as a backoff builder (feature `watch`); kube-runtime's `ExponentialBackoff` converts
+/// from it.
+#[cfg(feature = "watch")]
+pub fn reconnect() -> backon::ExponentialBuilder {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(RECONNECT_FIRST)
+        .with_max_delay(RECONNECT_MAX)
+        .with_factor(RECONNECT_FACTOR)
+        .with_jitter()
+        .without_max_times()
+}

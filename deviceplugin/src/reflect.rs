@@ -46,12 +46,5 @@ pub(crate) async fn publish_each_change<K, T>(
 
 /// A watch's reconnection backoff: the policy of [`k8slan_api::watch`].
 pub(crate) fn reconnect() -> kube::runtime::watcher::ExponentialBackoff {
-    use k8slan_api::watch::{RECONNECT_FACTOR, RECONNECT_FIRST, RECONNECT_MAX};
-    backon::ExponentialBuilder::default()
-        .with_min_delay(RECONNECT_FIRST)
-        .with_max_delay(RECONNECT_MAX)
-        .with_factor(RECONNECT_FACTOR)
-        .with_jitter()
-        .without_max_times()
-        .into()
+    k8slan_api::watch::reconnect().into()
 }
